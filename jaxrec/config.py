@@ -1,0 +1,154 @@
+"""Typed run configuration, registered with Hydra's ConfigStore.
+
+Hydra composes configs by mutating them, and OmegaConf refuses frozen dataclasses while it
+does, so these are plain dataclasses; library code treats them as read-only. Every field has
+a comment; an unknown key or a value of the wrong type fails at composition with Hydra's
+message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from jaxrec.errors import JaxrecError
+
+DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic")
+SPLITS = ("leave_one_out", "random", "temporal")
+MODELS = ("mf",)
+LOSSES = ("bce", "bpr", "mse")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "lazy_adam")
+STRATEGIES = ("none", "data_parallel", "table_wise", "row_wise", "column_wise", "auto")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = "ml100k"  # one of DATASETS
+    path: str | None = None  # name=csv: a CSV, TSV or Parquet file of interactions
+    sep: str | None = None  # name=csv: field separator; None infers it from the extension
+    user_col: str = "user_id"  # name=csv: column holding user tokens
+    item_col: str = "item_id"  # name=csv: column holding item tokens
+    rating_col: str | None = None  # name=csv: optional rating column
+    timestamp_col: str | None = None  # name=csv: optional timestamp column
+    num_users: int = 1000  # name=synthetic: number of users
+    num_items: int = 500  # name=synthetic: number of items
+    num_interactions: int = 20000  # name=synthetic: interactions drawn before dedup
+    seed: int = 0  # name=synthetic: generator seed
+    min_rating: float | None = None  # keep rating >= this (explicit -> implicit feedback)
+    k_core: int = 0  # iterate until every user and item has >= k interactions (0: off)
+    strict: bool = False  # fail on the first invalid row instead of dropping and counting it
+    split: str = "leave_one_out"  # one of SPLITS
+    valid_ratio: float = 0.1  # split=random|temporal: share of validation interactions
+    test_ratio: float = 0.1  # split=random|temporal: share of test interactions
+    split_seed: int = 0  # split=random: seed of the per-user shuffle
+    num_negatives: int = 4  # uniform negatives sampled per positive (bce, bpr)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "mf"  # one of MODELS
+    dim: int = 64  # embedding width
+    use_bias: bool = True  # user, item and global biases
+    loss: str = "bce"  # one of LOSSES
+    init_std: float = 0.1  # std of the normal initialiser of embedding rows
+    l2: float = 0.0  # L2 penalty on the embedding rows a batch touches (per example)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "adam"  # optax optimiser for dense parameters: one of OPTIMIZERS
+    lr: float = 1e-3  # learning rate of dense parameters and (by default) tables
+    table_optimizer: str | None = None  # sparse row optimiser; None: lazy_adam/adagrad/sgd to match name
+    table_lr: float | None = None  # learning rate of tables; None: lr
+    sparse: bool = True  # False trains tables with dense optax (a baseline: O(rows) per step)
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = 1  # devices along the data axis; -1: all remaining devices
+    model: int = 1  # devices along the model axis (tables split here); -1: all remaining
+
+
+@dataclasses.dataclass
+class ShardingConfig:
+    strategy: str = "none"  # one of STRATEGIES, applied to every table unless `tables` says otherwise
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    memory_budget_gb: float = 16.0  # per-device memory the planner may use
+    tables: dict[str, str] = dataclasses.field(default_factory=dict)  # per-table strategy overrides
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int | str = 1024  # global batch; "auto": largest power of two whose plan fits
+    epochs: int = 20  # passes over the training interactions
+    max_steps: int | None = None  # stop early after this many steps (None: run all epochs)
+    seed: int = 0  # parameter init seed
+    data_seed: int = 0  # shuffle and negative-sampling seed
+    eval_every: int = 1  # evaluate on validation every N epochs (0: only at the end)
+    eval_batch_size: int = 256  # users per full-ranking batch
+    ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20])  # metric cutoffs
+    select_metric: str = "ndcg@10"  # validation metric that picks the best epoch
+    log_every: int = 50  # steps between metrics.jsonl train records
+    progress: bool = True  # console progress bar with rate and ETA
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise JaxrecError(f"config key {key}={value!r} is not valid; expected one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Checks the values Hydra's types cannot express, with the key and valid choices named."""
+    _check_choice("data.name", cfg.data.name, DATASETS)
+    _check_choice("data.split", cfg.data.split, SPLITS)
+    _check_choice("model.name", cfg.model.name, MODELS)
+    _check_choice("model.loss", cfg.model.loss, LOSSES)
+    _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    if cfg.optimizer.table_optimizer is not None:
+        _check_choice("optimizer.table_optimizer", cfg.optimizer.table_optimizer, TABLE_OPTIMIZERS)
+    _check_choice("sharding.strategy", cfg.sharding.strategy, STRATEGIES)
+    for table, strategy in cfg.sharding.tables.items():
+        _check_choice(f"sharding.tables.{table}", strategy, STRATEGIES[1:-1] + ("none",))
+    if cfg.data.name == "csv" and not cfg.data.path:
+        raise JaxrecError("config key data.path is required when data=csv (a CSV, TSV or Parquet file)")
+    if isinstance(cfg.train.batch_size, str) and cfg.train.batch_size != "auto":
+        raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size!r}: expected an integer or 'auto'")
+    if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size <= 0:
+        raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size}: expected a positive integer")
+    if cfg.model.dim <= 0:
+        raise JaxrecError(f"config key model.dim={cfg.model.dim}: expected a positive integer")
+    return cfg
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Hydra's DictConfig -> the typed, validated Config that library code sees."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def table_optimizer_name(cfg: OptimizerConfig) -> str:
+    """The sparse row optimiser matching the dense one unless chosen explicitly."""
+    if cfg.table_optimizer is not None:
+        return cfg.table_optimizer
+    return {"adam": "lazy_adam", "adagrad": "adagrad", "sgd": "sgd"}[cfg.name]

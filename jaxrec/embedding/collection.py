@@ -1,0 +1,148 @@
+"""The embedding collection: every table of a model, looked up and updated through a plan.
+
+Models never see this: they declare tables (TableSpec) and which table each feature reads,
+and receive embedding activations. The train step asks the collection for the activations,
+differentiates the model with respect to them, and hands those gradients back here, where the
+sparse row optimisers update only the rows the batch touched. Tables therefore never pass
+through optax and no dense table-sized gradient is ever built.
+
+Legend: B global batch, S ids per example of a feature, d dim.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
+from jaxrec.embedding.specs import TableSpec
+from jaxrec.sharding import strategies
+from jaxrec.sharding.planner import EmbeddingPlan
+
+
+@flax.struct.dataclass
+class EmbeddingState:
+    tables: dict[str, jax.Array]  # group name -> stacked array
+    slots: dict[str, dict[str, jax.Array]]  # group name -> slot name -> array
+
+
+class EmbeddingCollection:
+    def __init__(self, plan: EmbeddingPlan, mesh, features: dict[str, str]):
+        """features: feature name -> table name (several features may read one table)."""
+        self.plan = plan
+        self.mesh = mesh
+        self.features = dict(features)
+
+    @property
+    def specs(self) -> dict[str, TableSpec]:
+        return self.plan.specs
+
+    def _optimizer(self, group: str):
+        return ROW_OPTIMIZERS[self.plan.groups[group].optimizer]
+
+    def shardings(self) -> EmbeddingState:
+        """NamedShardings of the state, for jit's in/out shardings and checkpoint restore."""
+        tables, slots = {}, {}
+        for name, group in self.plan.groups.items():
+            tables[name] = NamedSharding(self.mesh, strategies.TABLE_SPECS[group.kind])
+            slots[name] = {
+                slot: NamedSharding(self.mesh, strategies.slot_spec(group.kind, slot_kind))
+                for slot, (slot_kind, _) in self._optimizer(name).slots.items()
+            }
+        return EmbeddingState(tables, slots)
+
+    def abstract_state(self) -> EmbeddingState:
+        """Shapes, dtypes and shardings of the state, without allocating it."""
+        shardings = self.shardings()
+        model = self.plan.mesh_shape[1]
+        tables, slots = {}, {}
+        for name, group in self.plan.groups.items():
+            shape = group.array_shape(model)
+            tables[name] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=shardings.tables[name])
+            slots[name] = {
+                slot: jax.ShapeDtypeStruct(shape if kind == "element" else (shape[0], 1), jnp.float32,
+                                           sharding=shardings.slots[name][slot])
+                for slot, (kind, _) in self._optimizer(name).slots.items()
+            }
+        return EmbeddingState(tables, slots)
+
+    def init(self, rng: jax.Array) -> EmbeddingState:
+        """Initialises every table from its own key, so values do not depend on the plan."""
+        return jax.jit(self._init, out_shardings=self.shardings())(rng)
+
+    def _init(self, rng):
+        model = self.plan.mesh_shape[1]
+        tables, slots = {}, {}
+        for name, group in self.plan.groups.items():
+            shape = group.array_shape(model)
+            stacked = jnp.zeros(shape, jnp.float32)
+            for table in group.tables:
+                spec = self.specs[table]
+                key = jax.random.fold_in(rng, _stable_hash(table))
+                values = spec.init_std * jax.random.normal(key, (spec.rows, spec.dim), jnp.float32)
+                keys = self.plan.group_keys(table, jnp.arange(spec.rows))
+                stacked = stacked.at[keys, : spec.dim].set(values)
+            tables[name] = stacked
+            slots[name] = {
+                slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
+                for slot, (kind, value) in self._optimizer(name).slots.items()
+            }
+        return EmbeddingState(tables, slots)
+
+    def _group_batches(self, ids: dict[str, jax.Array]):
+        """Per group: the features it serves and their keys concatenated to [B, S_total]."""
+        by_group: dict[str, list[str]] = {}
+        for feature in ids:
+            by_group.setdefault(self.plan.placements[self.features[feature]].group, []).append(feature)
+        for group, feats in by_group.items():
+            keys = [self.plan.group_keys(self.features[f], ids[f].reshape(ids[f].shape[0], -1)) for f in feats]
+            yield group, feats, jnp.concatenate(keys, axis=1)
+
+    def lookup(self, state: EmbeddingState, ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """ids: feature -> int array [B, ...] -> activations [B, ..., d] of the feature's table."""
+        out = {}
+        for group, feats, keys_bs in self._group_batches(ids):
+            layout = self.plan.groups[group]
+            rows = strategies.lookup(self.mesh, layout.kind, layout.block_rows, state.tables[group], keys_bs)
+            rows = rows[..., : layout.dim]
+            offset = 0
+            for feature in feats:
+                width = int(np.prod(ids[feature].shape[1:], dtype=int))
+                out[feature] = rows[:, offset : offset + width].reshape(*ids[feature].shape, layout.dim)
+                offset += width
+        return out
+
+    def apply_gradients(self, state: EmbeddingState, ids: dict[str, jax.Array], grads: dict[str, jax.Array],
+                        step: jax.Array) -> EmbeddingState:
+        """Sparse update of the rows `ids` touched, with gradients w.r.t. the activations."""
+        tables, slots = dict(state.tables), dict(state.slots)
+        for group, feats, keys_bs in self._group_batches(ids):
+            layout = self.plan.groups[group]
+            grads_bsd = jnp.concatenate(
+                [grads[f].reshape(keys_bs.shape[0], -1, layout.dim) for f in feats], axis=1
+            )
+            pad = layout.padded_dim - layout.dim
+            if pad:
+                grads_bsd = jnp.pad(grads_bsd, ((0, 0), (0, 0), (0, pad)))
+            tables[group], slots[group] = strategies.update(
+                self.mesh, layout.kind, layout.block_rows, self._optimizer(group), layout.lr, layout.dim,
+                tables[group], slots[group], step, keys_bs, grads_bsd,
+            )
+        return EmbeddingState(tables, slots)
+
+    def table(self, state: EmbeddingState, name: str) -> jax.Array:
+        """The logical [rows, dim] table (gathered from its shards): for evaluation and export."""
+        spec = self.specs[name]
+        group = self.plan.groups[self.plan.placements[name].group]
+        keys = self.plan.group_keys(name, jnp.arange(spec.rows))
+        return state.tables[group.name][keys, : spec.dim]
+
+
+def _stable_hash(name: str) -> int:
+    """A process-independent integer for a table name (Python's hash() is salted per process)."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF

@@ -1,0 +1,164 @@
+"""Full-ranking and rating evaluation over a whole data set, batch by batch.
+
+Shape suffixes: U users, B batch, N items, E exclusion slots, T target slots, K cutoff.
+
+Every item is ranked for every user that has targets; nothing [U, N] is ever built. The host
+keeps CSR arrays (indptr/indices) of each user's excluded and target items and ships only
+padded per-batch id lists; the [B, N] exclusion mask is scattered on device. Batches have a
+fixed size (the last is padded with a repeat of its last user and masked out) and the id lists
+a fixed width, so `score_fn` and the metric step each compile once per data set.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.data.types import Interactions
+from jaxrec.errors import JaxrecError
+from jaxrec.eval import metrics
+
+ScoreFn = Callable[[jax.Array], jax.Array]  # user_ids_b int32 [B] -> scores_bn float32 [B, N]
+PredictFn = Callable[[jax.Array, jax.Array], jax.Array]  # (user_b, item_b) -> rating_b
+
+
+def _pair_keys(parts: Sequence[Interactions], num_items: int) -> np.ndarray:
+    """Sorted distinct user * N + item keys of all (user, item) pairs in `parts`."""
+    keys = [p.user.astype(np.int64) * num_items + p.item for p in parts]
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+
+
+def _csr(keys: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr [U + 1], items) of sorted pair keys; each row's items come out ascending."""
+    counts_u = np.bincount(keys // num_items, minlength=num_users)
+    indptr = np.concatenate([[0], np.cumsum(counts_u)]).astype(np.int64)
+    return indptr, (keys % num_items).astype(np.int32)
+
+
+def _pad_rows(csr, users_b: np.ndarray, width: int, fill: int) -> np.ndarray:
+    """int32 [B, width]: each user's CSR row, right-padded with `fill`."""
+    indptr, items = csr
+    start_b, length_b = indptr[users_b], indptr[users_b + 1] - indptr[users_b]
+    slot_w = np.arange(width)
+    inside_bw = slot_w[None, :] < length_b[:, None]
+    index_bw = np.minimum(start_b[:, None] + slot_w[None, :], max(len(items) - 1, 0))
+    gathered_bw = items[index_bw] if len(items) else np.zeros_like(index_bw)
+    return np.where(inside_bw, gathered_bw, fill).astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnames="ks")
+def _batch_step(scores_bn, exclude_be, targets_bt, real_b, best_pos_n, ks):
+    """Metric sums over the real users of one batch, and the updated best top-K position per item.
+
+    best_pos_n[i] = smallest position at which item i appears in any top-K list (max(ks) if
+    never), so coverage@k for every k is one comparison at the end.
+    """
+    batch, num_items = scores_bn.shape
+    rows_b1 = jnp.arange(batch)[:, None]
+    # Padding slots hold N, one past the last column: mode="drop" discards them.
+    exclude_bn = jnp.zeros((batch, num_items), bool).at[rows_b1, exclude_be].set(True, mode="drop")
+    per_user = metrics.rank_metrics(scores_bn, exclude_bn, targets_bt, ks)
+    sums = {name: jnp.where(real_b, value_b, 0.0).sum() for name, value_b in per_user.items()}
+    # Padding rows repeat a real user, so their lists add nothing new to coverage.
+    ids_bk = metrics.top_k_items(scores_bn, exclude_bn, max(ks))
+    ids_bk = jnp.where(ids_bk >= 0, ids_bk, num_items)
+    pos_bk = jnp.broadcast_to(jnp.arange(max(ks)), ids_bk.shape)
+    return sums, best_pos_n.at[ids_bk].min(pos_bk, mode="drop")
+
+
+def _check_ranking_args(train: Interactions, targets: Interactions, ks, batch_size: int) -> None:
+    if targets.num_items != train.num_items or targets.num_users != train.num_users:
+        raise JaxrecError("evaluate_ranking: train and targets must share one user/item id space")
+    if not ks or min(ks) < 1 or max(ks) > train.num_items:
+        raise JaxrecError(f"evaluate_ranking: cutoffs {ks} must lie in 1..{train.num_items}")
+    if batch_size < 1:
+        raise JaxrecError(f"evaluate_ranking: batch_size must be positive, got {batch_size}")
+
+
+def evaluate_ranking(
+    score_fn: ScoreFn,
+    train: Interactions,
+    targets: Interactions,
+    *,
+    exclude: Sequence[Interactions] = (),
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Mean full-ranking metrics over users with at least one target.
+
+    Items in `train` and in every `exclude` set (e.g. validation items when testing) are
+    removed from each user's ranking; a target that is also excluded is dropped. Keys:
+    hr@k, ndcg@k, recall@k, precision@k, coverage@k for each k in ks, plus mrr and auc.
+    See `metrics` for the pessimistic tie rule. Returns {} when no user has a target.
+    """
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    _check_ranking_args(train, targets, ks, batch_size)
+    num_users, num_items = train.num_users, train.num_items
+    seen_keys = _pair_keys([train, *exclude], num_items)
+    target_keys = _pair_keys([targets], num_items)
+    target_keys = target_keys[~np.isin(target_keys, seen_keys)]
+    seen, wanted = _csr(seen_keys, num_users, num_items), _csr(target_keys, num_users, num_items)
+    users = np.unique(target_keys // num_items)
+    if len(users) == 0:
+        return {}
+    exclude_width = max(int(np.diff(seen[0])[users].max()), 1)
+    target_width = int(np.diff(wanted[0])[users].max())
+    sums, best_pos_n = None, jnp.full(num_items, max(ks), jnp.int32)
+    for start in range(0, len(users), batch_size):
+        users_b = users[start : start + batch_size]
+        real_b = np.arange(batch_size) < len(users_b)
+        users_b = np.pad(users_b, (0, batch_size - len(users_b)), mode="edge").astype(np.int32)
+        scores_bn = score_fn(jnp.asarray(users_b))
+        if scores_bn.shape != (batch_size, num_items):
+            raise JaxrecError(
+                f"score_fn returned shape {scores_bn.shape}, expected {(batch_size, num_items)}"
+            )
+        batch_sums, best_pos_n = _batch_step(
+            scores_bn,
+            _pad_rows(seen, users_b, exclude_width, fill=num_items),
+            _pad_rows(wanted, users_b, target_width, fill=-1),
+            real_b,
+            best_pos_n,
+            ks,
+        )
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    result = {name: float(total) / len(users) for name, total in sums.items()}
+    best_pos_n = np.asarray(best_pos_n)
+    result.update({f"coverage@{k}": float(np.mean(best_pos_n < k)) for k in ks})
+    return result
+
+
+def evaluate_ratings(
+    predict_fn: PredictFn, inter: Interactions, *, batch_size: int = 4096
+) -> dict[str, float]:
+    """RMSE and MAE of `predict_fn` over all pairs of `inter`.
+
+    Calls predict_fn with a fixed batch size (last batch padded, padding dropped) so it
+    compiles once.
+    """
+    if len(inter) == 0:
+        raise JaxrecError("evaluate_ratings: no interactions to evaluate")
+    padded = -len(inter) % batch_size
+    user_p = np.pad(inter.user, (0, padded), mode="edge")
+    item_p = np.pad(inter.item, (0, padded), mode="edge")
+    preds = [
+        predict_fn(jnp.asarray(user_p[s : s + batch_size]), jnp.asarray(item_p[s : s + batch_size]))
+        for s in range(0, len(user_p), batch_size)
+    ]
+    pred_n = jnp.concatenate(preds)[: len(inter)]
+    return {name: float(v) for name, v in metrics.rating_metrics(pred_n, inter.rating).items()}
+
+
+def most_popular_scores(train: Interactions) -> ScoreFn:
+    """score_fn of the most-popular baseline: every user gets the training count of each item."""
+    counts_n = jnp.asarray(np.bincount(train.item, minlength=train.num_items), jnp.float32)
+
+    @jax.jit
+    def score(user_ids_b):
+        return jnp.broadcast_to(counts_n, (user_ids_b.shape[0], counts_n.shape[0]))
+
+    return score

@@ -1,0 +1,1 @@
+"""All partitioning: the mesh, the shard_map strategies and the planner."""

@@ -1,0 +1,165 @@
+"""The planner: where every table lives, and what that costs each device.
+
+Tables are stacked into groups (one array per kind, dim and optimiser) so that one collective
+serves all of a group's tables, as FBGEMM's table-batched embeddings do. Row-wise and
+table-wise tables share the `row` layout: a table is spread over `shards` consecutive model-axis
+devices starting at `owner`, its row i living on device `owner + i % shards` at local row
+`base + i // shards` (`i % shards` spreads hot ids over devices, which contiguous ranges would
+not). Row-wise is shards = model axis size, table-wise is shards = 1.
+
+Estimates are per device, in bytes, from shapes alone: nothing is allocated or generated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
+from jaxrec.embedding.specs import TableSpec
+from jaxrec.errors import JaxrecError
+
+KIND_OF_STRATEGY = {
+    "none": "replicated",
+    "data_parallel": "replicated",
+    "table_wise": "row",
+    "row_wise": "row",
+    "column_wise": "column",
+}
+FLOAT_BYTES = 4
+ID_BYTES = 4
+REPLICATE_BELOW_BYTES = 4 << 20  # `auto` replicates tables whose rows and slots take less
+
+
+@dataclasses.dataclass(frozen=True)
+class TablePlacement:
+    strategy: str
+    group: str
+    owner: int  # first model-axis device holding rows (row kind)
+    shards: int  # model-axis devices the rows are spread over (row kind)
+    base: int  # first row of the table in the group's (per-device) block
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupLayout:
+    name: str
+    kind: str  # replicated | row | column
+    dim: int
+    padded_dim: int  # column kind: dim rounded up to a multiple of the model axis
+    block_rows: int  # row kind: rows per device; other kinds: all rows
+    optimizer: str
+    lr: float
+    tables: tuple[str, ...]
+
+    def array_shape(self, model: int) -> tuple[int, int]:
+        rows = self.block_rows * model if self.kind == "row" else self.block_rows
+        return rows, self.padded_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingPlan:
+    mesh_shape: tuple[int, int]  # (data, model)
+    specs: dict[str, TableSpec]
+    placements: dict[str, TablePlacement]
+    groups: dict[str, GroupLayout]
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh_shape[0] * self.mesh_shape[1]
+
+    def group_keys(self, table: str, ids):
+        """Logical row ids of `table` -> row indices in its group's stacked array (jnp or np)."""
+        place = self.placements[table]
+        group = self.groups[place.group]
+        if group.kind != "row":
+            return ids + place.base
+        device = place.owner + ids % place.shards
+        return device * group.block_rows + place.base + ids // place.shards
+
+
+def _group_key(spec: TableSpec, strategy: str) -> tuple:
+    return KIND_OF_STRATEGY[strategy], spec.dim, spec.optimizer, spec.lr
+
+
+def _table_bytes(spec: TableSpec) -> int:
+    """Parameters plus optimiser slots of the whole table."""
+    slots = ROW_OPTIMIZERS[spec.optimizer].slots.values()
+    width = spec.dim + sum(spec.dim if kind == "element" else 1 for kind, _ in slots)
+    return spec.rows * width * FLOAT_BYTES
+
+
+def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str, str], model: int,
+                      budget_bytes: float) -> dict[str, str]:
+    """Per-table strategy: the configured one, overrides, or the `auto` rule.
+
+    auto: replicate tables under REPLICATE_BELOW_BYTES (a lookup needs no communication); put
+    whole tables on one device (table-wise) while each takes at most a quarter of the budget,
+    so several balance across devices; split the rest row-wise.
+    """
+    chosen = {}
+    for spec in specs:
+        if spec.name in overrides:
+            chosen[spec.name] = overrides[spec.name]
+        elif strategy != "auto":
+            chosen[spec.name] = strategy
+        elif model == 1 or _table_bytes(spec) < REPLICATE_BELOW_BYTES:
+            chosen[spec.name] = "data_parallel"
+        elif _table_bytes(spec) <= budget_bytes / 4:
+            chosen[spec.name] = "table_wise"
+        else:
+            chosen[spec.name] = "row_wise"
+    return chosen
+
+
+def _layout_row_group(specs: list[TableSpec], strategies: dict[str, str], model: int):
+    """Row-wise tables at one base on every device, then table-wise ones greedily onto the
+    least-filled device (largest first), as TorchRec's greedy proposer does."""
+    fill = np.zeros(model, dtype=np.int64)
+    placements = {}
+    for spec in (s for s in specs if strategies[s.name] == "row_wise"):
+        base = int(fill.max())
+        placements[spec.name] = (0, model, base)
+        fill[:] = base + math.ceil(spec.rows / model)
+    for spec in sorted((s for s in specs if strategies[s.name] == "table_wise"), key=lambda s: -s.rows):
+        owner = int(np.argmin(fill))
+        placements[spec.name] = (owner, 1, int(fill[owner]))
+        fill[owner] += spec.rows
+    return placements, max(int(fill.max()), 1)
+
+
+def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str,
+              overrides: dict[str, str] | None = None, budget_bytes: float = 16e9) -> EmbeddingPlan:
+    unknown = set(overrides or {}) - {s.name for s in specs}
+    if unknown:
+        names = ", ".join(s.name for s in specs)
+        raise JaxrecError(f"sharding.tables names unknown table(s) {sorted(unknown)}; this model's tables: {names}")
+    model = mesh_shape[1]
+    strategies = choose_strategies(specs, strategy, overrides or {}, model, budget_bytes)
+    if mesh_shape != (1, 1) and "none" in strategies.values():
+        raise JaxrecError(f"sharding strategy 'none' needs a 1x1 mesh, got data x model = {mesh_shape}; "
+                          "use data_parallel to replicate tables on several devices")
+    buckets: dict[tuple, list[TableSpec]] = {}
+    for spec in specs:
+        buckets.setdefault(_group_key(spec, strategies[spec.name]), []).append(spec)
+    placements, groups = {}, {}
+    for (kind, dim, optimizer, lr), members in buckets.items():
+        name = f"{kind}_{dim}d_{optimizer}_{len(groups)}"
+        padded_dim = dim
+        if kind == "row":
+            layout, block_rows = _layout_row_group(members, strategies, model)
+        else:
+            layout, offset = {}, 0
+            for spec in members:
+                layout[spec.name] = (0, 1, offset)
+                offset += spec.rows
+            block_rows = offset
+            if kind == "column":
+                padded_dim = math.ceil(dim / model) * model
+        for spec in members:
+            owner, shards, base = layout[spec.name]
+            placements[spec.name] = TablePlacement(strategies[spec.name], name, owner, shards, base)
+        groups[name] = GroupLayout(name, kind, dim, padded_dim, block_rows, optimizer, lr,
+                                   tuple(s.name for s in members))
+    return EmbeddingPlan(tuple(mesh_shape), {s.name: s for s in specs}, placements, groups)
