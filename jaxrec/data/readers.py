@@ -232,8 +232,10 @@ def read_ml1m(root: Path) -> RawData:
     root = Path(root)
     _require_files(root, "ml-1m", ("ratings.dat", "users.dat", "movies.dat"))
     data = _read_rows(root / "ratings.dat", "::", ["user_id", "item_id", "rating", "timestamp"])
-    user_df = _read_rows(root / "users.dat", "::", ["user_id", "gender", "age", "occupation", "zip"])
-    movies = _read_rows(root / "movies.dat", "::", ["item_id", "title", "genres"], encoding="latin-1")
+    user_names = ["user_id", "gender", "age", "occupation", "zip"]
+    user_df = _read_rows(root / "users.dat", "::", user_names)
+    movies = _read_rows(root / "movies.dat", "::", ["item_id", "title", "genres"],
+                        encoding="latin-1")  # fmt: skip
     titles = movies["title"].str.strip()
     return RawData(
         interactions=_interactions(data, "user_id", "item_id", "rating", "timestamp"),
@@ -353,7 +355,7 @@ def read_interactions(path: Path, *, sep: str | None = None, user_col: str = "us
     """Any interaction log: CSV / TSV / TXT with a header, or Parquet. Ids stay str tokens."""
     path = Path(path)
     if not path.is_file():
-        raise JaxrecError(f"{path} not found: expected an interactions file (.csv/.tsv/.txt/.parquet)")
+        raise JaxrecError(f"{path} not found: expected a .csv/.tsv/.txt/.parquet interactions file")
     columns = [c for c in (user_col, item_col, rating_col, timestamp_col) if c]
     if path.suffix == ".parquet":
         df = _parquet_rows(path, columns)

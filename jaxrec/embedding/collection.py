@@ -135,6 +135,18 @@ class EmbeddingCollection:
             )
         return EmbeddingState(tables, slots)
 
+    def dense_gradients(self, state: EmbeddingState, ids: dict[str, jax.Array],
+                        grads: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Table-shaped gradients for training tables with dense optax: the O(rows) baseline."""
+        dense = {}
+        for group, feats, _ in self._group_batches(ids):
+            layout = self.plan.groups[group]
+            grads_nd = jnp.concatenate([grads[f].reshape(-1, layout.dim) for f in feats])
+            keys_n = jnp.concatenate([self.plan.group_keys(self.features[f], ids[f].reshape(-1)) for f in feats])
+            zeros = jnp.zeros_like(state.tables[group])
+            dense[group] = zeros.at[keys_n, : layout.dim].add(grads_nd)
+        return dense
+
     def table(self, state: EmbeddingState, name: str) -> jax.Array:
         """The logical [rows, dim] table (gathered from its shards): for evaluation and export."""
         spec = self.specs[name]

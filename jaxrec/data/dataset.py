@@ -1,0 +1,70 @@
+"""One call from a data config to split, featurised interactions: read -> clean -> split."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from jaxrec.config import DataConfig
+from jaxrec.data import features, preprocess, readers, splits, synthetic
+from jaxrec.data.types import Features, Interactions, RawData, Split
+
+log = logging.getLogger("jaxrec.data")
+
+FETCH_NAMES = {"ml100k": "ml-100k", "ml1m": "ml-1m", "ml20m": "ml-20m", "ml25m": "ml-25m"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    interactions: Interactions
+    split: Split
+    user_features: Features
+    item_features: Features
+    drop_counts: dict[str, int]
+
+    @property
+    def num_users(self) -> int:
+        return self.interactions.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.interactions.num_items
+
+
+def read_raw(cfg: DataConfig) -> RawData:
+    if cfg.name == "synthetic":
+        return synthetic.generate_synthetic(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.seed)
+    if cfg.name == "csv":
+        return readers.read_interactions(
+            Path(cfg.path), sep=cfg.sep, user_col=cfg.user_col, item_col=cfg.item_col,
+            rating_col=cfg.rating_col, timestamp_col=cfg.timestamp_col,
+        )
+    from jaxrec.data.fetch import ensure_dataset
+
+    return readers.read_dataset(cfg.name, ensure_dataset(FETCH_NAMES[cfg.name]))
+
+
+def split_interactions(inter: Interactions, cfg: DataConfig) -> Split:
+    if cfg.split == "leave_one_out":
+        return splits.leave_one_out(inter)
+    if cfg.split == "random":
+        return splits.random_split(inter, cfg.valid_ratio, cfg.test_ratio, cfg.split_seed)
+    return splits.temporal_split(inter, cfg.valid_ratio, cfg.test_ratio)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    raw = read_raw(cfg)
+    inter, drop_counts = preprocess.preprocess(raw, min_rating=cfg.min_rating, k_core=cfg.k_core, strict=cfg.strict)
+    split = split_interactions(inter, cfg)
+    log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d)", cfg.name, inter.num_users,
+             inter.num_items, len(inter), len(split.train), len(split.valid), len(split.test))
+    return Dataset(
+        name=cfg.name,
+        interactions=inter,
+        split=split,
+        user_features=features.user_features(raw.users, inter.user_tokens),
+        item_features=features.item_features(raw.items, inter.item_tokens),
+        drop_counts=drop_counts,
+    )
