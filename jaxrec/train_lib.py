@@ -158,7 +158,8 @@ def make_train_step(engine: Engine):
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, emb=emb)
         return new_state, {"loss": loss}
 
-    return jax.jit(train_step, donate_argnums=0)
+    shardings = state_shardings(engine, jax.eval_shape(lambda: init_state(engine, 0)))
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, engine.replicated()))
 
 
 def make_score_fn(engine: Engine, state: TrainState):

@@ -204,7 +204,7 @@ def fetch(name: str, data_dir: Path | None = None) -> Path:
             _install(label, source, name, target)
         except Exception as err:  # each source's failure is reported, then the next is tried
             failures.append(f"{label}: {type(err).__name__}: {err}")
-            log.warning("%s failed: %s", label, failures[-1])
+            log.warning("fetch failed: %s", failures[-1])
             continue
         log.info("%s is in %s", name, target)
         return target

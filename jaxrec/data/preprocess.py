@@ -26,27 +26,29 @@ def _log_dropped(source: str, step: str, lines: pd.Series) -> int:
     return len(lines)
 
 
+INVALID_REASONS = ("", "missing user id", "missing item id", "rating is not a number",
+                   "timestamp is not a number")  # fmt: skip
+
+
 def _invalid_reasons(df: pd.DataFrame, has_rating: bool, has_time: bool) -> np.ndarray:
-    """Why each row is unusable ("" when it is fine). Ratings and timestamps only count when the
-    data set has them at all (a column that is entirely NaN means the format has none)."""
+    """Per row, an index into INVALID_REASONS (0: fine). Ratings and timestamps only count when
+    the data set has them at all (a column that is entirely NaN means the format has none)."""
     conditions = [
         df["user_id"].fillna("").eq("").to_numpy(),
         df["item_id"].fillna("").eq("").to_numpy(),
         has_rating & ~np.isfinite(df["rating"].to_numpy()),
         has_time & ~np.isfinite(df["timestamp"].to_numpy()),
     ]
-    reasons = ["missing user id", "missing item id", "rating is not a number",
-               "timestamp is not a number"]  # fmt: skip
-    return np.select(conditions, reasons, default="")
+    return np.select(conditions, [1, 2, 3, 4], default=0)
 
 
 def _drop_invalid(df, source, has_rating, has_time, strict) -> tuple[pd.DataFrame, int]:
     reasons = _invalid_reasons(df, has_rating, has_time)
-    bad = reasons != ""
+    bad = reasons != 0
     if strict and bad.any():
         first = int(np.argmax(bad))
         raise JaxrecError(
-            f"{source}: line {df['line'].iloc[first]}: {reasons[first]} "
+            f"{source}: line {df['line'].iloc[first]}: {INVALID_REASONS[reasons[first]]} "
             f"({int(bad.sum())} bad rows in all; strict mode is on)"
         )
     return df[~bad], _log_dropped(source, "invalid ids/ratings/timestamps", df.loc[bad, "line"])
@@ -61,10 +63,18 @@ def _drop_below(df, source, min_rating, has_rating) -> tuple[pd.DataFrame, int]:
     return df[~low], _log_dropped(source, f"rating < {min_rating}", df.loc[low, "line"])
 
 
+def _pair_keys(df: pd.DataFrame) -> np.ndarray:
+    """One int64 per (user, item) pair: hashing ints is much faster than pairs of strings."""
+    users, _ = pd.factorize(df["user_id"])
+    items, item_tokens = pd.factorize(df["item_id"])
+    return users.astype(np.int64) * len(item_tokens) + items
+
+
 def _drop_duplicates(df, source) -> tuple[pd.DataFrame, int]:
     """Keep the latest (by timestamp, then by line) row of each (user, item) pair."""
-    latest_last = df.sort_values(["timestamp", "line"], kind="stable")
-    dup = latest_last.duplicated(["user_id", "item_id"], keep="last").reindex(df.index)
+    latest_last = np.lexsort((df["line"].to_numpy(), df["timestamp"].to_numpy()))
+    dup = np.zeros(len(df), bool)
+    dup[latest_last] = pd.Series(_pair_keys(df)[latest_last]).duplicated(keep="last").to_numpy()
     return df[~dup], _log_dropped(source, "duplicate (user, item) pairs", df.loc[dup, "line"])
 
 
@@ -82,20 +92,27 @@ def _k_core(df, source, k) -> tuple[pd.DataFrame, int]:
     return kept, _log_dropped(source, f"{k}-core", dropped)
 
 
-def _sorted_tokens(tokens: pd.Series) -> np.ndarray:
-    """Unique tokens in sorted order; numerically when all are integers ("2" before "10")."""
-    unique = np.array(sorted(tokens.unique()), dtype=object)
-    numbers = pd.to_numeric(pd.Series(unique), errors="coerce")
+def _token_order(tokens: np.ndarray) -> np.ndarray:
+    """Argsort of unique str tokens; numeric when all are integers ("2" before "10")."""
+    numbers = pd.to_numeric(pd.Series(tokens), errors="coerce")
     if numbers.notna().all() and (numbers % 1 == 0).all():
-        unique = unique[np.lexsort((unique, numbers.to_numpy()))]
-    return unique.astype(str)
+        return np.lexsort((tokens, numbers.to_numpy()))
+    return np.argsort(tokens, kind="stable")
+
+
+def _contiguous_ids(tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 id per row, token per id), ids following the sorted token order."""
+    codes, uniques = pd.factorize(tokens)
+    uniques = np.asarray(uniques, dtype=str)
+    order = _token_order(uniques)
+    id_of_code = np.empty(len(order), np.int32)
+    id_of_code[order] = np.arange(len(order), dtype=np.int32)
+    return id_of_code[codes], uniques[order]
 
 
 def _reindex(df: pd.DataFrame, has_rating: bool, has_time: bool) -> Interactions:
-    user_tokens = _sorted_tokens(df["user_id"])
-    item_tokens = _sorted_tokens(df["item_id"])
-    user = pd.Index(user_tokens).get_indexer(df["user_id"]).astype(np.int32)
-    item = pd.Index(item_tokens).get_indexer(df["item_id"]).astype(np.int32)
+    user, user_tokens = _contiguous_ids(df["user_id"])
+    item, item_tokens = _contiguous_ids(df["item_id"])
     line = df["line"].to_numpy(np.int64)
     time = df["timestamp"].to_numpy(np.float64).astype(np.int64) if has_time else line
     rating = df["rating"].to_numpy(np.float32) if has_rating else np.ones(len(df), np.float32)

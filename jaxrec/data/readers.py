@@ -49,7 +49,9 @@ def _read_text(path: Path, encoding: str) -> str:
     try:
         return path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
-        raise JaxrecError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})")
+        raise JaxrecError(
+            f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})"
+        ) from None
 
 
 def _read_header(path: Path, sep: str, encoding: str) -> list[str]:
@@ -140,7 +142,13 @@ def _require_columns(path: Path, found: list[str], required: list[str]) -> None:
 
 
 def _numeric(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values.str.strip(), errors="coerce").astype(np.float64)
+    """float64, NaN where a value is not a number. The strict cast is tried first because it
+    is several times faster than `to_numeric` on clean columns."""
+    stripped = values.str.strip()
+    try:
+        return stripped.astype(np.float64)
+    except ValueError:
+        return pd.to_numeric(stripped, errors="coerce").astype(np.float64)
 
 
 def _seconds(values: pd.Series) -> pd.Series:
@@ -184,7 +192,8 @@ def _users(df: pd.DataFrame) -> pd.DataFrame:
     return users
 
 
-def _items(ids: pd.Series, titles: pd.Series, genres: pd.Series, years: pd.Series):
+def _items(ids: pd.Series, titles: pd.Series, genres: pd.Series,
+           years: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(
         {"title": titles.to_numpy(), "genres": genres.to_numpy(), "year": years.to_numpy()},
         index=pd.Index(ids.str.strip(), name="item_id"),
@@ -200,7 +209,7 @@ def _ml100k_genres(root: Path) -> tuple[str, ...]:
     if not path.is_file():
         return ML100K_GENRES
     table = _read_rows(path, "|", ["genre", "index"], encoding="latin-1")
-    return tuple(table.sort_values("index", key=lambda s: _numeric(s))["genre"].str.strip())
+    return tuple(table.sort_values("index", key=_numeric)["genre"].str.strip())
 
 
 def read_ml100k(root: Path) -> RawData:

@@ -5,8 +5,10 @@ Shape suffixes: U users, B batch, N items, E exclusion slots, T target slots, K 
 Every item is ranked for every user that has targets; nothing [U, N] is ever built. The host
 keeps CSR arrays (indptr/indices) of each user's excluded and target items and ships only
 padded per-batch id lists; the [B, N] exclusion mask is scattered on device. Batches have a
-fixed size (the last is padded with a repeat of its last user and masked out) and the id lists
-a fixed width, so `score_fn` and the metric step each compile once per data set.
+fixed size (the last is padded with a repeat of its last user and masked out), so `score_fn`
+compiles once. Ranking targets costs O(B*T*N), so users are visited in order of target count
+and each batch pads T only to the next power of two: one heavy user cannot inflate every
+batch, at the price of one metric-step compile per power of two (none with leave-one-out).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def _csr(keys: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, 
     counts_u = np.bincount(keys // num_items, minlength=num_users)
     indptr = np.concatenate([[0], np.cumsum(counts_u)]).astype(np.int64)
     return indptr, (keys % num_items).astype(np.int32)
+
+
+def _users_by_target_count(indptr: np.ndarray) -> np.ndarray:
+    """Users with at least one target, most targets first (see module docstring)."""
+    counts_u = np.diff(indptr)
+    users = np.flatnonzero(counts_u)
+    return users[np.argsort(-counts_u[users], kind="stable")].astype(np.int32)
 
 
 def _pad_rows(csr, users_b: np.ndarray, width: int, fill: int) -> np.ndarray:
@@ -93,7 +102,8 @@ def evaluate_ranking(
     Items in `train` and in every `exclude` set (e.g. validation items when testing) are
     removed from each user's ranking; a target that is also excluded is dropped. Keys:
     hr@k, ndcg@k, recall@k, precision@k, coverage@k for each k in ks, plus mrr and auc.
-    See `metrics` for the pessimistic tie rule. Returns {} when no user has a target.
+    See `metrics` for the pessimistic tie rule (tied targets are ordered by item id here).
+    Returns {} when no user has a target.
     """
     ks = tuple(sorted(set(int(k) for k in ks)))
     _check_ranking_args(train, targets, ks, batch_size)
@@ -102,14 +112,14 @@ def evaluate_ranking(
     target_keys = _pair_keys([targets], num_items)
     target_keys = target_keys[~np.isin(target_keys, seen_keys)]
     seen, wanted = _csr(seen_keys, num_users, num_items), _csr(target_keys, num_users, num_items)
-    users = np.unique(target_keys // num_items)
+    users = _users_by_target_count(wanted[0])
     if len(users) == 0:
         return {}
     exclude_width = max(int(np.diff(seen[0])[users].max()), 1)
-    target_width = int(np.diff(wanted[0])[users].max())
     sums, best_pos_n = None, jnp.full(num_items, max(ks), jnp.int32)
     for start in range(0, len(users), batch_size):
         users_b = users[start : start + batch_size]
+        target_width = 1 << (int(np.diff(wanted[0])[users_b[0]]) - 1).bit_length()
         real_b = np.arange(batch_size) < len(users_b)
         users_b = np.pad(users_b, (0, batch_size - len(users_b)), mode="edge").astype(np.int32)
         scores_bn = score_fn(jnp.asarray(users_b))

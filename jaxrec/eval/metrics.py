@@ -19,11 +19,11 @@ AUC counts ties between a target and a non-target as 1/2. NaN scores are not sup
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class _TargetCounts(NamedTuple):
@@ -41,19 +41,19 @@ class _TargetCounts(NamedTuple):
 def _count_all_items(scores_bn, exclude_bn, target_scores_bt):
     """Non-excluded items scoring above / equal to each target score.
 
-    Sort + binary search keeps memory at O(B*N) for any T; a direct [B, T, N] comparison would
-    not fit with ratio-split targets at 10^5 items.
+    A direct comparison costs O(B*T*N) but fuses into one reduction (no [B, T, N] array). On
+    CPU, XLA's sort is ~100x slower than this, and one two-output `lax.reduce` is ~10x faster
+    than two `jnp.sum`s (measured at B=64, T=16, N=10^5).
     """
-    masked_bn = jnp.where(exclude_bn, -jnp.inf, scores_bn)
-    sorted_bn = jnp.sort(masked_bn, axis=1)
-    left_bt = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(sorted_bn, target_scores_bt)
-    right_bt = jax.vmap(functools.partial(jnp.searchsorted, side="right"))(sorted_bn, target_scores_bt)
-    num_excluded_b = exclude_bn.sum(axis=1)
-    # Excluded items sit at -inf, so they tie only with a target that itself scores -inf.
-    excluded_ties_bt = jnp.where(jnp.isneginf(target_scores_bt), num_excluded_b[:, None], 0)
-    greater_bt = scores_bn.shape[1] - right_bt
-    equal_bt = right_bt - left_bt - excluded_ties_bt
-    return greater_bt, equal_bt
+    # NaN compares false to everything, which removes excluded items from both counts.
+    scores_b1n = jnp.where(exclude_bn, jnp.nan, scores_bn)[:, None, :]
+    target_bt1 = target_scores_bt[:, :, None]
+    greater_btn = (scores_b1n > target_bt1).astype(jnp.int32)
+    equal_btn = (scores_b1n == target_bt1).astype(jnp.int32)
+    zero = jnp.int32(0)
+    return jax.lax.reduce(
+        (greater_btn, equal_btn), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), (2,)
+    )
 
 
 def _count_targets(target_scores_bt, valid_bt):
@@ -69,7 +69,7 @@ def _count_targets(target_scores_bt, valid_bt):
 
 
 def _count(scores_bn, exclude_bn, targets_bt) -> _TargetCounts:
-    """Everything the metrics need, from one sort of the batch."""
+    """Everything the metrics need, in one pass over the batch."""
     safe_bt = jnp.maximum(targets_bt, 0)
     valid_bt = (targets_bt >= 0) & ~jnp.take_along_axis(exclude_bn, safe_bt, axis=1)
     target_scores_bt = jnp.take_along_axis(scores_bn, safe_bt, axis=1)
@@ -108,7 +108,7 @@ def _cutoff_metrics(ranks_bt, valid_bt, k: int) -> dict[str, jax.Array]:
     hit_bt = valid_bt & (ranks_bt <= k)
     hits_b = hit_bt.sum(axis=1)
     dcg_b = jnp.where(hit_bt, 1.0 / jnp.log2(ranks_bt + 1.0), 0.0).sum(axis=1)
-    ideal_cum_k = jnp.cumsum(1.0 / jnp.log2(jnp.arange(k) + 2.0))
+    ideal_cum_k = jnp.asarray(np.cumsum(1.0 / np.log2(np.arange(k) + 2.0)), jnp.float32)
     idcg_b = ideal_cum_k[jnp.clip(num_targets_b, 1, k) - 1]
     has_targets_b = num_targets_b > 0
     return {

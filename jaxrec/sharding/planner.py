@@ -30,7 +30,7 @@ KIND_OF_STRATEGY = {
 }
 FLOAT_BYTES = 4
 ID_BYTES = 4
-REPLICATE_BELOW_BYTES = 4 << 20  # `auto` replicates tables whose rows and slots take less
+REPLICATE_BELOW_BYTES = 4 << 20  # `auto` never replicates tables whose rows and slots take more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +94,9 @@ def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str
                       budget_bytes: float) -> dict[str, str]:
     """Per-table strategy: the configured one, overrides, or the `auto` rule.
 
-    auto: replicate tables under REPLICATE_BELOW_BYTES (a lookup needs no communication); put
-    whole tables on one device (table-wise) while each takes at most a quarter of the budget,
-    so several balance across devices; split the rest row-wise.
+    auto: replicate tables under min(REPLICATE_BELOW_BYTES, budget / 16) (their lookups need no
+    communication); put whole tables on one device (table-wise) while each takes at most a
+    quarter of the budget, so several balance across devices; split the rest row-wise.
     """
     chosen = {}
     for spec in specs:
@@ -104,7 +104,7 @@ def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str
             chosen[spec.name] = overrides[spec.name]
         elif strategy != "auto":
             chosen[spec.name] = strategy
-        elif model == 1 or _table_bytes(spec) < REPLICATE_BELOW_BYTES:
+        elif model == 1 or _table_bytes(spec) <= min(REPLICATE_BELOW_BYTES, budget_bytes / 16):
             chosen[spec.name] = "data_parallel"
         elif _table_bytes(spec) <= budget_bytes / 4:
             chosen[spec.name] = "table_wise"

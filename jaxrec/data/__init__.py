@@ -1,0 +1,1 @@
+"""Data: readers, fetch, preprocessing, features, splits and Grain pipelines."""

@@ -1,0 +1,118 @@
+"""Every strategy, on 1-D and 2-D meshes, trains exactly like the single-device reference."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec.config import Config
+from jaxrec.errors import JaxrecError
+from jaxrec.train_lib import build_engine, check_batch_size, init_state, make_train_step
+
+NUM_USERS, NUM_ITEMS = 37, 53  # not divisible by 8, 4 or 2: exercises padding
+BATCH, NEGATIVES, STEPS = 32, 3, 20
+
+
+def _config(strategy: str, mesh: tuple[int, int], optimizer: str, table_optimizer: str | None) -> Config:
+    cfg = Config()
+    cfg.sharding.strategy = strategy
+    cfg.sharding.mesh.data, cfg.sharding.mesh.model = mesh
+    cfg.sharding.memory_budget_gb = 12e-6  # tiny, so `auto` replicates, places and splits tables
+    cfg.optimizer.name, cfg.optimizer.lr = optimizer, 0.05
+    cfg.optimizer.table_optimizer = table_optimizer
+    cfg.model.dim = 6  # not divisible by 4 or 8: exercises column padding
+    cfg.data.num_negatives = NEGATIVES
+    return cfg
+
+
+def _batches():
+    """Random batches, batches full of duplicate ids, and batches whose ids all hit one shard."""
+    rng = np.random.default_rng(0)
+    for step in range(STEPS):
+        users = rng.integers(0, NUM_USERS, (BATCH, 1))
+        items = rng.integers(0, NUM_ITEMS, (BATCH, 1 + NEGATIVES))
+        kind = ("random", "duplicates", "one_shard")[step % 3]
+        if kind == "duplicates":
+            users[: BATCH // 2] = 5
+            items[:, 1] = items[0, 0]
+        elif kind == "one_shard":  # every id on row-wise shard 0 of 8 (and of 4, 2)
+            users = (users // 8) * 8
+            items = (items // 8) * 8
+        labels = np.zeros(items.shape, np.float32)
+        labels[:, 0] = 1
+        yield {"user": users.astype(np.int32), "item": items.astype(np.int32), "label": labels}
+
+
+def _train(cfg: Config):
+    engine = build_engine(cfg, NUM_USERS, NUM_ITEMS)
+    state = init_state(engine, seed=0)
+    step = make_train_step(engine)
+    losses = []
+    for batch in _batches():
+        state, out = step(state, jax.device_put(batch, engine.batch_sharding()))
+        losses.append(float(out["loss"]))
+    tables = {name: np.asarray(engine.collection.table(state.emb, name)) for name in engine.collection.specs}
+    return tables, jax.device_get(state.params), np.array(losses), step
+
+
+CASES = [
+    ("adam", None, "data_parallel", (8, 1)),
+    ("adam", None, "table_wise", (1, 8)),
+    ("adam", None, "table_wise", (2, 4)),
+    ("adam", None, "row_wise", (1, 8)),
+    ("adam", None, "row_wise", (4, 2)),
+    ("adam", None, "column_wise", (1, 8)),
+    ("adam", None, "column_wise", (2, 4)),
+    ("adam", None, "auto", (1, 8)),
+    ("adam", None, "auto", (2, 4)),
+    ("adagrad", "rowwise_adagrad", "row_wise", (1, 8)),
+    ("adagrad", "rowwise_adagrad", "column_wise", (2, 4)),
+    ("adagrad", "rowwise_adagrad", "auto", (4, 2)),
+]
+_REFERENCES = {}
+
+
+def _reference(optimizer, table_optimizer):
+    key = (optimizer, table_optimizer)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _train(_config("none", (1, 1), optimizer, table_optimizer))
+    return _REFERENCES[key]
+
+
+@pytest.mark.parametrize("optimizer,table_optimizer,strategy,mesh", CASES)
+def test_strategy_matches_single_device(optimizer, table_optimizer, strategy, mesh):
+    """20 steps (lazy Adam or row-wise Adagrad tables, Adam/Adagrad dense) equal `none`."""
+    ref_tables, ref_params, ref_losses, _ = _reference(optimizer, table_optimizer)
+    tables, params, losses, step = _train(_config(strategy, mesh, optimizer, table_optimizer))
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for name, ref in ref_tables.items():
+        np.testing.assert_allclose(tables[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params)
+    assert step._cache_size() == 1, "the train step compiled more than once"
+
+
+def test_auto_plan_mixes_strategies():
+    engine = build_engine(_config("auto", (1, 8), "adam", None), NUM_USERS, NUM_ITEMS)
+    chosen = {name: p.strategy for name, p in engine.plan.placements.items()}
+    assert chosen == {"user_bias": "data_parallel", "item_bias": "data_parallel", "user": "table_wise",
+                      "item": "row_wise"}
+
+
+def test_tables_really_are_sharded():
+    engine = build_engine(_config("row_wise", (1, 8), "adam", None), NUM_USERS, NUM_ITEMS)
+    state = init_state(engine, seed=0)
+    for array in state.emb.tables.values():
+        shard_rows = {s.data.shape[0] for s in array.addressable_shards}
+        assert shard_rows == {array.shape[0] // 8}
+
+
+def test_batch_not_divisible_by_mesh_fails_clearly():
+    with pytest.raises(JaxrecError, match=r"train.batch_size=30 does not divide across the mesh's 8 devices"):
+        check_batch_size(30, 8, (2, 4))
+
+
+def test_none_rejects_a_multi_device_mesh():
+    cfg = _config("none", (1, 8), "adam", None)
+    with pytest.raises(JaxrecError, match="'none' needs a 1x1 mesh"):
+        build_engine(cfg, NUM_USERS, NUM_ITEMS)
