@@ -9,12 +9,15 @@ message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from jaxrec.errors import JaxrecError
 
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic")
 SPLITS = ("leave_one_out", "random", "temporal")
 MODELS = ("mf",)
@@ -78,6 +81,7 @@ class ShardingConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     memory_budget_gb: float = 16.0  # per-device memory the planner may use
     tables: dict[str, str] = dataclasses.field(default_factory=dict)  # per-table strategy overrides
+    num_devices: int | None = None  # simulate this many CPU devices (planning, CPU runs); None: real devices
 
 
 @dataclasses.dataclass
@@ -152,3 +156,18 @@ def table_optimizer_name(cfg: OptimizerConfig) -> str:
     if cfg.table_optimizer is not None:
         return cfg.table_optimizer
     return {"adam": "lazy_adam", "adagrad": "adagrad", "sgd": "sgd"}[cfg.name]
+
+
+def simulate_cpu_devices(cfg: Config) -> None:
+    """Honour sharding.num_devices by simulating CPU devices; must run before jax starts."""
+    if cfg.sharding.num_devices is None:
+        return
+    import sys
+
+    if "jax" in sys.modules and sys.modules["jax"].config.jax_platforms not in (None, "", "cpu"):
+        raise JaxrecError("sharding.num_devices simulates CPU devices; unset it on an accelerator")
+    flag = f"--xla_force_host_platform_device_count={cfg.sharding.num_devices}"
+    os.environ["XLA_FLAGS"] = " ".join(
+        [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f] + [flag]
+    )
+    os.environ["JAX_PLATFORMS"] = "cpu"

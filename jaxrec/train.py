@@ -14,15 +14,13 @@ import subprocess
 from pathlib import Path
 
 import hydra
-import jax
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from jaxrec.config import register_configs, to_config
+from jaxrec.config import CONF_DIR, register_configs, simulate_cpu_devices, to_config
 from jaxrec.errors import cli_errors
 from jaxrec.progress import write_json_atomic
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("jaxrec.train")
 
 
@@ -36,6 +34,8 @@ def git_sha() -> str | None:
 
 
 def write_run_info(run_dir: Path) -> None:
+    import jax
+
     info = {"git_sha": git_sha(), "jax": jax.__version__, "python": platform.python_version(),
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
     write_json_atomic(run_dir / "run_info.json", info)
@@ -47,9 +47,10 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 @cli_errors
 def main(dict_cfg: DictConfig) -> float | None:
+    cfg = to_config(dict_cfg)
+    simulate_cpu_devices(cfg)
     from jaxrec import train_lib
 
-    cfg = to_config(dict_cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_run_info(run_dir)
     results = train_lib.run(cfg, run_dir)

@@ -199,6 +199,48 @@ def make_predict_fn(engine: Engine, state: TrainState):
     return lambda user_b, item_b: predict(state.params, state.emb, user_b, item_b)
 
 
+def abstract_inputs(engine: Engine, batch_size: int):
+    """ShapeDtypeStructs (with shardings) of the train step's inputs: nothing is allocated."""
+    state = jax.eval_shape(lambda: init_state(engine, 0))
+    shardings = state_shardings(engine, state)
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings)
+    batch = jax.eval_shape(lambda: _example_batch(engine, batch_size))
+    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=engine.batch_sharding()), batch)
+    return state, batch
+
+
+def dense_bytes(engine: Engine) -> int:
+    """Dense parameters and their optimiser state (replicated on every device)."""
+    state = jax.eval_shape(lambda: init_state(engine, 0))
+    leaves = jax.tree.leaves((state.params, state.opt_state if engine.cfg.optimizer.sparse else ()))
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+
+
+def compiled_step_bytes(engine: Engine, batch_size: int) -> int:
+    """XLA's per-device memory for the train step: argument + output - alias + temp bytes."""
+    stats = make_train_step(engine).lower(*abstract_inputs(engine, batch_size)).compile().memory_analysis()
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+               + stats.temp_size_in_bytes)
+
+
+def resolve_batch_size(engine: Engine) -> int:
+    """The configured batch, or the largest power of two that fits (`auto`); fails before any
+    allocation if the plan does not fit the memory budget."""
+    from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits
+
+    cfg, plan = engine.cfg, engine.plan
+    budget, dense = cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
+    if cfg.train.batch_size == "auto":
+        batch_size = largest_batch_that_fits(plan, budget, dense)
+        log.info("train.batch_size=auto chose %d (memory budget %.3g GB per device)", batch_size,
+                 cfg.sharding.memory_budget_gb)
+    else:
+        batch_size = int(cfg.train.batch_size)
+    check_batch_size(batch_size, plan.num_devices, plan.mesh_shape)
+    check_fits(plan, estimate_memory(plan, batch_size, dense), budget)
+    return batch_size
+
+
 def check_batch_size(batch_size: int, num_devices: int, mesh_shape) -> None:
     if batch_size % num_devices:
         raise JaxrecError(
@@ -247,8 +289,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.num_users, dataset.num_items)
-    batch_size = int(cfg.train.batch_size)
-    check_batch_size(batch_size, engine.num_devices, engine.plan.mesh_shape)
+    batch_size = resolve_batch_size(engine)
     per_epoch = steps_per_epoch(len(dataset.split.train), batch_size)
     if per_epoch == 0:
         raise JaxrecError(f"train.batch_size={batch_size} exceeds the {len(dataset.split.train)} training "
@@ -305,6 +346,7 @@ def make_results(cfg, engine, dataset, best: _Best, *, steps, batch_size, train_
             "epochs": cfg.train.epochs,
             "steps": steps,
             "batch_size": batch_size,
+            "batch_size_auto": cfg.train.batch_size == "auto",
             "wall_s": train_seconds,
             "compile_s": compile_seconds,
             "examples_per_sec": rate,

@@ -12,6 +12,9 @@ from jaxrec.data.types import Features, Interactions, RawData, Split
 
 log = logging.getLogger("jaxrec.data")
 
+# Users and items with default preprocessing, so a plan needs no data: ml-100k measured here,
+# the others as GroupLens publishes them (every user and item has at least one rating).
+KNOWN_SHAPES = {"ml100k": (943, 1682), "ml1m": (6040, 3706), "ml20m": (138493, 26744), "ml25m": (162541, 59047)}
 FETCH_NAMES = {"ml100k": "ml-100k", "ml1m": "ml-1m", "ml20m": "ml-20m", "ml25m": "ml-25m"}
 
 
@@ -68,3 +71,15 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         item_features=features.item_features(raw.items, inter.item_tokens),
         drop_counts=drop_counts,
     )
+
+
+def table_shapes(cfg: DataConfig) -> tuple[int, int]:
+    """(num_users, num_items) from config or data set metadata, without reading any data."""
+    if cfg.name == "synthetic":
+        return cfg.num_users, cfg.num_items
+    if cfg.name in KNOWN_SHAPES and cfg.k_core == 0 and cfg.min_rating is None:
+        return KNOWN_SHAPES[cfg.name]
+    from jaxrec.errors import JaxrecError
+
+    raise JaxrecError(f"data={cfg.name} has no shape metadata for planning (filters change it); plan with "
+                      "data=synthetic data.num_users=... data.num_items=... of the same size")

@@ -90,26 +90,50 @@ def _table_bytes(spec: TableSpec) -> int:
     return spec.rows * width * FLOAT_BYTES
 
 
-def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str, str], model: int,
-                      budget_bytes: float) -> dict[str, str]:
-    """Per-table strategy: the configured one, overrides, or the `auto` rule.
-
-    auto: replicate tables under min(REPLICATE_BELOW_BYTES, budget / 16) (their lookups need no
-    communication); put whole tables on one device (table-wise) while each takes at most a
-    quarter of the budget, so several balance across devices; split the rest row-wise.
-    """
-    chosen = {}
-    for spec in specs:
-        if spec.name in overrides:
-            chosen[spec.name] = overrides[spec.name]
-        elif strategy != "auto":
-            chosen[spec.name] = strategy
-        elif model == 1 or _table_bytes(spec) <= min(REPLICATE_BELOW_BYTES, budget_bytes / 16):
-            chosen[spec.name] = "data_parallel"
-        elif _table_bytes(spec) <= budget_bytes / 4:
+def _pack_or_split(specs: list[TableSpec], model: int, budget_bytes: float) -> dict[str, str]:
+    """`auto` for tables sharing one row group. SPMD shards are uniform, so the fullest device
+    sets every device's block: aim every device at the balanced fill (sum of rows / model).
+    Tables above it, or above a quarter of the budget, are split row-wise (adding rows/model to
+    every device); the others, largest first, go whole onto the least-filled device while that
+    stays within the balanced fill, else they are split too."""
+    target = math.ceil(sum(s.rows for s in specs) / model)
+    chosen, fill = {}, np.zeros(model, dtype=np.int64)
+    for spec in sorted(specs, key=lambda s: -s.rows):
+        if spec.rows > target or _table_bytes(spec) > budget_bytes / 4:
+            chosen[spec.name] = "row_wise"
+            fill += math.ceil(spec.rows / model)
+    for spec in sorted((s for s in specs if s.name not in chosen), key=lambda s: -s.rows):
+        device = int(np.argmin(fill))
+        if fill[device] + spec.rows <= target:
             chosen[spec.name] = "table_wise"
+            fill[device] += spec.rows
         else:
             chosen[spec.name] = "row_wise"
+            fill += math.ceil(spec.rows / model)
+    return chosen
+
+
+def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str, str], model: int,
+                      budget_bytes: float) -> dict[str, str]:
+    """Per-table strategy: overrides first, then the configured strategy or the `auto` rule.
+
+    auto: replicate tables under min(REPLICATE_BELOW_BYTES, budget / 16) (their lookups need no
+    communication) and everything on a single-device model axis; pack the others table-wise
+    where that keeps devices balanced, else split them row-wise (_pack_or_split).
+    """
+    chosen = dict(overrides)
+    if strategy != "auto":
+        return {s.name: chosen.get(s.name, strategy) for s in specs}
+    sharded: dict[tuple, list[TableSpec]] = {}
+    for spec in specs:
+        if spec.name in chosen:
+            continue
+        if model == 1 or _table_bytes(spec) <= min(REPLICATE_BELOW_BYTES, budget_bytes / 16):
+            chosen[spec.name] = "data_parallel"
+        else:
+            sharded.setdefault(_group_key(spec, "row_wise"), []).append(spec)
+    for members in sharded.values():
+        chosen |= _pack_or_split(members, model, budget_bytes)
     return chosen
 
 

@@ -92,10 +92,10 @@ def test_strategy_matches_single_device(optimizer, table_optimizer, strategy, me
     assert step._cache_size() == 1, "the train step compiled more than once"
 
 
-def test_auto_plan_mixes_strategies():
+def test_auto_plan_replicates_small_and_splits_large_tables():
     engine = build_engine(_config("auto", (1, 8), "adam", None), NUM_USERS, NUM_ITEMS)
     chosen = {name: p.strategy for name, p in engine.plan.placements.items()}
-    assert chosen == {"user_bias": "data_parallel", "item_bias": "data_parallel", "user": "table_wise",
+    assert chosen == {"user_bias": "data_parallel", "item_bias": "data_parallel", "user": "row_wise",
                       "item": "row_wise"}
 
 

@@ -1,0 +1,1 @@
+"""Reproducible experiments: one folder per question, each with a README and a runner."""

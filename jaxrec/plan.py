@@ -1,0 +1,99 @@
+"""Plan a run without loading data or allocating tables: where every table lives and what
+each device holds, checked against XLA's compiled memory analysis of the real train step.
+
+    python -m jaxrec.plan sharding=auto sharding.num_devices=64 data=synthetic \\
+        data.num_users=12000000 data.num_items=4000000 model.dim=64 train.batch_size=auto
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from jaxrec.config import CONF_DIR, Config, register_configs, simulate_cpu_devices, to_config
+from jaxrec.errors import cli_errors
+from jaxrec.progress import write_json_atomic
+
+log = logging.getLogger("jaxrec.plan")
+
+
+def _row(cells, widths) -> str:
+    return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def format_plan(plan_json: dict) -> str:
+    """A readable per-table table: strategy, devices and bytes on the fullest device."""
+    header = ("table", "rows", "dim", "strategy", "devices", "max MB/device")
+    rows = [header]
+    for name, t in plan_json["tables"].items():
+        used = [b for b in t["bytes_per_device"] if b]
+        rows.append((name, f"{t['rows']:,}", t["dim"], t["strategy"], len(used), f"{max(used) / 1e6:,.1f}"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    mem = plan_json["memory_per_device"]
+    lines = [_row(r, widths) for r in rows]
+    lines += [
+        "",
+        f"mesh data x model = {plan_json['mesh']['data']}x{plan_json['mesh']['model']}, "
+        f"global batch {plan_json['batch_size']}",
+        f"per device (fullest): params {max(mem['params']) / 1e6:,.1f} MB, optimiser slots "
+        f"{max(mem['slots']) / 1e6:,.1f} MB, buffers {max(mem['buffers']) / 1e6:,.1f} MB, activations "
+        f"{max(mem['activations']) / 1e6:,.1f} MB, dense {mem['dense'] / 1e6:,.3f} MB",
+        f"peak per device: planner {max(plan_json['peak_bytes_per_device']) / 1e6:,.1f} MB, "
+        f"XLA {max(plan_json['xla_bytes_per_device']) / 1e6:,.1f} MB",
+        f"communication per step (all devices): {plan_json['comm_bytes_per_step'] / 1e6:,.2f} MB",
+    ]
+    return "\n".join(lines)
+
+
+def make_plan_json(cfg: Config, with_xla: bool = True) -> dict:
+    from jaxrec.data.dataset import table_shapes
+    from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
+    from jaxrec.train_lib import build_engine, compiled_step_bytes, dense_bytes
+
+    engine = build_engine(cfg, *table_shapes(cfg.data))
+    plan, budget, dense = engine.plan, cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
+    auto = cfg.train.batch_size == "auto"
+    batch = largest_batch_that_fits(plan, budget, dense) if auto else int(cfg.train.batch_size)
+    estimate = estimate_memory(plan, batch, dense)
+    check_fits(plan, estimate, budget)
+    xla = compiled_step_bytes(engine, batch) if with_xla else None
+    return {
+        "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
+        "batch_size": batch,
+        "batch_size_auto": auto,
+        "memory_budget_bytes": budget,
+        "tables": {
+            name: {"strategy": place.strategy, "rows": plan.specs[name].rows, "dim": plan.specs[name].dim,
+                   "group": place.group, "bytes_per_device": table_bytes_per_device(plan, name)}
+            for name, place in plan.placements.items()
+        },
+        "memory_per_device": {"params": estimate.params, "slots": estimate.slots, "buffers": estimate.buffers,
+                              "activations": estimate.activations, "dense": estimate.dense},
+        "peak_bytes_per_device": estimate.peak,
+        "comm_bytes_per_step": estimate.comm_bytes_per_step,
+        "xla_bytes_per_device": [xla] * plan.num_devices if with_xla else None,
+    }
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@cli_errors
+def main(dict_cfg: DictConfig) -> None:
+    cfg = to_config(dict_cfg)
+    simulate_cpu_devices(cfg)
+    plan_json = make_plan_json(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "plan.json", plan_json)
+    print(format_plan(plan_json))
+    print(f"wrote {run_dir / 'plan.json'}")
+
+
+if __name__ == "__main__":
+    main()
