@@ -40,6 +40,7 @@ class DataConfig:
     num_items: int = 500  # name=synthetic: number of items
     num_interactions: int = 20000  # name=synthetic: interactions drawn before dedup
     seed: int = 0  # name=synthetic: generator seed
+    zipf_a: float = 1.1  # name=synthetic: popularity skew (P(rank r) ~ r^-a); lower is flatter
     min_rating: float | None = None  # keep rating >= this (explicit -> implicit feedback)
     k_core: int = 0  # iterate until every user and item has >= k interactions (0: off)
     strict: bool = False  # fail on the first invalid row instead of dropping and counting it

@@ -162,41 +162,40 @@ def make_train_step(engine: Engine):
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, engine.replicated()))
 
 
-def make_score_fn(engine: Engine, state: TrainState):
-    """score_fn(users_b) -> scores_bn over every item, for the full-ranking evaluator."""
-    model, collection = engine.model, engine.collection
-    item_tables = jax.jit(lambda emb: {n: collection.table(emb, n) for n in model.item_tables()})(state.emb)
+class RankingEvaluator:
+    """Full-ranking (and rating) evaluation of a train state; its jitted pieces compile once per run."""
 
-    @jax.jit
-    def score(params, emb, tables, users_b):
-        acts = collection.lookup(emb, model.query_ids(users_b))
-        return model.apply(params, acts, tables, method=model.score_all)
+    def __init__(self, engine: Engine, dataset: Dataset):
+        self.engine, self.dataset = engine, dataset
+        model, collection = engine.model, engine.collection
+        self._item_tables = jax.jit(lambda emb: {n: collection.table(emb, n) for n in model.item_tables()})
 
-    return lambda users_b: score(state.params, state.emb, item_tables, users_b)
+        def score(params, emb, tables, users_b):
+            acts = collection.lookup(emb, model.query_ids(users_b))
+            return model.apply(params, acts, tables, method=model.score_all)
 
+        def predict(params, emb, user_b, item_b):
+            batch = {"user": user_b[:, None], "item": item_b[:, None]}
+            return model.apply(params, collection.lookup(emb, model.feature_ids(batch)), batch)[:, 0]
 
-def evaluate(engine: Engine, state: TrainState, dataset: Dataset, part: str) -> dict[str, float]:
-    """Full-ranking metrics on `valid` or `test` (excluding train, and valid when testing)."""
-    split, cfg = dataset.split, engine.cfg
-    targets = getattr(split, part)
-    exclude = [split.valid] if part == "test" else []
-    metrics = evaluate_ranking(make_score_fn(engine, state), split.train, targets, exclude=exclude,
-                               ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
-    if cfg.model.loss == "mse":
-        metrics |= evaluate_ratings(make_predict_fn(engine, state), targets)
-    return metrics
+        self._score, self._predict = jax.jit(score), jax.jit(predict)
 
+    def score_fn(self, state: TrainState):
+        """users_b -> scores_bn over every item, for evaluate_ranking."""
+        tables = self._item_tables(state.emb)
+        return lambda users_b: self._score(state.params, state.emb, tables, users_b)
 
-def make_predict_fn(engine: Engine, state: TrainState):
-    """predict_fn(user_b, item_b) -> predicted ratings, for RMSE/MAE."""
-    model, collection = engine.model, engine.collection
-
-    @jax.jit
-    def predict(params, emb, user_b, item_b):
-        batch = {"user": user_b[:, None], "item": item_b[:, None]}
-        return model.apply(params, collection.lookup(emb, model.feature_ids(batch)), batch)[:, 0]
-
-    return lambda user_b, item_b: predict(state.params, state.emb, user_b, item_b)
+    def __call__(self, state: TrainState, part: str) -> dict[str, float]:
+        """Metrics on `valid` or `test`, excluding train items (and valid items when testing)."""
+        split, cfg = self.dataset.split, self.engine.cfg
+        targets = getattr(split, part)
+        exclude = [split.valid] if part == "test" else []
+        metrics = evaluate_ranking(self.score_fn(state), split.train, targets, exclude=exclude,
+                                   ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
+        if cfg.model.loss == "mse":
+            predict = lambda u, i: self._predict(state.params, state.emb, u, i)  # noqa: E731
+            metrics |= evaluate_ratings(predict, targets)
+        return metrics
 
 
 def abstract_inputs(engine: Engine, batch_size: int):
@@ -223,7 +222,7 @@ def compiled_step_bytes(engine: Engine, batch_size: int) -> int:
                + stats.temp_size_in_bytes)
 
 
-def resolve_batch_size(engine: Engine) -> int:
+def resolve_batch_size(engine: Engine, max_batch: int = 1 << 20) -> int:
     """The configured batch, or the largest power of two that fits (`auto`); fails before any
     allocation if the plan does not fit the memory budget."""
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits
@@ -231,7 +230,7 @@ def resolve_batch_size(engine: Engine) -> int:
     cfg, plan = engine.cfg, engine.plan
     budget, dense = cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
     if cfg.train.batch_size == "auto":
-        batch_size = largest_batch_that_fits(plan, budget, dense)
+        batch_size = largest_batch_that_fits(plan, budget, dense, max_batch)
         log.info("train.batch_size=auto chose %d (memory budget %.3g GB per device)", batch_size,
                  cfg.sharding.memory_budget_gb)
     else:
@@ -257,15 +256,15 @@ class _Best:
     test: dict = dataclasses.field(default_factory=dict)
 
 
-def _evaluate_epoch(engine, state, dataset, epoch, best: _Best, metrics_log: MetricsLog) -> None:
+def _evaluate_epoch(evaluate: RankingEvaluator, state, epoch, best: _Best, metrics_log: MetricsLog) -> None:
     """Validation metrics; when they improve, test metrics of this epoch become the reported ones."""
-    select = engine.cfg.train.select_metric
+    select = evaluate.engine.cfg.train.select_metric
     start = time.perf_counter()
-    valid = evaluate(engine, state, dataset, "valid") if len(dataset.split.valid) else {}
+    valid = evaluate(state, "valid") if len(evaluate.dataset.split.valid) else {}
     improved = not best.valid or valid.get(select, -np.inf) > best.valid.get(select, -np.inf)
     if improved:
         best.epoch, best.valid = epoch, valid
-        best.test = evaluate(engine, state, dataset, "test")
+        best.test = evaluate(state, "test")
     record = {"step": int(state.step), "epoch": epoch, "eval/seconds": time.perf_counter() - start}
     record |= {f"eval/valid/{k}": v for k, v in valid.items()}
     metrics_log.write(record)
@@ -289,7 +288,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.num_users, dataset.num_items)
-    batch_size = resolve_batch_size(engine)
+    batch_size = resolve_batch_size(engine, max_batch=len(dataset.split.train))
     per_epoch = steps_per_epoch(len(dataset.split.train), batch_size)
     if per_epoch == 0:
         raise JaxrecError(f"train.batch_size={batch_size} exceeds the {len(dataset.split.train)} training "
@@ -299,7 +298,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
                                 loss=cfg.model.loss, seed=cfg.train.data_seed)
     total = min(len(loader), cfg.train.max_steps or len(loader))
     state = init_state(engine, cfg.train.seed)
-    step_fn = make_train_step(engine)
+    step_fn, evaluate = make_train_step(engine), RankingEvaluator(engine, dataset)
     batch_sharding = engine.batch_sharding()
     metrics_log, progress, best = MetricsLog(run_dir / "metrics.jsonl"), Progress(total, cfg.train.progress), _Best()
     losses, window_start, compile_s, eval_s, loop_start = [], time.perf_counter(), 0.0, 0.0, time.perf_counter()
@@ -319,7 +318,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
             losses, window_start = [], time.perf_counter()
         if _eval_due(cfg, step, per_epoch, total):
             tick = time.perf_counter()
-            _evaluate_epoch(engine, state, dataset, step / per_epoch, best, metrics_log)
+            _evaluate_epoch(evaluate, state, step / per_epoch, best, metrics_log)
             eval_s += time.perf_counter() - tick
             window_start += time.perf_counter() - tick
         progress.update(step)

@@ -38,7 +38,8 @@ class Dataset:
 
 def read_raw(cfg: DataConfig) -> RawData:
     if cfg.name == "synthetic":
-        return synthetic.generate_synthetic(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.seed)
+        return synthetic.generate_synthetic(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.seed,
+                                            zipf_a=cfg.zipf_a)
     if cfg.name == "csv":
         return readers.read_interactions(
             Path(cfg.path), sep=cfg.sep, user_col=cfg.user_col, item_col=cfg.item_col,

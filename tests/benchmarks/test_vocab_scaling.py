@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # ~1 min on 2 CPUs: four compilations of the train step
 def test_vocab_scaling_cli_writes_results(tmp_path):
     out = tmp_path / "vocab"
     cmd = [sys.executable, "-m", "benchmarks.vocab_scaling", "--out", str(out), "--rows", "300,3000",
