@@ -23,6 +23,7 @@ SPLITS = ("leave_one_out", "random", "temporal")
 MODELS = ("mf",)
 LOSSES = ("bce", "bpr", "mse")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+LR_SCALING = ("none", "linear", "sqrt")
 TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "lazy_adam")
 STRATEGIES = ("none", "data_parallel", "table_wise", "row_wise", "column_wise", "auto")
 
@@ -68,6 +69,8 @@ class OptimizerConfig:
     table_optimizer: str | None = None  # sparse row optimiser; None: lazy_adam/adagrad/sgd to match name
     table_lr: float | None = None  # learning rate of tables; None: lr
     sparse: bool = True  # False trains tables with dense optax (a baseline: O(rows) per step)
+    lr_scaling: str = "none"  # scale lr (and table_lr) with train.batch_size: none | linear | sqrt
+    base_batch_size: int = 256  # the batch size at which lr is the configured value
 
 
 @dataclasses.dataclass
@@ -125,6 +128,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("model.name", cfg.model.name, MODELS)
     _check_choice("model.loss", cfg.model.loss, LOSSES)
     _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    _check_choice("optimizer.lr_scaling", cfg.optimizer.lr_scaling, LR_SCALING)
+    if cfg.optimizer.lr_scaling != "none" and not isinstance(cfg.train.batch_size, int):
+        raise JaxrecError("optimizer.lr_scaling needs an integer train.batch_size (not 'auto')")
     if cfg.optimizer.table_optimizer is not None:
         _check_choice("optimizer.table_optimizer", cfg.optimizer.table_optimizer, TABLE_OPTIMIZERS)
     _check_choice("sharding.strategy", cfg.sharding.strategy, STRATEGIES)
@@ -150,6 +156,12 @@ def to_config(cfg: DictConfig | Config) -> Config:
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def scaled_lr(cfg: Config, lr: float) -> float:
+    """lr for train.batch_size under the linear or square-root scaling rule."""
+    ratio = int(cfg.train.batch_size) / cfg.optimizer.base_batch_size if cfg.optimizer.lr_scaling != "none" else 1.0
+    return lr * (ratio if cfg.optimizer.lr_scaling == "linear" else ratio**0.5)
 
 
 def table_optimizer_name(cfg: OptimizerConfig) -> str:

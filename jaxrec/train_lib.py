@@ -21,7 +21,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.config import Config, table_optimizer_name, to_dict
+from jaxrec.config import Config, scaled_lr, table_optimizer_name, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.data.pipeline import make_train_dataset, steps_per_epoch
 from jaxrec.embedding import EmbeddingCollection, EmbeddingState
@@ -75,7 +75,8 @@ def candidates_per_example(cfg: Config) -> int:
 
 
 def make_dense_optimizer(cfg: Config) -> optax.GradientTransformation:
-    return {"adam": optax.adam, "adagrad": optax.adagrad, "sgd": optax.sgd}[cfg.optimizer.name](cfg.optimizer.lr)
+    make = {"adam": optax.adam, "adagrad": optax.adagrad, "sgd": optax.sgd}[cfg.optimizer.name]
+    return make(scaled_lr(cfg, cfg.optimizer.lr))
 
 
 def build_engine(cfg: Config, num_users: int, num_items: int, devices=None) -> Engine:
@@ -83,7 +84,7 @@ def build_engine(cfg: Config, num_users: int, num_items: int, devices=None) -> E
     shape = resolve_mesh_shape(cfg.sharding.mesh, len(devices))
     model = make_model(cfg.model, num_users, num_items)
     table_opt = table_optimizer_name(cfg.optimizer) if cfg.optimizer.sparse else "sgd"
-    table_lr = cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr
+    table_lr = scaled_lr(cfg, cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr)
     specs = model.tables(table_opt, table_lr, candidates_per_example(cfg))
     plan = make_plan(specs, shape, cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.memory_budget_gb * 1e9)
     mesh = make_mesh(shape, devices)
