@@ -101,6 +101,10 @@ class TrainConfig:
     select_metric: str = "ndcg@10"  # validation metric that picks the best epoch
     log_every: int = 50  # steps between metrics.jsonl train records
     progress: bool = True  # console progress bar with rate and ETA
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at the end); always at the end
+    keep_checkpoints: int = 3  # most recent checkpoints kept
+    resume: bool = True  # continue from the latest checkpoint in the run dir, if there is one
+    on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (naming step and table) or skip the batch
 
 
 @dataclasses.dataclass
@@ -134,6 +138,7 @@ def validate(cfg: Config) -> Config:
     if cfg.optimizer.table_optimizer is not None:
         _check_choice("optimizer.table_optimizer", cfg.optimizer.table_optimizer, TABLE_OPTIMIZERS)
     _check_choice("sharding.strategy", cfg.sharding.strategy, STRATEGIES)
+    _check_choice("train.on_nonfinite", cfg.train.on_nonfinite, ("stop", "skip"))
     for table, strategy in cfg.sharding.tables.items():
         _check_choice(f"sharding.tables.{table}", strategy, STRATEGIES[1:-1] + ("none",))
     if cfg.data.name == "csv" and not cfg.data.path:

@@ -11,8 +11,8 @@ from pathlib import Path
 class Progress:
     """A one-line progress bar on stderr: step, rate, ETA and the latest metrics."""
 
-    def __init__(self, total: int, enabled: bool = True, every_s: float = 0.5):
-        self.total, self.enabled, self.every_s = total, enabled, every_s
+    def __init__(self, total: int, enabled: bool = True, initial: int = 0, every_s: float = 0.5):
+        self.total, self.enabled, self.initial, self.every_s = total, enabled, initial, every_s
         self.start = time.perf_counter()
         self.last = 0.0
         self.finished = False
@@ -22,7 +22,7 @@ class Progress:
         if not self.enabled or self.finished or (now - self.last < self.every_s and done < self.total):
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
+        rate = (done - self.initial) / max(now - self.start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         width = 24
         filled = int(width * done / max(self.total, 1))

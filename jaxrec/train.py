@@ -49,11 +49,12 @@ register_configs()
 def main(dict_cfg: DictConfig) -> float | None:
     cfg = to_config(dict_cfg)
     simulate_cpu_devices(cfg)
-    from jaxrec import train_lib
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
+    from jaxrec import runner
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_run_info(run_dir)
-    results = train_lib.run(cfg, run_dir)
+    results = runner.run(cfg, run_dir)
     log.info("results: %s", json.dumps(results["metrics"], sort_keys=True))
     log.info("run dir: %s", run_dir)
     return results["metrics"].get(cfg.train.select_metric)

@@ -136,16 +136,33 @@ def _loss(engine: Engine, params, acts, batch):
     return loss
 
 
+def finite_checks(engine: Engine, loss, g_params, g_acts) -> dict[str, jax.Array]:
+    """One flag per place a non-finite value can come from: the loss, each table, each dense layer."""
+    checks = {"loss": jnp.isfinite(loss)}
+    for feature, grad in g_acts.items():
+        table = engine.collection.features[feature]
+        checks[f"table {table}"] = checks.get(f"table {table}", True) & jnp.all(jnp.isfinite(grad))
+    for path, grad in jax.tree_util.tree_leaves_with_path(g_params):
+        checks[f"layer {jax.tree_util.keystr(path)}"] = jnp.all(jnp.isfinite(grad))
+    return checks
+
+
+def finite_names(engine: Engine) -> list[str]:
+    """Names of the flags train_step returns under "finite", in order."""
+    template = jax.eval_shape(lambda: init_state(engine, 0)).params
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), template)
+    acts = _zero_activations(engine, _example_batch(engine, 1))
+    return list(finite_checks(engine, jnp.zeros(()), zeros, acts))
+
+
 def make_train_step(engine: Engine):
-    """The pure train step, jitted with the state donated so tables update in place."""
+    """The pure train step, jitted with the state donated so tables update in place.
+
+    A step whose loss or gradients are not finite changes nothing but the step counter; it
+    reports which table or layer went non-finite (train_lib's caller stops or skips)."""
     model, collection, tx = engine.model, engine.collection, engine.tx
 
-    def train_step(state: TrainState, batch: dict):
-        ids = model.feature_ids(batch)
-        acts = collection.lookup(state.emb, ids)
-        loss, (g_params, g_acts) = jax.value_and_grad(lambda p, a: _loss(engine, p, a, batch), argnums=(0, 1))(
-            state.params, acts
-        )
+    def apply_gradients(state: TrainState, g_params, g_acts, ids) -> TrainState:
         if engine.cfg.optimizer.sparse:
             updates, opt_state = tx.update(g_params, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
@@ -156,8 +173,19 @@ def make_train_step(engine: Engine):
             updates, opt_state = tx.update(grads, state.opt_state, trainable)
             trainable = optax.apply_updates(trainable, updates)
             params, emb = trainable["params"], state.emb.replace(tables=trainable["tables"])
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, emb=emb)
-        return new_state, {"loss": loss}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, emb=emb)
+
+    def train_step(state: TrainState, batch: dict):
+        ids = model.feature_ids(batch)
+        acts = collection.lookup(state.emb, ids)
+        loss, (g_params, g_acts) = jax.value_and_grad(lambda p, a: _loss(engine, p, a, batch), argnums=(0, 1))(
+            state.params, acts
+        )
+        checks = finite_checks(engine, loss, g_params, g_acts)
+        finite = jnp.stack(list(checks.values()))
+        new_state = jax.lax.cond(jnp.all(finite), apply_gradients,
+                                 lambda s, *_: s.replace(step=s.step + 1), state, g_params, g_acts, ids)
+        return new_state, {"loss": loss, "finite": finite}
 
     shardings = state_shardings(engine, jax.eval_shape(lambda: init_state(engine, 0)))
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, engine.replicated()))
@@ -248,124 +276,3 @@ def check_batch_size(batch_size: int, num_devices: int, mesh_shape) -> None:
             f"(data x model = {mesh_shape[0]}x{mesh_shape[1]}; every device takes an equal slice); "
             f"use a multiple of {num_devices}"
         )
-
-
-@dataclasses.dataclass
-class _Best:
-    epoch: int = -1
-    valid: dict = dataclasses.field(default_factory=dict)
-    test: dict = dataclasses.field(default_factory=dict)
-
-
-def _evaluate_epoch(evaluate: RankingEvaluator, state, epoch, best: _Best, metrics_log: MetricsLog) -> None:
-    """Validation metrics; when they improve, test metrics of this epoch become the reported ones."""
-    select = evaluate.engine.cfg.train.select_metric
-    start = time.perf_counter()
-    valid = evaluate(state, "valid") if len(evaluate.dataset.split.valid) else {}
-    improved = not best.valid or valid.get(select, -np.inf) > best.valid.get(select, -np.inf)
-    if improved:
-        best.epoch, best.valid = epoch, valid
-        best.test = evaluate(state, "test")
-    record = {"step": int(state.step), "epoch": epoch, "eval/seconds": time.perf_counter() - start}
-    record |= {f"eval/valid/{k}": v for k, v in valid.items()}
-    metrics_log.write(record)
-    log.info("epoch %d valid %s=%.4f%s", epoch, select, valid.get(select, float("nan")),
-             " (best)" if improved else "")
-
-
-def _train_record(step: int, epoch: int, loss: float, examples: int, seconds: float, devices: int) -> dict:
-    rate = examples / max(seconds, 1e-9)
-    return {"step": step, "epoch": epoch, "train/loss": loss, "perf/examples_per_sec": rate,
-            "perf/examples_per_sec_per_device": rate / devices}
-
-
-def _eval_due(cfg: Config, step: int, per_epoch: int, total: int) -> bool:
-    epoch_end = step % per_epoch == 0
-    return step == total or (epoch_end and cfg.train.eval_every > 0 and (step // per_epoch) % cfg.train.eval_every == 0)
-
-
-def run(cfg: Config, run_dir: Path) -> dict:
-    """Train, evaluate every `eval_every` epochs, and write metrics.jsonl and results.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(cfg.data)
-    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
-    batch_size = resolve_batch_size(engine, max_batch=len(dataset.split.train))
-    per_epoch = steps_per_epoch(len(dataset.split.train), batch_size)
-    if per_epoch == 0:
-        raise JaxrecError(f"train.batch_size={batch_size} exceeds the {len(dataset.split.train)} training "
-                          "interactions; lower it")
-    loader = make_train_dataset(dataset.split.train, dataset.num_items, batch_size=batch_size,
-                                epochs=cfg.train.epochs, num_negatives=cfg.data.num_negatives,
-                                loss=cfg.model.loss, seed=cfg.train.data_seed)
-    total = min(len(loader), cfg.train.max_steps or len(loader))
-    state = init_state(engine, cfg.train.seed)
-    step_fn, evaluate = make_train_step(engine), RankingEvaluator(engine, dataset)
-    batch_sharding = engine.batch_sharding()
-    metrics_log, progress, best = MetricsLog(run_dir / "metrics.jsonl"), Progress(total, cfg.train.progress), _Best()
-    losses, window_start, compile_s, eval_s, loop_start = [], time.perf_counter(), 0.0, 0.0, time.perf_counter()
-    for step, batch in zip(range(1, total + 1), loader.to_iter_dataset()):
-        state, out = step_fn(state, jax.device_put(batch, batch_sharding))
-        losses.append(out["loss"])
-        if step == 1:
-            jax.block_until_ready(state)
-            compile_s = time.perf_counter() - loop_start
-            window_start = time.perf_counter()
-        if step % cfg.train.log_every == 0 or step == total:
-            mean_loss = float(np.mean(jax.device_get(losses)))
-            seconds = time.perf_counter() - window_start
-            metrics_log.write(_train_record(step, step / per_epoch, mean_loss, len(losses) * batch_size, seconds,
-                                            engine.num_devices))
-            progress.update(step, loss=mean_loss)
-            losses, window_start = [], time.perf_counter()
-        if _eval_due(cfg, step, per_epoch, total):
-            tick = time.perf_counter()
-            _evaluate_epoch(evaluate, state, step / per_epoch, best, metrics_log)
-            eval_s += time.perf_counter() - tick
-            window_start += time.perf_counter() - tick
-        progress.update(step)
-    metrics_log.close()
-    train_s = time.perf_counter() - loop_start - eval_s
-    results = make_results(cfg, engine, dataset, best, steps=total, batch_size=batch_size,
-                           train_seconds=train_s, compile_seconds=compile_s)
-    write_json_atomic(run_dir / "results.json", results)
-    return results
-
-
-def make_results(cfg, engine, dataset, best: _Best, *, steps, batch_size, train_seconds, compile_seconds) -> dict:
-    """train.wall_s includes compilation; examples_per_sec excludes the first (compiling) step."""
-    rate = max(steps - 1, 0) * batch_size / max(train_seconds - compile_seconds, 1e-9)
-    return {
-        "dataset": dataset.name,
-        "model": cfg.model.name,
-        "loss": cfg.model.loss,
-        "num_devices": engine.num_devices,
-        "metrics": best.test,
-        "valid_metrics": best.valid,
-        "best_epoch": best.epoch,
-        "train": {
-            "epochs": cfg.train.epochs,
-            "steps": steps,
-            "batch_size": batch_size,
-            "batch_size_auto": cfg.train.batch_size == "auto",
-            "wall_s": train_seconds,
-            "compile_s": compile_seconds,
-            "examples_per_sec": rate,
-            "examples_per_sec_per_device": rate / engine.num_devices,
-        },
-        "data": {"num_users": dataset.num_users, "num_items": dataset.num_items,
-                 "num_interactions": len(dataset.interactions), "drop_counts": dataset.drop_counts},
-        "sharding": sharding_summary(engine),
-        "config": to_dict(cfg),
-    }
-
-
-def sharding_summary(engine: Engine) -> dict:
-    from jaxrec.sharding.memory import table_bytes_per_device
-
-    plan = engine.plan
-    return {
-        "strategy": engine.cfg.sharding.strategy,
-        "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
-        "tables": {name: {"strategy": place.strategy, "bytes_per_device": table_bytes_per_device(plan, name)}
-                   for name, place in plan.placements.items()},
-    }

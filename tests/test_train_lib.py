@@ -3,7 +3,7 @@
 from jaxrec.config import Config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.eval import evaluate_ranking, most_popular_scores
-from jaxrec.train_lib import run
+from jaxrec.runner import run
 
 
 def _synthetic_config() -> Config:

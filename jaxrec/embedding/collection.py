@@ -147,6 +147,42 @@ class EmbeddingCollection:
             dense[group] = zeros.at[keys_n, : layout.dim].add(grads_nd)
         return dense
 
+    def _slot_shapes(self, table: str) -> dict[str, int]:
+        spec = self.specs[table]
+        slots = self._optimizer(self.plan.placements[table].group).slots
+        return {name: spec.dim if kind == "element" else 1 for name, (kind, _) in slots.items()}
+
+    def to_logical(self, state: EmbeddingState) -> dict:
+        """Plan-independent copy: {"tables": {t: [rows, dim]}, "slots": {t: {slot: [rows, w]}}}.
+
+        Checkpoints hold this form, so a run saved under one plan restores under any other."""
+        tables, slots = {}, {}
+        for name, spec in self.specs.items():
+            group = self.plan.placements[name].group
+            keys = self.plan.group_keys(name, jnp.arange(spec.rows))
+            tables[name] = state.tables[group][keys, : spec.dim]
+            slots[name] = {slot: state.slots[group][slot][keys, :width]
+                           for slot, width in self._slot_shapes(name).items()}
+        return {"tables": tables, "slots": slots}
+
+    def from_logical(self, logical: dict) -> EmbeddingState:
+        """The inverse of to_logical, laid out by this collection's plan."""
+        model = self.plan.mesh_shape[1]
+        tables, slots = {}, {}
+        for name, group in self.plan.groups.items():
+            shape = group.array_shape(model)
+            tables[name] = jnp.zeros(shape, jnp.float32)
+            slots[name] = {
+                slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
+                for slot, (kind, value) in self._optimizer(name).slots.items()
+            }
+            for table in group.tables:
+                keys = self.plan.group_keys(table, jnp.arange(self.specs[table].rows))
+                tables[name] = tables[name].at[keys, : self.specs[table].dim].set(logical["tables"][table])
+                for slot, value in logical["slots"][table].items():
+                    slots[name][slot] = slots[name][slot].at[keys, : value.shape[1]].set(value)
+        return EmbeddingState(tables, slots)
+
     def table(self, state: EmbeddingState, name: str) -> jax.Array:
         """The logical [rows, dim] table (gathered from its shards): for evaluation and export."""
         spec = self.specs[name]

@@ -1,0 +1,57 @@
+"""Evaluate a saved checkpoint without training.
+
+    python -m jaxrec.evaluate <run_dir> [--step N] [--part test|valid]
+
+Uses the config saved in the checkpoint; with sharding.num_devices-style simulation off, it runs
+on the devices present, whatever plan the run was trained with (checkpoints are plan-independent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from jaxrec.config import Config, to_config
+from jaxrec.errors import JaxrecError, cli_errors
+
+
+def config_from_dict(saved: dict) -> Config:
+    return to_config(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved)))
+
+
+def evaluate_checkpoint(run_dir: Path, step: int | None = None, part: str = "test") -> dict:
+    from jaxrec.checkpoint import Checkpointer
+    from jaxrec.data.dataset import load_dataset
+    from jaxrec.train_lib import RankingEvaluator, build_engine, init_state
+
+    ckpt_dir = run_dir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise JaxrecError(f"{run_dir} has no checkpoints/ directory (is it a jaxrec run dir?)")
+    ckpt = Checkpointer(ckpt_dir, every=0, keep=1_000_000, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise JaxrecError(f"{ckpt_dir} holds no finished checkpoint")
+    cfg = config_from_dict(ckpt.read_meta(step)["config"])
+    cfg.sharding.num_devices = None
+    dataset = load_dataset(cfg.data)
+    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
+    state, _ = ckpt.restore(engine, init_state(engine, cfg.train.seed), None, step)
+    ckpt.close()
+    return {"step": step, "part": part, "metrics": RankingEvaluator(engine, dataset)(state, part)}
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--part", choices=("test", "valid"), default="test")
+    args = parser.parse_args(argv)
+    print(json.dumps(evaluate_checkpoint(args.run_dir, args.step, args.part), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

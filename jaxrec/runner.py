@@ -1,0 +1,221 @@
+"""run(): the training loop with evaluation, checkpoints, pre-emption and non-finite handling,
+and the run's outputs (metrics.jsonl, results.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxrec.checkpoint import Checkpointer
+from jaxrec.config import Config, to_dict
+from jaxrec.data.dataset import Dataset, load_dataset
+from jaxrec.data.pipeline import make_train_dataset, steps_per_epoch
+from jaxrec.errors import JaxrecError
+from jaxrec.progress import MetricsLog, Progress, write_json_atomic
+from jaxrec.train_lib import (
+    Engine, RankingEvaluator, build_engine, finite_names, init_state, make_train_step, resolve_batch_size,
+)
+
+log = logging.getLogger("jaxrec.train")
+
+
+@dataclasses.dataclass
+class Best:
+    """The best validation evaluation so far and the test metrics of that epoch."""
+
+    epoch: float = -1
+    valid: dict = dataclasses.field(default_factory=dict)
+    test: dict = dataclasses.field(default_factory=dict)
+
+
+class StopSignals:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and exits."""
+
+    def __enter__(self):
+        self.received = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class _Timing:
+    loop_start: float = dataclasses.field(default_factory=time.perf_counter)
+    compile_s: float = 0.0
+    paused_s: float = 0.0  # evaluation and checkpointing
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.loop_start - self.paused_s
+
+
+def _eval_due(cfg: Config, step: int, per_epoch: int, total: int) -> bool:
+    epoch_end = step % per_epoch == 0
+    return step == total or (epoch_end and cfg.train.eval_every > 0 and (step // per_epoch) % cfg.train.eval_every == 0)
+
+
+def _evaluate(evaluate: RankingEvaluator, state, epoch: float, best: Best, metrics_log: MetricsLog) -> None:
+    """Validation metrics; when they improve, this epoch's test metrics become the reported ones."""
+    select = evaluate.engine.cfg.train.select_metric
+    start = time.perf_counter()
+    valid = evaluate(state, "valid") if len(evaluate.dataset.split.valid) else {}
+    improved = not best.valid or valid.get(select, -np.inf) > best.valid.get(select, -np.inf)
+    if improved:
+        best.epoch, best.valid, best.test = epoch, valid, evaluate(state, "test")
+    record = {"step": int(state.step), "epoch": epoch, "eval/seconds": time.perf_counter() - start}
+    metrics_log.write(record | {f"eval/valid/{k}": v for k, v in valid.items()})
+    log.info("epoch %.3g valid %s=%.4f%s", epoch, select, valid.get(select, float("nan")),
+             " (best)" if improved else "")
+
+
+def _drain(pending: list, names: list[str], on_nonfinite: str, ckpt: Checkpointer) -> tuple[float, int, int]:
+    """(mean finite loss, steps, skipped steps) of the steps since the last drain; in `stop`
+    mode a non-finite step ends the run naming the step and what went non-finite."""
+    steps = [(s, float(out["loss"]), np.asarray(out["finite"])) for s, out in jax.device_get(pending)]
+    bad = [(s, [n for n, ok in zip(names, finite) if not ok]) for s, _, finite in steps if not finite.all()]
+    if bad and on_nonfinite == "stop":
+        step, where = bad[0]
+        last = ckpt.latest_step()
+        kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint was saved yet"
+        raise JaxrecError(f"non-finite value at step {step} in {', '.join(where)}; stopped ({kept}); "
+                          "train.on_nonfinite=skip skips such batches instead")
+    losses = [loss for _, loss, finite in steps if finite.all()]
+    return (float(np.mean(losses)) if losses else float("nan")), len(steps), len(bad)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records the interrupted run wrote after its last checkpoint."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing) -> None:
+    tick = time.perf_counter()
+    ckpt.save(engine, state, iterator, {"config": to_dict(engine.cfg), "best": dataclasses.asdict(best),
+                                        "dense_optimizer": engine.cfg.optimizer.name})
+    timing.paused_s += time.perf_counter() - tick
+
+
+def run(cfg: Config, run_dir: Path) -> dict:
+    """Train (resuming from the run dir's latest checkpoint), evaluate, and write the outputs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(cfg.data)
+    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
+    batch_size = resolve_batch_size(engine, max_batch=len(dataset.split.train))
+    per_epoch = steps_per_epoch(len(dataset.split.train), batch_size)
+    loader = make_train_dataset(dataset.split.train, dataset.num_items, batch_size=batch_size,
+                                epochs=cfg.train.epochs, num_negatives=cfg.data.num_negatives,
+                                loss=cfg.model.loss, seed=cfg.train.data_seed)
+    total = min(len(loader), cfg.train.max_steps or len(loader))
+    iterator = iter(loader.to_iter_dataset())
+    state, best = init_state(engine, cfg.train.seed), Best()
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
+    try:
+        if cfg.train.resume and ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(engine, state, iterator)
+            best = Best(**meta["best"])
+            _truncate_metrics(run_dir / "metrics.jsonl", int(state.step))
+        with StopSignals() as signals:
+            state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals,
+                                   total=total, per_epoch=per_epoch, batch_size=batch_size)
+    finally:
+        ckpt.close()
+    results = make_results(cfg, engine, dataset, best, steps=total, batch_size=batch_size, timing=timing)
+    write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer, best: Best, run_dir: Path,
+           signals: StopSignals, *, total: int, per_epoch: int, batch_size: int):
+    cfg, start = engine.cfg, int(state.step)
+    names, step_fn = finite_names(engine), make_train_step(engine)
+    evaluate, sharding = RankingEvaluator(engine, dataset), engine.batch_sharding()
+    metrics_log, progress = MetricsLog(run_dir / "metrics.jsonl"), Progress(total, cfg.train.progress, start)
+    timing, pending, window_start = _Timing(), [], time.perf_counter()
+    for step in range(start + 1, total + 1):
+        state, out = step_fn(state, jax.device_put(next(iterator), sharding))
+        pending.append((step, out))
+        if step == start + 1:
+            jax.block_until_ready(state)
+            timing.compile_s = time.perf_counter() - timing.loop_start
+            window_start = time.perf_counter()
+        eval_due = _eval_due(cfg, step, per_epoch, total)
+        save_due = ckpt.due(step) or step == total or signals.received
+        if step % cfg.train.log_every == 0 or eval_due or save_due:
+            loss, steps, skipped = _drain(pending, names, cfg.train.on_nonfinite, ckpt)
+            seconds = time.perf_counter() - window_start
+            rate = steps * batch_size / max(seconds, 1e-9)
+            metrics_log.write({"step": step, "epoch": step / per_epoch, "train/loss": loss,
+                               "train/skipped_nonfinite": skipped, "perf/examples_per_sec": rate,
+                               "perf/examples_per_sec_per_device": rate / engine.num_devices})
+            progress.update(step, loss=loss)
+            pending = []
+        if eval_due:
+            tick = time.perf_counter()
+            _evaluate(evaluate, state, step / per_epoch, best, metrics_log)
+            timing.paused_s += time.perf_counter() - tick
+        if save_due:
+            _checkpoint(ckpt, engine, state, iterator, best, timing)
+        if signals.received:
+            name = signal.Signals(signals.received).name
+            log.warning("received %s at step %d: checkpoint saved in %s; exiting", name, step, ckpt.manager.directory)
+            metrics_log.close()
+            ckpt.close()
+            raise SystemExit(128 + signals.received)
+        window_start = time.perf_counter() if step % cfg.train.log_every == 0 else window_start
+        progress.update(step)
+    metrics_log.close()
+    return state, timing
+
+
+def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, steps: int, batch_size: int,
+                 timing: _Timing) -> dict:
+    """train.wall_s counts this process's loop (compilation included, evaluation and checkpoints
+    excluded); examples_per_sec excludes the first, compiling step."""
+    train_s = timing.train_seconds()
+    rate = max(steps - 1, 0) * batch_size / max(train_s - timing.compile_s, 1e-9)
+    return {
+        "dataset": dataset.name,
+        "model": cfg.model.name,
+        "loss": cfg.model.loss,
+        "num_devices": engine.num_devices,
+        "metrics": best.test,
+        "valid_metrics": best.valid,
+        "best_epoch": best.epoch,
+        "train": {"epochs": cfg.train.epochs, "steps": steps, "batch_size": batch_size,
+                  "batch_size_auto": cfg.train.batch_size == "auto", "wall_s": train_s,
+                  "compile_s": timing.compile_s, "examples_per_sec": rate,
+                  "examples_per_sec_per_device": rate / engine.num_devices},
+        "data": {"num_users": dataset.num_users, "num_items": dataset.num_items,
+                 "num_interactions": len(dataset.interactions), "drop_counts": dataset.drop_counts},
+        "sharding": sharding_summary(engine),
+        "config": to_dict(cfg),
+    }
+
+
+def sharding_summary(engine: Engine) -> dict:
+    from jaxrec.sharding.memory import table_bytes_per_device
+
+    plan = engine.plan
+    return {
+        "strategy": engine.cfg.sharding.strategy,
+        "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
+        "tables": {name: {"strategy": place.strategy, "bytes_per_device": table_bytes_per_device(plan, name)}
+                   for name, place in plan.placements.items()},
+    }
