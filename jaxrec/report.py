@@ -112,6 +112,10 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def _fmt_key(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _fmt(value)
+
+
 def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str]) -> str:
     """The finished jobs sorted by the metric (best marked), then the failed or unfinished ones."""
     finished = [j for j in jobs if j["status"] == OK]
@@ -122,9 +126,9 @@ def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str]) -
     for rank, job in enumerate(finished):
         values = {metric: job["metrics"].get(metric), f"valid {metric}": job["valid"].get(metric),
                   "hr@10": job["metrics"].get("hr@10"), "examples/s/device": job["examples_per_sec_per_device"],
-                  "wall s": job["wall_s"]}
+                  "wall s": f"{job['wall_s']:.1f}" if job["wall_s"] is not None else None}
         name = f"**{job['job']} (best)**" if rank == 0 else job["job"]
-        lines.append("| " + " | ".join([name] + [_fmt(job["overrides"].get(k)) for k in keys]
+        lines.append("| " + " | ".join([name] + [_fmt_key(job["overrides"].get(k)) for k in keys]
                                        + [_fmt(values[c]) for c in cols]) + " |")
     failed = [j for j in jobs if j["status"] != OK]
     lines += ["", "## Failed or unfinished", ""]
@@ -169,7 +173,9 @@ def plot_throughput(finished: list[dict], path: Path) -> None:
     for batch, values in zip(batches, rates):
         ax.scatter([batch] * len(values), values, s=12, color="grey")
     ax.plot(batches, [sorted(v)[len(v) // 2] for v in rates], marker="o", label="median over jobs")
-    ax.set(xscale="log", yscale="log", xlabel="train.batch_size", ylabel="examples/s per device",
+    ax.set_xscale("log")
+    ax.set_xticks(batches, [str(b) for b in batches], minor=False)
+    ax.set(yscale="log", xlabel="train.batch_size", ylabel="examples/s per device",
            title="Training throughput per device")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -190,7 +196,8 @@ def plot_heatmap(finished: list[dict], metric: str, path: Path) -> None:
     image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
     for (i, k), value in np.ndenumerate(grid):
         if not np.isnan(value):
-            ax.text(k, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="w")
+            bright = value > np.nanmin(grid) + 0.6 * (np.nanmax(grid) - np.nanmin(grid))
+            ax.text(k, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="k" if bright else "w")
     ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_yticks(range(len(batches)), [str(b) for b in batches])
     ax.set(xlabel="optimizer.lr", ylabel="train.batch_size", title=f"test {metric}")
