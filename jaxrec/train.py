@@ -47,6 +47,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 @cli_errors
 def main(dict_cfg: DictConfig) -> float | None:
+    """Returns the validation value of train.select_metric, the objective of Hydra sweepers."""
     cfg = to_config(dict_cfg)
     simulate_cpu_devices(cfg)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
@@ -57,7 +58,7 @@ def main(dict_cfg: DictConfig) -> float | None:
     results = runner.run(cfg, run_dir)
     log.info("results: %s", json.dumps(results["metrics"], sort_keys=True))
     log.info("run dir: %s", run_dir)
-    return results["metrics"].get(cfg.train.select_metric)
+    return results["valid_metrics"].get(cfg.train.select_metric)
 
 
 if __name__ == "__main__":

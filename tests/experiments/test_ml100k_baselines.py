@@ -2,17 +2,13 @@
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-# experiments/ is not an installed package: import it from the repository root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from experiments.ml100k_baselines import run  # noqa: E402
-from jaxrec.config import DataConfig  # noqa: E402
-from jaxrec.data.dataset import load_dataset  # noqa: E402
+from experiments.ml100k_baselines import run
+from jaxrec.config import DataConfig
+from jaxrec.data.dataset import load_dataset
 
 TOY = DataConfig(name="synthetic", num_users=200, num_items=100, num_interactions=3000, seed=0)
 MF_BASE = {"train.epochs": 1, "train.batch_size": 256, "train.progress": False, "model.dim": 8}

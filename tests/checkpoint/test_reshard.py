@@ -1,0 +1,104 @@
+"""A checkpoint saved under row_wise on 8 devices restores on 4, 2 and 1 devices and under other
+strategies with identical evaluation; incompatible checkpoints and non-finite values fail clearly."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec.checkpoint import Checkpointer
+from jaxrec.config import Config, validate
+from jaxrec.data.dataset import load_dataset
+from jaxrec.errors import JaxrecError
+from jaxrec.evaluate import evaluate_checkpoint
+from jaxrec.runner import run
+from jaxrec.train_lib import RankingEvaluator, build_engine, init_state
+
+
+def _config(strategy="row_wise", mesh=(1, 8)) -> Config:
+    cfg = Config()
+    cfg.data.name = "synthetic"
+    cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 150, 70, 4000
+    cfg.model.dim = 6
+    cfg.sharding.strategy = strategy
+    cfg.sharding.mesh.data, cfg.sharding.mesh.model = mesh
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress, cfg.train.eval_every = 2, 64, False, 0
+    return validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("row_wise_8")
+    run(_config(), run_dir)
+    return run_dir
+
+
+def _restored_metrics(run_dir, cfg, devices):
+    dataset = load_dataset(cfg.data)
+    engine = build_engine(cfg, dataset.num_users, dataset.num_items, devices=devices)
+    ckpt = Checkpointer(run_dir / "checkpoints", every=0, keep=10, async_save=False)
+    state, _ = ckpt.restore(engine, init_state(engine, 0), None)
+    ckpt.close()
+    return RankingEvaluator(engine, dataset)(state, "test")
+
+
+@pytest.mark.parametrize("strategy,mesh", [
+    ("row_wise", (1, 4)), ("row_wise", (1, 2)), ("none", (1, 1)), ("table_wise", (2, 4)), ("column_wise", (1, 8)),
+    ("data_parallel", (4, 1)),
+])
+def test_restore_onto_other_meshes_and_strategies_gives_identical_metrics(saved_run, strategy, mesh):
+    saved = json.loads((saved_run / "results.json").read_text())["metrics"]
+    devices = jax.devices()[: mesh[0] * mesh[1]]
+    restored = _restored_metrics(saved_run, _config(strategy, mesh), devices)
+    for key, value in saved.items():
+        np.testing.assert_allclose(restored[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_evaluate_cli_reproduces_the_final_metrics(saved_run):
+    result = evaluate_checkpoint(saved_run)
+    saved = json.loads((saved_run / "results.json").read_text())["metrics"]
+    assert result["step"] == json.loads((saved_run / "results.json").read_text())["train"]["steps"]
+    for key, value in saved.items():
+        np.testing.assert_allclose(result["metrics"][key], value, rtol=1e-6, err_msg=key)
+
+
+def test_incompatible_checkpoint_names_the_table_and_shapes(saved_run):
+    cfg = _config()
+    cfg.model.dim = 12
+    dataset = load_dataset(cfg.data)
+    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
+    ckpt = Checkpointer(saved_run / "checkpoints", every=0, keep=10, async_save=False)
+    with pytest.raises(JaxrecError, match=r"table 'item' is 70 x 6 there but 70 x 12 in the current config"):
+        ckpt.restore(engine, init_state(engine, 0), None)
+    ckpt.close()
+
+
+def test_evaluate_cli_on_a_dir_without_checkpoints_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxrec.evaluate", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "has no checkpoints/ directory" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _exploding(on_nonfinite: str) -> Config:
+    cfg = _config("none", (1, 1))
+    cfg.optimizer.name, cfg.optimizer.lr = "sgd", 1e30  # rows overflow after one step
+    cfg.train.on_nonfinite, cfg.train.checkpoint_every = on_nonfinite, 10
+    return cfg
+
+
+def test_nonfinite_stops_naming_the_step_and_table(tmp_path):
+    with pytest.raises(JaxrecError, match=r"non-finite value at step 2 in loss, table user.*no checkpoint"):
+        run(_exploding("stop"), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_nonfinite_skip_counts_skipped_batches(tmp_path):
+    run(_exploding("skip"), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = sum(r.get("train/skipped_nonfinite", 0) for r in records)
+    steps = json.loads((tmp_path / "results.json").read_text())["train"]["steps"]
+    assert skipped == steps - 1  # every step after the first overflowing update
