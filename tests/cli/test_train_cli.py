@@ -42,10 +42,22 @@ def test_cli_writes_a_valid_results_json(tmp_path):
     assert (tmp_path / "run_info.json").exists()
 
 
-def test_unknown_dataset_lists_the_choices(tmp_path):
-    out = _run("jaxrec.train", ["data=nope", f"hydra.run.dir={tmp_path}"])
+@pytest.mark.parametrize("group,listed", [("data", "ml100k"), ("sharding", "row_wise"), ("model", "mf"),
+                                          ("optimizer", "adagrad")])
+def test_unknown_group_option_lists_the_choices(tmp_path, group, listed):
+    out = _run("jaxrec.train", [f"{group}=nope", f"hydra.run.dir={tmp_path}"])
     assert out.returncode != 0
-    assert "Could not find 'data/nope'" in out.stderr and "ml100k" in out.stderr and "synthetic" in out.stderr
+    assert f"Could not find '{group}/nope'" in out.stderr and listed in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_data_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    args = ["data=csv", f"data.path={tmp_path}/missing.csv", f"hydra.run.dir={tmp_path}/run"]
+    out = _run("jaxrec.train", args)
+    assert out.returncode == 2 and "missing.csv" in out.stderr and "Traceback" not in out.stderr
+    assert len([line for line in out.stderr.splitlines() if line.startswith("jaxrec: error:")]) == 1
+    debug = _run("jaxrec.train", args, JAXREC_DEBUG="1")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_unknown_key_is_named(tmp_path):
