@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.config import Config, scaled_lr, table_optimizer_name, to_dict
-from jaxrec.data.dataset import Dataset, load_dataset
-from jaxrec.data.pipeline import make_train_dataset, steps_per_epoch
+from jaxrec.config import Config, scaled_lr, table_optimizer_name
+from jaxrec.data.dataset import Dataset
 from jaxrec.embedding import EmbeddingCollection, EmbeddingState
 from jaxrec.errors import JaxrecError
 from jaxrec.eval import evaluate_ranking, evaluate_ratings
 from jaxrec.models import make_model
 from jaxrec.models.losses import LOSSES
-from jaxrec.progress import MetricsLog, Progress, write_json_atomic
 from jaxrec.sharding import strategies
 from jaxrec.sharding.mesh import make_mesh, resolve_mesh_shape
 from jaxrec.sharding.planner import EmbeddingPlan, make_plan

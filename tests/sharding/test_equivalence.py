@@ -1,7 +1,5 @@
 """Every strategy, on 1-D and 2-D meshes, trains exactly like the single-device reference."""
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
