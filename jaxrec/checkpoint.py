@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrec.errors import JaxrecError
 
 log = logging.getLogger("jaxrec.checkpoint")
+logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
 
 
 def _portable_state(engine, state) -> dict:

@@ -50,7 +50,6 @@ def main(dict_cfg: DictConfig) -> float | None:
     """Returns the validation value of train.select_metric, the objective of Hydra sweepers."""
     cfg = to_config(dict_cfg)
     simulate_cpu_devices(cfg)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
     from jaxrec import runner
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
