@@ -78,11 +78,11 @@ def table_sized(state, group_rows: int) -> list[jax.Array]:
 
 
 def hlo_table_ops(hlo_text: str, group_rows: int) -> dict[str, int]:
-    """Table-sized instructions of the entry computation, by opcode, other than parameters and
-    the in-place scatters (`wrapped_scatter` fusions): each one is O(rows) work per step."""
-    entry = hlo_text[hlo_text.find("\nENTRY"):]
+    """Table-sized instructions of every computation (the update runs inside a `conditional`
+    branch), by opcode, other than parameters, tuple plumbing and the in-place scatters
+    (`wrapped_scatter` fusions): each one is O(rows) work per step."""
     counts: dict[str, int] = {}
-    for line in entry.splitlines()[1:]:
+    for line in hlo_text.splitlines():
         match = _INSTR.match(line)
         if not match or int(match.group(2)) != group_rows:
             continue

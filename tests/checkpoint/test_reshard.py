@@ -15,7 +15,7 @@ from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.evaluate import evaluate_checkpoint
 from jaxrec.runner import run
-from jaxrec.train_lib import RankingEvaluator, build_engine, init_state
+from jaxrec.train_lib import RankingEvaluator, build_engine, finite_checks, finite_names, init_state
 
 
 def _config(strategy="row_wise", mesh=(1, 8)) -> Config:
@@ -90,10 +90,22 @@ def _exploding(on_nonfinite: str) -> Config:
     return cfg
 
 
-def test_nonfinite_stops_naming_the_step_and_table(tmp_path):
-    with pytest.raises(JaxrecError, match=r"non-finite value at step 2 in loss, table user.*no checkpoint"):
+def test_nonfinite_stops_naming_the_step(tmp_path):
+    with pytest.raises(JaxrecError, match=r"non-finite value at step 2 in loss.*no checkpoint was saved yet"):
         run(_exploding("stop"), tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_finite_checks_name_the_offending_table_and_layer():
+    cfg = _config("none", (1, 1))
+    engine = build_engine(cfg, 10, 5)
+    params = jax.tree.map(np.zeros_like, jax.device_get(init_state(engine, 0).params))
+    params["params"]["global_bias"] = np.float32(np.nan)
+    acts = {f: np.zeros((2, 1, 1 if "bias" in f else 6), np.float32) for f in engine.collection.features}
+    acts["item"] = np.full((2, 1, 6), np.inf, np.float32)
+    checks = {name: bool(ok) for name, ok in finite_checks(engine, np.float32(1.0), params, acts).items()}
+    assert [name for name, ok in checks.items() if not ok] == ["table item", "layer ['params']['global_bias']"]
+    assert list(checks) == finite_names(engine)
 
 
 def test_nonfinite_skip_counts_skipped_batches(tmp_path):
