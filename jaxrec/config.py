@@ -22,6 +22,7 @@ DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic")
 SPLITS = ("leave_one_out", "random", "temporal")
 MODELS = ("mf",)
 LOSSES = ("bce", "bpr", "mse")
+EMBEDDING_DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 LR_SCALING = ("none", "linear", "sqrt")
 TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "lazy_adam")
@@ -60,6 +61,7 @@ class ModelConfig:
     loss: str = "bce"  # one of LOSSES
     init_std: float = 0.1  # std of the normal initialiser of embedding rows
     l2: float = 0.0  # L2 penalty on the embedding rows a batch touches (per example)
+    embedding_dtype: str = "float32"  # storage of table rows: one of EMBEDDING_DTYPES (slots stay float32)
 
 
 @dataclasses.dataclass
@@ -131,6 +133,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("data.split", cfg.data.split, SPLITS)
     _check_choice("model.name", cfg.model.name, MODELS)
     _check_choice("model.loss", cfg.model.loss, LOSSES)
+    _check_choice("model.embedding_dtype", cfg.model.embedding_dtype, EMBEDDING_DTYPES)
     _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     _check_choice("optimizer.lr_scaling", cfg.optimizer.lr_scaling, LR_SCALING)
     if cfg.optimizer.lr_scaling != "none" and not isinstance(cfg.train.batch_size, int):

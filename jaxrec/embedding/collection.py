@@ -63,7 +63,7 @@ class EmbeddingCollection:
         tables, slots = {}, {}
         for name, group in self.plan.groups.items():
             shape = group.array_shape(model)
-            tables[name] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=shardings.tables[name])
+            tables[name] = jax.ShapeDtypeStruct(shape, group.dtype, sharding=shardings.tables[name])
             slots[name] = {
                 slot: jax.ShapeDtypeStruct(shape if kind == "element" else (shape[0], 1), jnp.float32,
                                            sharding=shardings.slots[name][slot])
@@ -80,13 +80,13 @@ class EmbeddingCollection:
         tables, slots = {}, {}
         for name, group in self.plan.groups.items():
             shape = group.array_shape(model)
-            stacked = jnp.zeros(shape, jnp.float32)
+            stacked = jnp.zeros(shape, group.dtype)
             for table in group.tables:
                 spec = self.specs[table]
                 key = jax.random.fold_in(rng, _stable_hash(table))
                 values = spec.init_std * jax.random.normal(key, (spec.rows, spec.dim), jnp.float32)
                 keys = self.plan.group_keys(table, jnp.arange(spec.rows))
-                stacked = stacked.at[keys, : spec.dim].set(values)
+                stacked = stacked.at[keys, : spec.dim].set(values.astype(group.dtype))
             tables[name] = stacked
             slots[name] = {
                 slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
@@ -171,7 +171,7 @@ class EmbeddingCollection:
         tables, slots = {}, {}
         for name, group in self.plan.groups.items():
             shape = group.array_shape(model)
-            tables[name] = jnp.zeros(shape, jnp.float32)
+            tables[name] = jnp.zeros(shape, group.dtype)
             slots[name] = {
                 slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
                 for slot, (kind, value) in self._optimizer(name).slots.items()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
@@ -14,6 +16,11 @@ class TableSpec:
     lr: float = 1e-2
     init_std: float = 0.1  # normal initialiser; 0 starts the table at zero (biases)
     ids_per_example: int = 1  # ids looked up per example (candidates, bag size): sizes buffers
+    dtype: str = "float32"  # storage of the rows (float32, bfloat16, float16); slots stay float32
+
+    @property
+    def itemsize(self) -> int:
+        return jnp.dtype(self.dtype).itemsize
 
     @property
     def num_params(self) -> int:

@@ -14,5 +14,5 @@ from jaxrec.models.mf import MF
 def make_model(cfg: ModelConfig, num_users: int, num_items: int):
     if cfg.name == "mf":
         return MF(num_users=num_users, num_items=num_items, dim=cfg.dim, use_bias=cfg.use_bias,
-                  init_std=cfg.init_std)
+                  init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype)
     raise ValueError(f"unknown model {cfg.name!r}")  # config.validate lists the valid names

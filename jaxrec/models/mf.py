@@ -21,16 +21,18 @@ class MF(nn.Module):
     dim: int
     use_bias: bool = True
     init_std: float = 0.1
+    embedding_dtype: str = "float32"
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
+        dtype = self.embedding_dtype
         specs = [
-            TableSpec("user", self.num_users, self.dim, optimizer, lr, self.init_std),
-            TableSpec("item", self.num_items, self.dim, optimizer, lr, self.init_std, candidates),
+            TableSpec("user", self.num_users, self.dim, optimizer, lr, self.init_std, dtype=dtype),
+            TableSpec("item", self.num_items, self.dim, optimizer, lr, self.init_std, candidates, dtype),
         ]
         if self.use_bias:
             specs += [
-                TableSpec("user_bias", self.num_users, 1, optimizer, lr, 0.0),
-                TableSpec("item_bias", self.num_items, 1, optimizer, lr, 0.0, candidates),
+                TableSpec("user_bias", self.num_users, 1, optimizer, lr, 0.0, dtype=dtype),
+                TableSpec("item_bias", self.num_items, 1, optimizer, lr, 0.0, candidates, dtype),
             ]
         return specs
 

@@ -29,20 +29,15 @@ def table_bytes_per_device(plan: EmbeddingPlan, table: str) -> list[int]:
     spec, place = plan.specs[table], plan.placements[table]
     group = plan.groups[place.group]
     data, model = plan.mesh_shape
-    width = spec.dim + _slot_width(group.optimizer, spec.dim)
-    if group.kind == "replicated":
-        per_model = [spec.rows * width] * model
-    elif group.kind == "column":
-        slots = ROW_OPTIMIZERS[group.optimizer].slots.values()
-        cols = group.padded_dim // model
-        local_width = cols + sum(cols if kind == "element" else 1 for kind, _ in slots)
-        per_model = [spec.rows * local_width] * model
+    cols = group.padded_dim // model if group.kind == "column" else spec.dim
+    row_bytes = cols * spec.itemsize + _slot_width(group.optimizer, cols) * FLOAT_BYTES
+    if group.kind != "row":
+        per_model = [spec.rows * row_bytes] * model
     else:
         per_model = [0] * model
         for shard in range(place.shards):
-            rows = len(range(shard, spec.rows, place.shards))
-            per_model[place.owner + shard] = rows * width
-    return [b * FLOAT_BYTES for _ in range(data) for b in per_model]
+            per_model[place.owner + shard] = len(range(shard, spec.rows, place.shards)) * row_bytes
+    return [b for _ in range(data) for b in per_model]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +64,7 @@ def _group_arrays(group: GroupLayout, model: int) -> tuple[int, int]:
     rows, d = group.block_rows, _local_dim(group, model)
     slots = ROW_OPTIMIZERS[group.optimizer].slots.values()
     slot_width = sum(d if kind == "element" else 1 for kind, _ in slots)
-    return rows * d * FLOAT_BYTES, rows * slot_width * FLOAT_BYTES
+    return rows * d * group.itemsize, rows * slot_width * FLOAT_BYTES
 
 
 def _ids_per_device(plan: EmbeddingPlan, group: GroupLayout, batch_size: int) -> int:
@@ -86,11 +81,11 @@ def _group_traffic(plan: EmbeddingPlan, group: GroupLayout, batch_size: int) -> 
     slot_width = sum(d if kind == "element" else 1 for kind, _ in slots)
     gathered = devices * n  # keys every device sees in the update
     update = gathered * (3 * ID_BYTES + (3 * d + slot_width) * FLOAT_BYTES)
-    lookup = 0 if group.kind == "replicated" else model * n * (ID_BYTES + d * FLOAT_BYTES)
+    lookup = 0 if group.kind == "replicated" else model * n * (ID_BYTES + d * group.itemsize)
     activations = 2 * n * full_d * FLOAT_BYTES
-    received = (gathered - n) * (ID_BYTES + d * FLOAT_BYTES)
+    received = (gathered - n) * (ID_BYTES + d * group.itemsize)
     if group.kind != "replicated":
-        received += (model - 1) * n * (ID_BYTES + d * FLOAT_BYTES)
+        received += (model - 1) * n * (ID_BYTES + d * group.itemsize)
     return max(lookup, update), activations, received
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
@@ -52,6 +53,11 @@ class GroupLayout:
     optimizer: str
     lr: float
     tables: tuple[str, ...]
+    dtype: str = "float32"  # storage of the rows; optimiser slots are float32
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(jnp.dtype(self.dtype)).itemsize
 
     def array_shape(self, model: int) -> tuple[int, int]:
         rows = self.block_rows * model if self.kind == "row" else self.block_rows
@@ -80,14 +86,14 @@ class EmbeddingPlan:
 
 
 def _group_key(spec: TableSpec, strategy: str) -> tuple:
-    return KIND_OF_STRATEGY[strategy], spec.dim, spec.optimizer, spec.lr
+    return KIND_OF_STRATEGY[strategy], spec.dim, spec.optimizer, spec.lr, spec.dtype
 
 
 def _table_bytes(spec: TableSpec) -> int:
     """Parameters plus optimiser slots of the whole table."""
     slots = ROW_OPTIMIZERS[spec.optimizer].slots.values()
-    width = spec.dim + sum(spec.dim if kind == "element" else 1 for kind, _ in slots)
-    return spec.rows * width * FLOAT_BYTES
+    slot_width = sum(spec.dim if kind == "element" else 1 for kind, _ in slots)
+    return spec.rows * (spec.dim * spec.itemsize + slot_width * FLOAT_BYTES)
 
 
 def _pack_or_split(specs: list[TableSpec], model: int, budget_bytes: float) -> dict[str, str]:
@@ -168,7 +174,7 @@ def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str
     for spec in specs:
         buckets.setdefault(_group_key(spec, strategies[spec.name]), []).append(spec)
     placements, groups = {}, {}
-    for (kind, dim, optimizer, lr), members in buckets.items():
+    for (kind, dim, optimizer, lr, dtype), members in buckets.items():
         name = f"{kind}_{dim}d_{optimizer}_{len(groups)}"
         padded_dim = dim
         if kind == "row":
@@ -185,5 +191,5 @@ def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str
             owner, shards, base = layout[spec.name]
             placements[spec.name] = TablePlacement(strategies[spec.name], name, owner, shards, base)
         groups[name] = GroupLayout(name, kind, dim, padded_dim, block_rows, optimizer, lr,
-                                   tuple(s.name for s in members))
+                                   tuple(s.name for s in members), dtype)
     return EmbeddingPlan(tuple(mesh_shape), {s.name: s for s in specs}, placements, groups)

@@ -114,3 +114,20 @@ def test_none_rejects_a_multi_device_mesh():
     cfg = _config("none", (1, 8), "adam", None)
     with pytest.raises(JaxrecError, match="'none' needs a 1x1 mesh"):
         build_engine(cfg, NUM_USERS, NUM_ITEMS)
+
+
+def test_bfloat16_tables_train_sharded_like_single_device():
+    """bf16 rows (float32 slots and optimiser math): row_wise on 8 devices stays within bf16
+    rounding of the single-device run."""
+    def bf16(strategy, mesh):
+        cfg = _config(strategy, mesh, "adam", None)
+        cfg.model.embedding_dtype = "bfloat16"
+        return cfg
+
+    ref_tables, _, ref_losses, _ = _train(bf16("none", (1, 1)))
+    tables, _, losses, _ = _train(bf16("row_wise", (2, 4)))
+    assert {t.dtype for t in tables.values()} == {np.dtype(jax.numpy.bfloat16)}
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
+    for name, ref in ref_tables.items():
+        np.testing.assert_allclose(tables[name].astype(np.float32), ref.astype(np.float32), rtol=5e-2, atol=5e-3,
+                                   err_msg=name)

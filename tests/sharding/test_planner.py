@@ -118,3 +118,15 @@ def test_a_model_too_large_fails_before_allocation_naming_table_budget_and_mesh(
     assert "memory_budget_gb=1" in message
     assert "largest table 'user' is 12,000,000 x 64" in message
     assert "smallest mesh that fits is 16 devices" in message
+
+
+def test_bfloat16_tables_halve_parameter_bytes():
+    cfg = Config()
+    cfg.sharding.strategy, cfg.sharding.mesh.model = "row_wise", 8
+    cfg.model.dim, cfg.model.embedding_dtype = 64, "bfloat16"
+    engine = build_engine(cfg, 12_000_000, 4_000_000)
+    f32 = _engine("row_wise", (1, 8), 12_000_000, 4_000_000)
+    half = estimate_memory(engine.plan, 4096, dense_bytes(engine))
+    full = estimate_memory(f32.plan, 4096, dense_bytes(f32))
+    assert max(half.params) * 2 == max(full.params) and half.slots == full.slots  # slots stay float32
+    assert engine.collection.abstract_state().tables[engine.plan.placements["user"].group].dtype == "bfloat16"
