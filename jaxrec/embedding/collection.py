@@ -58,16 +58,19 @@ class EmbeddingCollection:
 
     def abstract_state(self) -> EmbeddingState:
         """Shapes, dtypes and shardings of the state, without allocating it."""
-        shardings = self.shardings()
+        shapes, shardings = jax.eval_shape(self._empty_state), self.shardings()
+        return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
+
+    def _empty_state(self) -> EmbeddingState:
+        """Zero tables and freshly initialised optimiser slots, laid out by the plan."""
         model = self.plan.mesh_shape[1]
         tables, slots = {}, {}
         for name, group in self.plan.groups.items():
             shape = group.array_shape(model)
-            tables[name] = jax.ShapeDtypeStruct(shape, group.dtype, sharding=shardings.tables[name])
+            tables[name] = jnp.zeros(shape, group.dtype)
             slots[name] = {
-                slot: jax.ShapeDtypeStruct(shape if kind == "element" else (shape[0], 1), jnp.float32,
-                                           sharding=shardings.slots[name][slot])
-                for slot, (kind, _) in self._optimizer(name).slots.items()
+                slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
+                for slot, (kind, value) in self._optimizer(name).slots.items()
             }
         return EmbeddingState(tables, slots)
 
@@ -76,23 +79,16 @@ class EmbeddingCollection:
         return jax.jit(self._init, out_shardings=self.shardings())(rng)
 
     def _init(self, rng):
-        model = self.plan.mesh_shape[1]
-        tables, slots = {}, {}
+        state = self._empty_state()
+        tables = dict(state.tables)
         for name, group in self.plan.groups.items():
-            shape = group.array_shape(model)
-            stacked = jnp.zeros(shape, group.dtype)
             for table in group.tables:
                 spec = self.specs[table]
                 key = jax.random.fold_in(rng, _stable_hash(table))
                 values = spec.init_std * jax.random.normal(key, (spec.rows, spec.dim), jnp.float32)
                 keys = self.plan.group_keys(table, jnp.arange(spec.rows))
-                stacked = stacked.at[keys, : spec.dim].set(values.astype(group.dtype))
-            tables[name] = stacked
-            slots[name] = {
-                slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
-                for slot, (kind, value) in self._optimizer(name).slots.items()
-            }
-        return EmbeddingState(tables, slots)
+                tables[name] = tables[name].at[keys, : spec.dim].set(values.astype(group.dtype))
+        return state.replace(tables=tables)
 
     def _group_batches(self, ids: dict[str, jax.Array]):
         """Per group: the features it serves and their keys concatenated to [B, S_total]."""
@@ -167,15 +163,9 @@ class EmbeddingCollection:
 
     def from_logical(self, logical: dict) -> EmbeddingState:
         """The inverse of to_logical, laid out by this collection's plan."""
-        model = self.plan.mesh_shape[1]
-        tables, slots = {}, {}
+        state = self._empty_state()
+        tables, slots = dict(state.tables), {name: dict(group) for name, group in state.slots.items()}
         for name, group in self.plan.groups.items():
-            shape = group.array_shape(model)
-            tables[name] = jnp.zeros(shape, group.dtype)
-            slots[name] = {
-                slot: jnp.full(shape if kind == "element" else (shape[0], 1), value, jnp.float32)
-                for slot, (kind, value) in self._optimizer(name).slots.items()
-            }
             for table in group.tables:
                 keys = self.plan.group_keys(table, jnp.arange(self.specs[table].rows))
                 tables[name] = tables[name].at[keys, : self.specs[table].dim].set(logical["tables"][table])
