@@ -8,6 +8,7 @@ and w.r.t. the activations (handed back to the collection as sparse row updates)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -57,6 +58,11 @@ class Engine:
     @property
     def num_devices(self) -> int:
         return self.plan.num_devices
+
+    @functools.cached_property
+    def abstract_state(self) -> "TrainState":
+        """Shapes and dtypes of the train state, traced once per engine (nothing allocated)."""
+        return jax.eval_shape(lambda: init_state(self, 0))
 
     def batch_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, strategies.BATCH_SPEC)
@@ -144,7 +150,7 @@ def finite_checks(engine: Engine, loss, g_params, g_acts) -> dict[str, jax.Array
 
 def finite_names(engine: Engine) -> list[str]:
     """Names of the flags train_step returns under "finite", in order."""
-    template = jax.eval_shape(lambda: init_state(engine, 0)).params
+    template = engine.abstract_state.params
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), template)
     acts = _zero_activations(engine, _example_batch(engine, 1))
     return list(finite_checks(engine, jnp.zeros(()), zeros, acts))
@@ -182,7 +188,7 @@ def make_train_step(engine: Engine):
                                  lambda s, *_: s.replace(step=s.step + 1), state, g_params, g_acts, ids)
         return new_state, {"loss": loss, "finite": finite}
 
-    shardings = state_shardings(engine, jax.eval_shape(lambda: init_state(engine, 0)))
+    shardings = state_shardings(engine, engine.abstract_state)
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, engine.replicated()))
 
 
@@ -224,7 +230,7 @@ class RankingEvaluator:
 
 def abstract_inputs(engine: Engine, batch_size: int):
     """ShapeDtypeStructs (with shardings) of the train step's inputs: nothing is allocated."""
-    state = jax.eval_shape(lambda: init_state(engine, 0))
+    state = engine.abstract_state
     shardings = state_shardings(engine, state)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings)
     batch = jax.eval_shape(lambda: _example_batch(engine, batch_size))
@@ -234,7 +240,7 @@ def abstract_inputs(engine: Engine, batch_size: int):
 
 def dense_bytes(engine: Engine) -> int:
     """Dense parameters and their optimiser state (replicated on every device)."""
-    state = jax.eval_shape(lambda: init_state(engine, 0))
+    state = engine.abstract_state
     leaves = jax.tree.leaves((state.params, state.opt_state if engine.cfg.optimizer.sparse else ()))
     return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
 
