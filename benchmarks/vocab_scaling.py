@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.common import machine_info, plot_lines, summarize, time_calls, write_results
 from jaxrec.config import Config
+from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, candidates_per_example, init_state, make_train_step
 
 UPDATES = {  # label -> (optimizer.sparse, table optimiser)
@@ -98,7 +99,7 @@ def hlo_table_ops(hlo_text: str, group_rows: int) -> dict[str, int]:
 def measure(rows: int, update: str, args: argparse.Namespace) -> dict:
     """Build, compile and time one configuration; everything it allocates is freed on return."""
     cfg = make_config(args.dim, update)
-    engine = build_engine(cfg, args.users, rows, devices=jax.devices()[:1])
+    engine = build_engine(cfg, Schema(args.users, rows), devices=jax.devices()[:1])
     group_rows = args.users + rows
     state = init_state(engine, seed=0)
     step = make_train_step(engine)

@@ -20,8 +20,8 @@ from jaxrec.errors import JaxrecError
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic")
 SPLITS = ("leave_one_out", "random", "temporal")
-MODELS = ("mf",)
-LOSSES = ("bce", "bpr", "mse")
+MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec")
+LOSSES = ("bce", "bpr", "mse", "softmax")
 EMBEDDING_DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -62,6 +62,17 @@ class ModelConfig:
     init_std: float = 0.1  # std of the normal initialiser of embedding rows
     l2: float = 0.0  # L2 penalty on the embedding rows a batch touches (per example)
     embedding_dtype: str = "float32"  # storage of table rows: one of EMBEDDING_DTYPES (slots stay float32)
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # MLP widths: two_tower towers, neumf, dcn_v2 top
+    dropout: float = 0.0  # dropout rate of MLPs and attention blocks while training
+    negatives: str = "sampled"  # two_tower: "sampled" (data.num_negatives uniform) or "in_batch" (softmax)
+    logq_correction: bool = True  # two_tower in_batch: subtract log popularity of each in-batch candidate
+    init_from: str | None = None  # neumf: an MF run dir whose tables initialise the GMF branch
+    bottom_mlp: list[int] = dataclasses.field(default_factory=lambda: [64, 32])  # dcn_v2: dense-feature MLP
+    cross_layers: int = 3  # dcn_v2: layers of the cross network
+    max_len: int = 50  # sasrec, bert4rec: items per sequence (older ones are cut, shorter padded)
+    num_layers: int = 2  # sasrec, bert4rec: Transformer blocks
+    num_heads: int = 2  # sasrec, bert4rec: attention heads
+    mask_prob: float = 0.2  # bert4rec: share of positions masked per training sequence
 
 
 @dataclasses.dataclass
@@ -134,6 +145,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("model.name", cfg.model.name, MODELS)
     _check_choice("model.loss", cfg.model.loss, LOSSES)
     _check_choice("model.embedding_dtype", cfg.model.embedding_dtype, EMBEDDING_DTYPES)
+    _check_choice("model.negatives", cfg.model.negatives, ("sampled", "in_batch"))
     _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     _check_choice("optimizer.lr_scaling", cfg.optimizer.lr_scaling, LR_SCALING)
     if cfg.optimizer.lr_scaling != "none" and not isinstance(cfg.train.batch_size, int):

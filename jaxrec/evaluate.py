@@ -25,7 +25,7 @@ def config_from_dict(saved: dict) -> Config:
 def evaluate_checkpoint(run_dir: Path, step: int | None = None, part: str = "test") -> dict:
     from jaxrec.checkpoint import Checkpointer
     from jaxrec.data.dataset import load_dataset
-    from jaxrec.train_lib import RankingEvaluator, build_engine, init_state
+    from jaxrec.train_lib import build_engine, init_state, make_evaluator
 
     ckpt_dir = run_dir / "checkpoints"
     if not ckpt_dir.is_dir():
@@ -37,10 +37,10 @@ def evaluate_checkpoint(run_dir: Path, step: int | None = None, part: str = "tes
     cfg = config_from_dict(ckpt.read_meta(step)["config"])
     cfg.sharding.num_devices = None
     dataset = load_dataset(cfg.data)
-    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
+    engine = build_engine(cfg, dataset.schema)
     state, _ = ckpt.restore(engine, init_state(engine, cfg.train.seed), None, step)
     ckpt.close()
-    return {"step": step, "part": part, "metrics": RankingEvaluator(engine, dataset)(state, part)}
+    return {"step": step, "part": part, "metrics": make_evaluator(engine, dataset)(state, part)}
 
 
 @cli_errors

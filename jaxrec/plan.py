@@ -50,11 +50,11 @@ def format_plan(plan_json: dict) -> str:
 
 
 def make_plan_json(cfg: Config, with_xla: bool = True) -> dict:
-    from jaxrec.data.dataset import table_shapes
+    from jaxrec.data.dataset import data_schema
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
     from jaxrec.train_lib import build_engine, compiled_step_bytes, dense_bytes
 
-    engine = build_engine(cfg, *table_shapes(cfg.data))
+    engine = build_engine(cfg, data_schema(cfg.data))
     plan, budget, dense = engine.plan, cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
     auto = cfg.train.batch_size == "auto"
     batch = largest_batch_that_fits(plan, budget, dense) if auto else int(cfg.train.batch_size)

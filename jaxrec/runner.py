@@ -16,11 +16,11 @@ import numpy as np
 from jaxrec.checkpoint import Checkpointer
 from jaxrec.config import Config, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
-from jaxrec.data.pipeline import make_train_dataset, steps_per_epoch
+from jaxrec.data.pipeline import make_train_dataset, train_examples
 from jaxrec.errors import JaxrecError
 from jaxrec.progress import MetricsLog, Progress, write_json_atomic
 from jaxrec.train_lib import (
-    Engine, RankingEvaluator, build_engine, finite_names, init_state, make_train_step, resolve_batch_size,
+    Engine, build_engine, finite_names, init_state, make_evaluator, make_train_step, resolve_batch_size,
 )
 
 log = logging.getLogger("jaxrec.train")
@@ -66,11 +66,11 @@ def _eval_due(cfg: Config, step: int, per_epoch: int, total: int) -> bool:
     return step == total or (epoch_end and cfg.train.eval_every > 0 and (step // per_epoch) % cfg.train.eval_every == 0)
 
 
-def _evaluate(evaluate: RankingEvaluator, state, epoch: float, best: Best, metrics_log: MetricsLog) -> None:
+def _evaluate(evaluate, state, epoch: float, best: Best, metrics_log: MetricsLog) -> None:
     """Validation metrics; when they improve, this epoch's test metrics become the reported ones."""
     select = evaluate.engine.cfg.train.select_metric
     start = time.perf_counter()
-    valid = evaluate(state, "valid") if len(evaluate.dataset.split.valid) else {}
+    valid = evaluate(state, "valid") if evaluate.has_valid else {}
     improved = not best.valid or valid.get(select, -np.inf) > best.valid.get(select, -np.inf)
     if improved:
         best.epoch, best.valid, best.test = epoch, valid, evaluate(state, "test")
@@ -116,12 +116,10 @@ def run(cfg: Config, run_dir: Path) -> dict:
     """Train (resuming from the run dir's latest checkpoint), evaluate, and write the outputs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(cfg.data)
-    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
-    batch_size = resolve_batch_size(engine, max_batch=len(dataset.split.train))
-    per_epoch = steps_per_epoch(len(dataset.split.train), batch_size)
-    loader = make_train_dataset(dataset.split.train, dataset.num_items, batch_size=batch_size,
-                                epochs=cfg.train.epochs, num_negatives=cfg.data.num_negatives,
-                                loss=cfg.model.loss, seed=cfg.train.data_seed)
+    engine = build_engine(cfg, dataset.schema)
+    batch_size = resolve_batch_size(engine, max_batch=train_examples(engine.model, dataset))
+    loader, per_epoch = make_train_dataset(engine.model, dataset, cfg.data, loss=cfg.model.loss,
+                                           batch_size=batch_size, epochs=cfg.train.epochs, seed=cfg.train.data_seed)
     total = min(len(loader), cfg.train.max_steps or len(loader))
     iterator = iter(loader.to_iter_dataset())
     state, best = init_state(engine, cfg.train.seed), Best()
@@ -145,7 +143,7 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
            signals: StopSignals, *, total: int, per_epoch: int, batch_size: int):
     cfg, start = engine.cfg, int(state.step)
     names, step_fn = finite_names(engine), make_train_step(engine)
-    evaluate, sharding = RankingEvaluator(engine, dataset), engine.batch_sharding()
+    evaluate, sharding = make_evaluator(engine, dataset), engine.batch_sharding()
     metrics_log, progress = MetricsLog(run_dir / "metrics.jsonl"), Progress(total, cfg.train.progress, start)
     timing, pending, window_start = _Timing(), [], time.perf_counter()
     for step in range(start + 1, total + 1):
@@ -202,8 +200,7 @@ def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, s
                   "batch_size_auto": cfg.train.batch_size == "auto", "wall_s": train_s,
                   "compile_s": timing.compile_s, "examples_per_sec": rate,
                   "examples_per_sec_per_device": rate / engine.num_devices},
-        "data": {"num_users": dataset.num_users, "num_items": dataset.num_items,
-                 "num_interactions": len(dataset.interactions), "drop_counts": dataset.drop_counts},
+        "data": dataset.summary(),
         "sharding": sharding_summary(engine),
         "config": to_dict(cfg),
     }

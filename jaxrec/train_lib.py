@@ -15,16 +15,18 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrec.config import Config, scaled_lr, table_optimizer_name
 from jaxrec.data.dataset import Dataset
+from jaxrec.data.types import Schema
 from jaxrec.embedding import EmbeddingCollection, EmbeddingState
 from jaxrec.errors import JaxrecError
 from jaxrec.eval import evaluate_ranking, evaluate_ratings
-from jaxrec.models import make_model
+from jaxrec.models import feature_ids, make_model
 from jaxrec.models.losses import LOSSES
 from jaxrec.sharding import strategies
 from jaxrec.sharding.mesh import make_mesh, resolve_mesh_shape
@@ -80,26 +82,26 @@ def make_dense_optimizer(cfg: Config) -> optax.GradientTransformation:
     return make(scaled_lr(cfg, cfg.optimizer.lr))
 
 
-def build_engine(cfg: Config, num_users: int, num_items: int, devices=None) -> Engine:
+def build_engine(cfg: Config, schema: Schema, devices=None) -> Engine:
     devices = list(devices if devices is not None else jax.devices())
     shape = resolve_mesh_shape(cfg.sharding.mesh, len(devices))
-    model = make_model(cfg.model, num_users, num_items)
+    model = make_model(cfg.model, schema)
     table_opt = table_optimizer_name(cfg.optimizer) if cfg.optimizer.sparse else "sgd"
     table_lr = scaled_lr(cfg, cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr)
     specs = model.tables(table_opt, table_lr, candidates_per_example(cfg))
     plan = make_plan(specs, shape, cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.memory_budget_gb * 1e9)
     mesh = make_mesh(shape, devices)
-    return Engine(cfg, model, EmbeddingCollection(plan, mesh, model.features()), make_dense_optimizer(cfg), mesh)
+    collection = EmbeddingCollection(plan, mesh, model.features(), model.bags())
+    return Engine(cfg, model, collection, make_dense_optimizer(cfg), mesh)
 
 
 def _example_batch(engine: Engine, batch_size: int) -> dict[str, jax.Array]:
-    c = candidates_per_example(engine.cfg)
-    return {"user": jnp.zeros((batch_size, 1), jnp.int32), "item": jnp.zeros((batch_size, c), jnp.int32),
-            "label": jnp.zeros((batch_size, c), jnp.float32)}
+    return engine.model.example_batch(batch_size, candidates_per_example(engine.cfg))
 
 
 def _zero_activations(engine: Engine, batch: dict) -> dict[str, jax.Array]:
-    ids = engine.model.feature_ids(batch)
+    """Rows as looked up (bags unpooled): what the step differentiates with respect to."""
+    ids = feature_ids(engine.model, batch)
     dims = {f: engine.collection.specs[t].dim for f, t in engine.collection.features.items()}
     return {f: jnp.zeros((*ids[f].shape, dims[f]), jnp.float32) for f in ids}
 
@@ -108,7 +110,8 @@ def init_state(engine: Engine, seed: int) -> TrainState:
     """Parameters created already placed: tables sharded by the plan, dense ones replicated."""
     rng_params, rng_tables = jax.random.split(jax.random.key(seed))
     batch = _example_batch(engine, 1)
-    params = engine.model.init(rng_params, _zero_activations(engine, batch), batch)
+    rows = _zero_activations(engine, batch)
+    params = engine.model.init(rng_params, engine.collection.pool(rows, feature_ids(engine.model, batch)), batch)
     emb = engine.collection.init(rng_tables)
     trainable = params if engine.cfg.optimizer.sparse else {"params": params, "tables": emb.tables}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=engine.tx.init(trainable), emb=emb)
@@ -128,12 +131,14 @@ def state_shardings(engine: Engine, state: TrainState) -> TrainState:
                       opt_state=opt_state, emb=emb)
 
 
-def _loss(engine: Engine, params, acts, batch):
-    logits = engine.model.apply(params, acts, batch)
-    loss = LOSSES[engine.cfg.model.loss](logits, batch["label"])
+def _loss(engine: Engine, params, rows, batch, ids, rng):
+    """The model's loss on looked-up rows (bags pooled here, so each id gets its gradient)."""
+    acts = engine.collection.pool(rows, ids)
+    logits = engine.model.apply(params, acts, batch, train=True, rngs={"dropout": rng})
+    loss = LOSSES[engine.cfg.model.loss](logits, batch["label"], batch.get("weight"))
     if engine.cfg.model.l2:
         loss = loss + engine.cfg.model.l2 * sum(jnp.mean(jnp.sum(jnp.square(a), axis=tuple(range(1, a.ndim))))
-                                                for a in acts.values())
+                                                for a in rows.values())
     return loss
 
 
@@ -176,12 +181,14 @@ def make_train_step(engine: Engine):
             params, emb = trainable["params"], state.emb.replace(tables=trainable["tables"])
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, emb=emb)
 
+    dropout_key = jax.random.key(engine.cfg.train.seed + 1)
+
     def train_step(state: TrainState, batch: dict):
-        ids = model.feature_ids(batch)
-        acts = collection.lookup(state.emb, ids)
-        loss, (g_params, g_acts) = jax.value_and_grad(lambda p, a: _loss(engine, p, a, batch), argnums=(0, 1))(
-            state.params, acts
-        )
+        ids = feature_ids(model, batch)
+        rows = collection.lookup(state.emb, ids)
+        rng = jax.random.fold_in(dropout_key, state.step)
+        loss_fn = lambda p, r: _loss(engine, p, r, batch, ids, rng)  # noqa: E731
+        loss, (g_params, g_acts) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.params, rows)
         checks = finite_checks(engine, loss, g_params, g_acts)
         finite = jnp.stack(list(checks.values()))
         new_state = jax.lax.cond(jnp.all(finite), apply_gradients,
@@ -193,39 +200,85 @@ def make_train_step(engine: Engine):
 
 
 class RankingEvaluator:
-    """Full-ranking (and rating) evaluation of a train state; its jitted pieces compile once per run."""
+    """Full-ranking (and rating) evaluation of a train state; its jitted pieces compile once per run.
+
+    Queries and items go through the same collection lookups as training. The item inputs are
+    padded (with repeats of the last item) to a multiple of the device count, so the catalogue's
+    lookups split evenly over the mesh; the padding columns are cut from the scores."""
 
     def __init__(self, engine: Engine, dataset: Dataset):
         self.engine, self.dataset = engine, dataset
         model, collection = engine.model, engine.collection
-        self._item_tables = jax.jit(lambda emb: {n: collection.table(emb, n) for n in model.item_tables()})
+        num_items = dataset.num_items
+        pad = -num_items % engine.num_devices
+        self._items = {name: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
+                       for name, v in model.item_inputs(dataset).items()}
+        self._user_inputs: dict[str, dict] = {}
 
-        def score(params, emb, tables, users_b):
-            acts = collection.lookup(emb, model.query_ids(users_b))
-            return model.apply(params, acts, tables, method=model.score_all)
+        def acts(emb, inputs):
+            ids = feature_ids(model, inputs)
+            return collection.pool(collection.lookup(emb, ids), ids)
 
-        def predict(params, emb, user_b, item_b):
-            batch = {"user": user_b[:, None], "item": item_b[:, None]}
-            return model.apply(params, collection.lookup(emb, model.feature_ids(batch)), batch)[:, 0]
+        def score(params, emb, item_acts, items, query):
+            scores = model.apply(params, acts(emb, query), query, item_acts, items, method=model.score_all)
+            return scores[:, :num_items]
 
-        self._score, self._predict = jax.jit(score), jax.jit(predict)
+        def predict(params, emb, batch):
+            return model.apply(params, acts(emb, batch), batch)[:, 0]
 
-    def score_fn(self, state: TrainState):
+        self._item_acts, self._score, self._predict = jax.jit(acts), jax.jit(score), jax.jit(predict)
+
+    @property
+    def has_valid(self) -> bool:
+        return len(self.dataset.split.valid) > 0
+
+    def user_inputs(self, part: str) -> dict[str, np.ndarray]:
+        if part not in self._user_inputs:
+            self._user_inputs[part] = self.engine.model.user_inputs(self.dataset, part)
+        return self._user_inputs[part]
+
+    def score_fn(self, state: TrainState, part: str):
         """users_b -> scores_bn over every item, for evaluate_ranking."""
-        tables = self._item_tables(state.emb)
-        return lambda users_b: self._score(state.params, state.emb, tables, users_b)
+        users = self.user_inputs(part)
+        item_acts = self._item_acts(state.emb, self._items)
+
+        def score(users_b):
+            query = {name: values[np.asarray(users_b)] for name, values in users.items()}
+            return self._score(state.params, state.emb, item_acts, self._items, query)
+
+        return score
+
+    def predict_fn(self, state: TrainState, part: str):
+        """(users_b, items_b) -> predicted ratings, for evaluate_ratings."""
+        users = self.user_inputs(part)
+
+        def predict(users_b, items_b):
+            users_b, items_b = np.asarray(users_b), np.asarray(items_b)[:, None]
+            batch = ({name: values[users_b] for name, values in users.items()}
+                     | {name: values[items_b] for name, values in self._items.items()})
+            return self._predict(state.params, state.emb, batch)
+
+        return predict
 
     def __call__(self, state: TrainState, part: str) -> dict[str, float]:
         """Metrics on `valid` or `test`, excluding train items (and valid items when testing)."""
         split, cfg = self.dataset.split, self.engine.cfg
         targets = getattr(split, part)
         exclude = [split.valid] if part == "test" else []
-        metrics = evaluate_ranking(self.score_fn(state), split.train, targets, exclude=exclude,
+        metrics = evaluate_ranking(self.score_fn(state, part), split.train, targets, exclude=exclude,
                                    ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
         if cfg.model.loss == "mse":
-            predict = lambda u, i: self._predict(state.params, state.emb, u, i)  # noqa: E731
-            metrics |= evaluate_ratings(predict, targets)
+            metrics |= evaluate_ratings(self.predict_fn(state, part), targets)
         return metrics
+
+
+def make_evaluator(engine: Engine, dataset):
+    """evaluator(state, part) -> metrics: full ranking, or logloss and AUC for CTR models."""
+    if engine.model.batches == "ctr":
+        from jaxrec.eval.ctr import CtrEvaluator
+
+        return CtrEvaluator(engine, dataset)
+    return RankingEvaluator(engine, dataset)
 
 
 def abstract_inputs(engine: Engine, batch_size: int):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jaxrec.config import DataConfig
 from jaxrec.data import features, preprocess, readers, splits, synthetic
-from jaxrec.data.types import Features, Interactions, RawData, Split
+from jaxrec.data.types import Features, Field, Interactions, RawData, Schema, Split
 
 log = logging.getLogger("jaxrec.data")
 
@@ -35,6 +35,20 @@ class Dataset:
     def num_items(self) -> int:
         return self.interactions.num_items
 
+    def summary(self) -> dict:
+        """The data section of results.json."""
+        return {"num_users": self.num_users, "num_items": self.num_items,
+                "num_interactions": len(self.interactions), "drop_counts": self.drop_counts}
+
+    @property
+    def schema(self) -> Schema:
+        return Schema(self.num_users, self.num_items, _fields(self.user_features), _fields(self.item_features))
+
+
+def _fields(features: Features) -> dict[str, Field]:
+    return {name: Field(features.vocab[name], 1 if col.ndim == 1 else col.shape[1])
+            for name, col in features.columns.items()}
+
 
 def read_raw(cfg: DataConfig) -> RawData:
     if cfg.name == "synthetic":
@@ -58,7 +72,12 @@ def split_interactions(inter: Interactions, cfg: DataConfig) -> Split:
     return splits.temporal_split(inter, cfg.valid_ratio, cfg.test_ratio)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def load_dataset(cfg: DataConfig):
+    """The Dataset of interactions, or for CTR data sets (criteo_synthetic) a CtrDataset."""
+    if cfg.name == "criteo_synthetic":
+        from jaxrec.data.ctr import load_ctr_dataset
+
+        return load_ctr_dataset(cfg)
     raw = read_raw(cfg)
     inter, drop_counts = preprocess.preprocess(raw, min_rating=cfg.min_rating, k_core=cfg.k_core, strict=cfg.strict)
     split = split_interactions(inter, cfg)
@@ -74,12 +93,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     )
 
 
-def table_shapes(cfg: DataConfig) -> tuple[int, int]:
-    """(num_users, num_items) from config or data set metadata, without reading any data."""
+def data_schema(cfg: DataConfig) -> Schema:
+    """Users and items from config or data set metadata, without reading any data (side
+    features are left out: plan those with the data loaded)."""
     if cfg.name == "synthetic":
-        return cfg.num_users, cfg.num_items
+        return Schema(cfg.num_users, cfg.num_items)
     if cfg.name in KNOWN_SHAPES and cfg.k_core == 0 and cfg.min_rating is None:
-        return KNOWN_SHAPES[cfg.name]
+        return Schema(*KNOWN_SHAPES[cfg.name])
     from jaxrec.errors import JaxrecError
 
     raise JaxrecError(f"data={cfg.name} has no shape metadata for planning (filters change it); plan with "

@@ -11,8 +11,10 @@ Negatives are uniform over the catalogue (they can hit an item the user interact
 standard "uniform sampled negatives" of NCF and most libraries), drawn per batch from Grain's
 per-element generator, so batch k of a run is the same whatever the process or restart.
 
-Batch layout: user [B, 1] int32, item [B, C] int32 (column 0 the positive), label [B, C]
-float32 (1/0 for bce and bpr, the rating for mse where C = 1).
+Batch layout: every per-user input of the model (`user` [B, 1] int32, side features [B, 1, ...])
+and every per-item input for each candidate (`item` [B, C] int32 with column 0 the positive,
+side features [B, C, ...]), and label [B, C] float32 (1/0 for bce, bpr and softmax, the rating
+for mse where C = 1).
 """
 
 from __future__ import annotations
@@ -22,16 +24,22 @@ import functools
 import grain
 import numpy as np
 
+from jaxrec.config import DataConfig
+from jaxrec.data.dataset import Dataset
 from jaxrec.data.types import Interactions
 
 
-class _ExampleBatch(grain.transforms.RandomMap):
-    def __init__(self, train: Interactions, num_items: int, num_negatives: int, loss: str, batch_size: int,
-                 seed: int):
+class _PairBatch(grain.transforms.RandomMap):
+    """Batch `step` of the run: the permuted training pairs, negatives, and every model input
+    gathered from the per-user / per-item arrays (ids, side features)."""
+
+    def __init__(self, train: Interactions, user_side: dict, item_side: dict, num_negatives: int, loss: str,
+                 batch_size: int, seed: int):
         self.batch_size, self.seed = batch_size, seed
         self.steps_per_epoch = len(train) // batch_size
         self.user, self.item, self.rating = train.user, train.item, train.rating
-        self.num_items = num_items
+        self.user_side, self.item_side = user_side, item_side
+        self.num_items = train.num_items
         self.num_negatives = 0 if loss == "mse" else num_negatives
         self.loss = loss
 
@@ -41,13 +49,15 @@ class _ExampleBatch(grain.transforms.RandomMap):
         batch = len(index_b)
         positives = self.item[index_b][:, None]
         negatives = rng.integers(0, self.num_items, (batch, self.num_negatives), dtype=np.int32)
-        items = np.concatenate([positives, negatives], axis=1)
+        items_bc = np.concatenate([positives, negatives], axis=1)
         if self.loss == "mse":
             labels = self.rating[index_b][:, None].astype(np.float32)
         else:
-            labels = np.zeros(items.shape, np.float32)
+            labels = np.zeros(items_bc.shape, np.float32)
             labels[:, 0] = 1.0
-        return {"user": self.user[index_b][:, None], "item": items, "label": labels}
+        users_b = self.user[index_b]
+        return ({name: values[users_b] for name, values in self.user_side.items()}
+                | {name: values[items_bc] for name, values in self.item_side.items()} | {"label": labels})
 
 
 @functools.lru_cache(maxsize=2)
@@ -59,9 +69,41 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return num_train // batch_size
 
 
-def make_train_dataset(train: Interactions, num_items: int, *, batch_size: int, epochs: int,
-                       num_negatives: int, loss: str, seed: int) -> grain.MapDataset:
+def train_examples(model, dataset) -> int:
+    """Examples in one epoch of the model's pipeline (the most a batch can hold)."""
+    if model.batches == "sequences":
+        from jaxrec.data.sequences import sequence_users
+
+        return len(sequence_users(dataset))
+    if model.batches == "ctr":
+        return len(dataset.train_label)
+    return len(dataset.split.train)
+
+
+def make_train_dataset(model, dataset, data: DataConfig, *, loss: str, batch_size: int, epochs: int,
+                       seed: int) -> tuple[grain.MapDataset, int]:
+    """The model's training pipeline (one element per step) and its steps per epoch."""
+    per_epoch = steps_per_epoch(train_examples(model, dataset), batch_size)
+    if model.batches == "sequences":
+        from jaxrec.data.sequences import make_sequence_dataset
+
+        loader = make_sequence_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
+                                       num_negatives=data.num_negatives, seed=seed)
+    elif model.batches == "ctr":
+        from jaxrec.data.ctr import make_ctr_dataset
+
+        loader = make_ctr_dataset(dataset, batch_size=batch_size, epochs=epochs, seed=seed)
+    else:
+        loader = make_pair_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
+                                   num_negatives=data.num_negatives, loss=loss, seed=seed)
+    return loader, per_epoch
+
+
+def make_pair_dataset(model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int, loss: str,
+                      seed: int) -> grain.MapDataset:
     """One element per train step: epochs x (len(train) // batch_size) batches."""
+    train = dataset.split.train
     steps = epochs * steps_per_epoch(len(train), batch_size)
-    transform = _ExampleBatch(train, num_items, num_negatives, loss, batch_size, seed)
+    transform = _PairBatch(train, model.user_inputs(dataset, "train"), model.item_inputs(dataset), num_negatives,
+                           loss, batch_size, seed)
     return grain.MapDataset.range(steps).random_map(transform, seed=seed)

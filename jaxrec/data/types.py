@@ -85,3 +85,23 @@ class Features:
 
     columns: dict[str, np.ndarray]
     vocab: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """An id-valued input: `vocab` ids (0 = unknown for side features), `width` ids per entity
+    (multi-valued fields are padded with -1)."""
+
+    vocab: int
+    width: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """What a model needs to size its tables, without the data: user and item id spaces and
+    their side features (name -> Field, as in Features)."""
+
+    num_users: int
+    num_items: int
+    user_fields: dict[str, Field] = dataclasses.field(default_factory=dict)
+    item_fields: dict[str, Field] = dataclasses.field(default_factory=dict)

@@ -31,12 +31,21 @@ class EmbeddingState:
     slots: dict[str, dict[str, jax.Array]]  # group name -> slot name -> array
 
 
+COMBINERS = ("mean", "sum")
+
+
 class EmbeddingCollection:
-    def __init__(self, plan: EmbeddingPlan, mesh, features: dict[str, str]):
-        """features: feature name -> table name (several features may read one table)."""
+    def __init__(self, plan: EmbeddingPlan, mesh, features: dict[str, str], bags: dict[str, str] | None = None):
+        """features: feature name -> table name (several features may read one table).
+        bags: feature -> combiner ("mean" or "sum") for features whose last id axis is a bag of a
+        variable number of ids, padded with -1 (TorchRec's EmbeddingBag)."""
         self.plan = plan
         self.mesh = mesh
         self.features = dict(features)
+        self.bags = dict(bags or {})
+        for feature, combiner in self.bags.items():
+            if combiner not in COMBINERS:
+                raise ValueError(f"bag {feature!r}: combiner {combiner!r} is not one of {COMBINERS}")
 
     @property
     def specs(self) -> dict[str, TableSpec]:
@@ -113,6 +122,21 @@ class EmbeddingCollection:
                 offset += width
         return out
 
+    def pool(self, acts: dict[str, jax.Array], ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Bag features pooled over their last id axis ([B, ..., S, d] -> [B, ..., d]); padding
+        ids (-1) read zero rows and are left out of the mean. Differentiable: the train step
+        takes gradients w.r.t. the rows looked up, so each id of a bag gets its share."""
+        pooled = dict(acts)
+        for feature, combiner in self.bags.items():
+            if feature not in acts:
+                continue
+            total = jnp.sum(acts[feature], axis=-2)
+            if combiner == "mean":
+                count = jnp.sum(ids[feature] >= 0, axis=-1, keepdims=True)
+                total = total / jnp.maximum(count, 1).astype(total.dtype)
+            pooled[feature] = total
+        return pooled
+
     def apply_gradients(self, state: EmbeddingState, ids: dict[str, jax.Array], grads: dict[str, jax.Array],
                         step: jax.Array) -> EmbeddingState:
         """Sparse update of the rows `ids` touched, with gradients w.r.t. the activations."""
@@ -140,7 +164,8 @@ class EmbeddingCollection:
             grads_nd = jnp.concatenate([grads[f].reshape(-1, layout.dim) for f in feats])
             keys_n = jnp.concatenate([self.plan.group_keys(self.features[f], ids[f].reshape(-1)) for f in feats])
             zeros = jnp.zeros_like(state.tables[group])
-            dense[group] = zeros.at[keys_n, : layout.dim].add(grads_nd)
+            keys_n = jnp.where(keys_n < 0, zeros.shape[0], keys_n)  # padding: dropped
+            dense[group] = zeros.at[keys_n, : layout.dim].add(grads_nd, mode="drop")
         return dense
 
     def _slot_shapes(self, table: str) -> dict[str, int]:

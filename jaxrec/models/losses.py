@@ -1,6 +1,8 @@
 """Training losses over candidate scores.
 
-Legend: B batch, C candidates per example (column 0 is the positive for bce/bpr).
+Every loss takes logits and labels [..., C] (C candidates per example; for bce, bpr and softmax
+column 0 is the positive unless the labels say otherwise) and an optional weight [...] per
+example: padded sequence positions carry weight 0. The result is the weighted mean over examples.
 """
 
 from __future__ import annotations
@@ -10,20 +12,32 @@ import jax.numpy as jnp
 import optax
 
 
-def bce(logits_bc: jax.Array, labels_bc: jax.Array) -> jax.Array:
+def _mean(per_example: jax.Array, weight: jax.Array | None) -> jax.Array:
+    if weight is None:
+        return jnp.mean(per_example)
+    return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def bce(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
     """Binary cross-entropy of P(u, i) = sigmoid(score) against 1 (positive) / 0 (sampled)."""
-    return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits_bc, labels_bc), axis=1))
+    return _mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1), weight)
 
 
-def bpr(logits_bc: jax.Array, labels_bc: jax.Array) -> jax.Array:
+def bpr(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
     """Bayesian personalised ranking: the positive should outscore each sampled negative."""
-    del labels_bc
-    return -jnp.mean(jnp.sum(jax.nn.log_sigmoid(logits_bc[:, :1] - logits_bc[:, 1:]), axis=1))
+    del labels
+    return _mean(-jnp.sum(jax.nn.log_sigmoid(logits[..., :1] - logits[..., 1:]), axis=-1), weight)
 
 
-def mse(logits_bc: jax.Array, labels_bc: jax.Array) -> jax.Array:
+def mse(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
     """Squared error of the predicted rating (C = 1)."""
-    return jnp.mean(jnp.square(logits_bc - labels_bc))
+    return _mean(jnp.mean(jnp.square(logits - labels), axis=-1), weight)
 
 
-LOSSES = {"bce": bce, "bpr": bpr, "mse": mse}
+def softmax(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """Sampled softmax cross-entropy: the positive against the other candidates (sampled or
+    in-batch negatives; any log-Q correction is already in the logits)."""
+    return _mean(optax.softmax_cross_entropy(logits, labels), weight)
+
+
+LOSSES = {"bce": bce, "bpr": bpr, "mse": mse, "softmax": softmax}

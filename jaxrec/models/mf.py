@@ -3,7 +3,7 @@
 The factors and biases are embedding tables owned by the embedding collection; this module
 only combines the activations it is given, so it is the same code on one device or a mesh.
 
-Legend: B batch, C candidates per example, N items, d dim.
+Legend: B batch, C candidates per example, N items, d dim, e = d + 2 (biases folded in).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrec.embedding.specs import TableSpec
 
@@ -22,6 +23,13 @@ class MF(nn.Module):
     use_bias: bool = True
     init_std: float = 0.1
     embedding_dtype: str = "float32"
+
+    batches = "pairs"
+
+    @classmethod
+    def from_config(cls, cfg, schema) -> "MF":
+        return cls(num_users=schema.num_users, num_items=schema.num_items, dim=cfg.dim, use_bias=cfg.use_bias,
+                   init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype)
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
         dtype = self.embedding_dtype
@@ -37,38 +45,49 @@ class MF(nn.Module):
         return specs
 
     def features(self) -> dict[str, str]:
-        """Feature -> table it reads."""
-        names = ("user", "item", "user_bias", "item_bias") if self.use_bias else ("user", "item")
-        return {name: name for name in names}
+        return {name: name for name in self.inputs()}
 
-    def feature_ids(self, batch: dict) -> dict[str, jax.Array]:
-        """The ids each feature looks up: users [B, 1], candidate items [B, C]."""
-        ids = {"user": batch["user"], "item": batch["item"]}
-        if self.use_bias:
-            ids |= {"user_bias": batch["user"], "item_bias": batch["item"]}
-        return ids
+    def bags(self) -> dict[str, str]:
+        return {}
 
-    def query_ids(self, users_b: jax.Array) -> dict[str, jax.Array]:
-        """The ids a full-ranking query looks up for a batch of users."""
-        return {name: users_b[:, None] for name in self.features() if name.startswith("user")}
+    def inputs(self) -> dict[str, str]:
+        fields = {"user": "user", "item": "item"}
+        return fields | ({"user_bias": "user", "item_bias": "item"} if self.use_bias else {})
 
-    def item_tables(self) -> tuple[str, ...]:
-        """Tables scored in full against each query."""
-        return ("item", "item_bias") if self.use_bias else ("item",)
+    def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
+        del part
+        return {"user": np.arange(dataset.num_users, dtype=np.int32)[:, None]}
+
+    def item_inputs(self, dataset) -> dict[str, np.ndarray]:
+        return {"item": np.arange(dataset.num_items, dtype=np.int32)}
+
+    def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
+        return {"user": jnp.zeros((batch_size, 1), jnp.int32), "item": jnp.zeros((batch_size, candidates), jnp.int32),
+                "label": jnp.zeros((batch_size, candidates), jnp.float32)}
 
     def setup(self):
         self.global_bias = self.param("global_bias", nn.initializers.zeros, ()) if self.use_bias else 0.0
 
-    def __call__(self, emb: dict[str, jax.Array], batch: dict) -> jax.Array:
-        """Scores [B, C] of each example's candidate items."""
-        scores = jnp.einsum("bud,bcd->bc", emb["user"], emb["item"])
-        if self.use_bias:
-            scores = scores + emb["user_bias"][:, :, 0] + emb["item_bias"][..., 0] + self.global_bias
-        return scores
+    def query_vectors(self, acts: dict[str, jax.Array], query: dict) -> jax.Array:
+        """[B, e]: theta_u, then 1 and b_u + g to meet phi_i's b_i and 1."""
+        del query
+        user = acts["user"][:, 0]
+        if not self.use_bias:
+            return user
+        ones = jnp.ones_like(user[:, :1])
+        return jnp.concatenate([user, ones, acts["user_bias"][:, 0] + self.global_bias], axis=-1)
 
-    def score_all(self, user_emb: dict[str, jax.Array], item_tables: dict[str, jax.Array]) -> jax.Array:
+    def item_vectors(self, acts: dict[str, jax.Array], items: dict) -> jax.Array:
+        """[..., e]: phi_i, b_i, 1."""
+        del items
+        if not self.use_bias:
+            return acts["item"]
+        return jnp.concatenate([acts["item"], acts["item_bias"], jnp.ones_like(acts["item_bias"])], axis=-1)
+
+    def __call__(self, acts: dict[str, jax.Array], batch: dict, train: bool = False) -> jax.Array:
+        """Scores [B, C] of each example's candidate items."""
+        return jnp.einsum("be,bce->bc", self.query_vectors(acts, batch), self.item_vectors(acts, batch))
+
+    def score_all(self, query_acts: dict, query: dict, item_acts: dict, items: dict) -> jax.Array:
         """Scores [B, N] of every item for a batch of users (full-ranking evaluation)."""
-        scores = user_emb["user"][:, 0] @ item_tables["item"].T
-        if self.use_bias:
-            scores = scores + user_emb["user_bias"][:, 0] + item_tables["item_bias"][:, 0] + self.global_bias
-        return scores
+        return self.query_vectors(query_acts, query) @ self.item_vectors(item_acts, items).T

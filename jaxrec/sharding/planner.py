@@ -76,13 +76,18 @@ class EmbeddingPlan:
         return self.mesh_shape[0] * self.mesh_shape[1]
 
     def group_keys(self, table: str, ids):
-        """Logical row ids of `table` -> row indices in its group's stacked array (jnp or np)."""
+        """Logical row ids of `table` -> row indices in its group's stacked array (jnp or np).
+
+        A negative id (the padding of an embedding bag) stays -1: it reads zeros, updates nothing."""
         place = self.placements[table]
         group = self.groups[place.group]
         if group.kind != "row":
-            return ids + place.base
-        device = place.owner + ids % place.shards
-        return device * group.block_rows + place.base + ids // place.shards
+            keys = ids + place.base
+        else:
+            device = place.owner + ids % place.shards
+            keys = device * group.block_rows + place.base + ids // place.shards
+        where = jnp.where if isinstance(ids, jnp.ndarray) else np.where
+        return where(ids < 0, -1, keys)
 
 
 def _group_key(spec: TableSpec, strategy: str) -> tuple:

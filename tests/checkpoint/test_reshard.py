@@ -15,6 +15,7 @@ from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.evaluate import evaluate_checkpoint
 from jaxrec.runner import run
+from jaxrec.data.types import Schema
 from jaxrec.train_lib import RankingEvaluator, build_engine, finite_checks, finite_names, init_state
 
 
@@ -38,7 +39,7 @@ def saved_run(tmp_path_factory):
 
 def _restored_metrics(run_dir, cfg, devices):
     dataset = load_dataset(cfg.data)
-    engine = build_engine(cfg, dataset.num_users, dataset.num_items, devices=devices)
+    engine = build_engine(cfg, dataset.schema, devices=devices)
     ckpt = Checkpointer(run_dir / "checkpoints", every=0, keep=10, async_save=False)
     state, _ = ckpt.restore(engine, init_state(engine, 0), None)
     ckpt.close()
@@ -69,7 +70,7 @@ def test_incompatible_checkpoint_names_the_table_and_shapes(saved_run):
     cfg = _config()
     cfg.model.dim = 12
     dataset = load_dataset(cfg.data)
-    engine = build_engine(cfg, dataset.num_users, dataset.num_items)
+    engine = build_engine(cfg, dataset.schema)
     ckpt = Checkpointer(saved_run / "checkpoints", every=0, keep=10, async_save=False)
     with pytest.raises(JaxrecError, match=r"table 'item' is 70 x 6 there but 70 x 12 in the current config"):
         ckpt.restore(engine, init_state(engine, 0), None)
@@ -98,7 +99,7 @@ def test_nonfinite_stops_naming_the_step(tmp_path):
 
 def test_finite_checks_name_the_offending_table_and_layer():
     cfg = _config("none", (1, 1))
-    engine = build_engine(cfg, 10, 5)
+    engine = build_engine(cfg, Schema(10, 5))
     params = jax.tree.map(np.zeros_like, jax.device_get(init_state(engine, 0).params))
     params["params"]["global_bias"] = np.float32(np.nan)
     acts = {f: np.zeros((2, 1, 1 if "bias" in f else 6), np.float32) for f in engine.collection.features}

@@ -6,6 +6,7 @@ import pytest
 
 from jaxrec.config import Config
 from jaxrec.errors import JaxrecError
+from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, check_batch_size, init_state, make_train_step
 
 NUM_USERS, NUM_ITEMS = 37, 53  # not divisible by 8, 4 or 2: exercises padding
@@ -43,7 +44,7 @@ def _batches():
 
 
 def _train(cfg: Config):
-    engine = build_engine(cfg, NUM_USERS, NUM_ITEMS)
+    engine = build_engine(cfg, Schema(NUM_USERS, NUM_ITEMS))
     state = init_state(engine, seed=0)
     step = make_train_step(engine)
     losses = []
@@ -91,14 +92,14 @@ def test_strategy_matches_single_device(optimizer, table_optimizer, strategy, me
 
 
 def test_auto_plan_replicates_small_and_splits_large_tables():
-    engine = build_engine(_config("auto", (1, 8), "adam", None), NUM_USERS, NUM_ITEMS)
+    engine = build_engine(_config("auto", (1, 8), "adam", None), Schema(NUM_USERS, NUM_ITEMS))
     chosen = {name: p.strategy for name, p in engine.plan.placements.items()}
     assert chosen == {"user_bias": "data_parallel", "item_bias": "data_parallel", "user": "row_wise",
                       "item": "row_wise"}
 
 
 def test_tables_really_are_sharded():
-    engine = build_engine(_config("row_wise", (1, 8), "adam", None), NUM_USERS, NUM_ITEMS)
+    engine = build_engine(_config("row_wise", (1, 8), "adam", None), Schema(NUM_USERS, NUM_ITEMS))
     state = init_state(engine, seed=0)
     for array in state.emb.tables.values():
         shard_rows = {s.data.shape[0] for s in array.addressable_shards}
@@ -113,7 +114,7 @@ def test_batch_not_divisible_by_mesh_fails_clearly():
 def test_none_rejects_a_multi_device_mesh():
     cfg = _config("none", (1, 8), "adam", None)
     with pytest.raises(JaxrecError, match="'none' needs a 1x1 mesh"):
-        build_engine(cfg, NUM_USERS, NUM_ITEMS)
+        build_engine(cfg, Schema(NUM_USERS, NUM_ITEMS))
 
 
 def test_bfloat16_tables_train_sharded_like_single_device():

@@ -12,6 +12,7 @@ from jaxrec.embedding import TableSpec
 from jaxrec.errors import JaxrecError
 from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
 from jaxrec.sharding.planner import make_plan
+from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, compiled_step_bytes, dense_bytes
 
 
@@ -74,7 +75,7 @@ def _engine(strategy, mesh, users, items, dim=64):
     cfg.sharding.strategy = strategy
     cfg.sharding.mesh.data, cfg.sharding.mesh.model = mesh
     cfg.model.dim = dim
-    return build_engine(cfg, users, items)
+    return build_engine(cfg, Schema(users, items))
 
 
 @pytest.mark.parametrize("strategy,mesh", [("row_wise", (1, 8)), ("column_wise", (2, 4)), ("table_wise", (1, 8))])
@@ -124,7 +125,7 @@ def test_bfloat16_tables_halve_parameter_bytes():
     cfg = Config()
     cfg.sharding.strategy, cfg.sharding.mesh.model = "row_wise", 8
     cfg.model.dim, cfg.model.embedding_dtype = 64, "bfloat16"
-    engine = build_engine(cfg, 12_000_000, 4_000_000)
+    engine = build_engine(cfg, Schema(12_000_000, 4_000_000))
     f32 = _engine("row_wise", (1, 8), 12_000_000, 4_000_000)
     half = estimate_memory(engine.plan, 4096, dense_bytes(engine))
     full = estimate_memory(f32.plan, 4096, dense_bytes(f32))
