@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from jaxrec.errors import JaxrecError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic")
+DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic", "criteo_synthetic")
 SPLITS = ("leave_one_out", "random", "temporal")
 MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec")
 LOSSES = ("bce", "bpr", "mse", "softmax")
@@ -41,16 +41,23 @@ class DataConfig:
     num_users: int = 1000  # name=synthetic: number of users
     num_items: int = 500  # name=synthetic: number of items
     num_interactions: int = 20000  # name=synthetic: interactions drawn before dedup
-    seed: int = 0  # name=synthetic: generator seed
-    zipf_a: float = 1.1  # name=synthetic: popularity skew (P(rank r) ~ r^-a); lower is flatter
+    seed: int = 0  # name=synthetic, criteo_synthetic: generator seed
+    zipf_a: float = 1.1  # name=synthetic, criteo_synthetic: popularity skew (P(rank r) ~ r^-a); lower is flatter
+    num_examples: int = 100_000  # name=criteo_synthetic: examples before the valid/test split
+    num_dense: int = 13  # name=criteo_synthetic: dense (count) features
+    num_sparse: int = 26  # name=criteo_synthetic: categorical features, one embedding table each
+    vocab_size: int = 10_000  # name=criteo_synthetic: ids per categorical feature
+    vocab_sizes: list[int] = dataclasses.field(default_factory=list)  # criteo_synthetic: per feature (overrides vocab_size)
     min_rating: float | None = None  # keep rating >= this (explicit -> implicit feedback)
     k_core: int = 0  # iterate until every user and item has >= k interactions (0: off)
     strict: bool = False  # fail on the first invalid row instead of dropping and counting it
     split: str = "leave_one_out"  # one of SPLITS
-    valid_ratio: float = 0.1  # split=random|temporal: share of validation interactions
-    test_ratio: float = 0.1  # split=random|temporal: share of test interactions
+    valid_ratio: float = 0.1  # split=random|temporal, criteo_synthetic: share of validation examples
+    test_ratio: float = 0.1  # split=random|temporal, criteo_synthetic: share of test examples
     split_seed: int = 0  # split=random: seed of the per-user shuffle
-    num_negatives: int = 4  # uniform negatives sampled per positive (bce, bpr)
+    num_negatives: int = 4  # uniform negatives sampled per positive (bce, bpr, softmax)
+    cold_users: float = 0.0  # share of users cut to their first cold_max_train training interactions
+    cold_max_train: int = 5  # users with at most this many training interactions form the "cold/" metrics
 
 
 @dataclasses.dataclass
@@ -146,6 +153,8 @@ def validate(cfg: Config) -> Config:
     _check_choice("model.loss", cfg.model.loss, LOSSES)
     _check_choice("model.embedding_dtype", cfg.model.embedding_dtype, EMBEDDING_DTYPES)
     _check_choice("model.negatives", cfg.model.negatives, ("sampled", "in_batch"))
+    if cfg.model.negatives == "in_batch" and (cfg.model.name, cfg.model.loss) != ("two_tower", "softmax"):
+        raise JaxrecError("config key model.negatives=in_batch needs model=two_tower with model.loss=softmax")
     _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     _check_choice("optimizer.lr_scaling", cfg.optimizer.lr_scaling, LR_SCALING)
     if cfg.optimizer.lr_scaling != "none" and not isinstance(cfg.train.batch_size, int):

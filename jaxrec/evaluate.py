@@ -22,24 +22,40 @@ def config_from_dict(saved: dict) -> Config:
     return to_config(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved)))
 
 
-def evaluate_checkpoint(run_dir: Path, step: int | None = None, part: str = "test") -> dict:
+def restore_run(run_dir: Path, step: int | None = None, one_device: bool = False):
+    """(cfg, dataset, engine, state, step) of a run dir's checkpoint (default: the latest),
+    laid out on the devices present (or on one device, unsharded)."""
+    import jax
+
     from jaxrec.checkpoint import Checkpointer
     from jaxrec.data.dataset import load_dataset
-    from jaxrec.train_lib import build_engine, init_state, make_evaluator
+    from jaxrec.train_lib import build_engine, init_state
 
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = Path(run_dir).absolute() / "checkpoints"
     if not ckpt_dir.is_dir():
         raise JaxrecError(f"{run_dir} has no checkpoints/ directory (is it a jaxrec run dir?)")
     ckpt = Checkpointer(ckpt_dir, every=0, keep=1_000_000, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise JaxrecError(f"{ckpt_dir} holds no finished checkpoint")
-    cfg = config_from_dict(ckpt.read_meta(step)["config"])
-    cfg.sharding.num_devices = None
-    dataset = load_dataset(cfg.data)
-    engine = build_engine(cfg, dataset.schema)
-    state, _ = ckpt.restore(engine, init_state(engine, cfg.train.seed), None, step)
-    ckpt.close()
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise JaxrecError(f"{ckpt_dir} holds no finished checkpoint")
+        cfg = config_from_dict(ckpt.read_meta(step)["config"])
+        cfg.sharding.num_devices = None
+        if one_device:
+            cfg.sharding.strategy, cfg.sharding.tables = "none", {}
+            cfg.sharding.mesh.data = cfg.sharding.mesh.model = 1
+        dataset = load_dataset(cfg.data)
+        engine = build_engine(cfg, dataset.schema, devices=jax.devices()[:1] if one_device else None)
+        state, _ = ckpt.restore(engine, init_state(engine, cfg.train.seed), None, step)
+    finally:
+        ckpt.close()
+    return cfg, dataset, engine, state, step
+
+
+def evaluate_checkpoint(run_dir: Path, step: int | None = None, part: str = "test") -> dict:
+    from jaxrec.train_lib import make_evaluator
+
+    _, dataset, engine, state, step = restore_run(run_dir, step)
     return {"step": step, "part": part, "metrics": make_evaluator(engine, dataset)(state, part)}
 
 

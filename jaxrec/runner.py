@@ -20,7 +20,8 @@ from jaxrec.data.pipeline import make_train_dataset, train_examples
 from jaxrec.errors import JaxrecError
 from jaxrec.progress import MetricsLog, Progress, write_json_atomic
 from jaxrec.train_lib import (
-    Engine, build_engine, finite_names, init_state, make_evaluator, make_train_step, resolve_batch_size,
+    Engine, build_engine, candidates_per_example, finite_names, init_state, make_evaluator, make_train_step,
+    resolve_batch_size, warm_start,
 )
 
 log = logging.getLogger("jaxrec.train")
@@ -118,8 +119,9 @@ def run(cfg: Config, run_dir: Path) -> dict:
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.schema)
     batch_size = resolve_batch_size(engine, max_batch=train_examples(engine.model, dataset))
-    loader, per_epoch = make_train_dataset(engine.model, dataset, cfg.data, loss=cfg.model.loss,
-                                           batch_size=batch_size, epochs=cfg.train.epochs, seed=cfg.train.data_seed)
+    loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
+                                           loss=cfg.model.loss, batch_size=batch_size, epochs=cfg.train.epochs,
+                                           seed=cfg.train.data_seed)
     total = min(len(loader), cfg.train.max_steps or len(loader))
     iterator = iter(loader.to_iter_dataset())
     state, best = init_state(engine, cfg.train.seed), Best()
@@ -129,6 +131,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
             state, meta = ckpt.restore(engine, state, iterator)
             best = Best(**meta["best"])
             _truncate_metrics(run_dir / "metrics.jsonl", int(state.step))
+        elif cfg.model.init_from:
+            state = warm_start(engine, state, cfg.model.init_from)
         with StopSignals() as signals:
             state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals,
                                    total=total, per_epoch=per_epoch, batch_size=batch_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 import flax.struct
@@ -74,7 +75,8 @@ class Engine:
 
 
 def candidates_per_example(cfg: Config) -> int:
-    return 1 if cfg.model.loss == "mse" else 1 + cfg.data.num_negatives
+    """The positive plus sampled negatives (none for mse and for in-batch negatives)."""
+    return 1 if cfg.model.loss == "mse" or cfg.model.negatives == "in_batch" else 1 + cfg.data.num_negatives
 
 
 def make_dense_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -116,6 +118,29 @@ def init_state(engine: Engine, seed: int) -> TrainState:
     trainable = params if engine.cfg.optimizer.sparse else {"params": params, "tables": emb.tables}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=engine.tx.init(trainable), emb=emb)
     return jax.device_put(state, state_shardings(engine, state))
+
+
+def warm_start(engine: Engine, state: TrainState, run_dir: str) -> TrainState:
+    """Tables named by the model's pretrained_tables() copied from a trained run's checkpoint
+    (model.init_from); their optimiser slots start fresh."""
+    from jaxrec.evaluate import restore_run
+
+    if not hasattr(engine.model, "pretrained_tables"):
+        raise JaxrecError(f"config key model.init_from: model={engine.cfg.model.name} has no pretrained tables")
+    _, _, source, source_state, step = restore_run(Path(run_dir), one_device=True)
+    logical = jax.device_get(engine.collection.to_logical(state.emb))
+    for table, source_table in engine.model.pretrained_tables().items():
+        if source_table not in source.collection.specs:
+            raise JaxrecError(f"model.init_from={run_dir}: that run has no table '{source_table}' "
+                              f"(tables: {sorted(source.collection.specs)})")
+        values = np.asarray(source.collection.table(source_state.emb, source_table))
+        if values.shape != logical["tables"][table].shape:
+            raise JaxrecError(f"model.init_from={run_dir}: table '{source_table}' is {values.shape} there but "
+                              f"'{table}' is {logical['tables'][table].shape} here (model.dim or data differ)")
+        logical["tables"][table] = values.astype(logical["tables"][table].dtype)
+    log.info("initialised %s from %s (step %d)", ", ".join(engine.model.pretrained_tables()), run_dir, step)
+    emb = jax.jit(engine.collection.from_logical, out_shardings=engine.collection.shardings())(logical)
+    return state.replace(emb=emb)
 
 
 def state_shardings(engine: Engine, state: TrainState) -> TrainState:
@@ -265,8 +290,14 @@ class RankingEvaluator:
         split, cfg = self.dataset.split, self.engine.cfg
         targets = getattr(split, part)
         exclude = [split.valid] if part == "test" else []
-        metrics = evaluate_ranking(self.score_fn(state, part), split.train, targets, exclude=exclude,
-                                   ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
+        score_fn = self.score_fn(state, part)
+        metrics = evaluate_ranking(score_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,
+                                   batch_size=cfg.train.eval_batch_size)
+        cold_u = np.bincount(split.train.user, minlength=split.train.num_users) <= cfg.data.cold_max_train
+        if cold_u[targets.user].any():  # the cold-start slice, when the data has one
+            cold = evaluate_ranking(score_fn, split.train, targets.subset(np.flatnonzero(cold_u[targets.user])),
+                                    exclude=exclude, ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
+            metrics |= {f"cold/{name}": value for name, value in cold.items()}
         if cfg.model.loss == "mse":
             metrics |= evaluate_ratings(self.predict_fn(state, part), targets)
         return metrics

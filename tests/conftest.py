@@ -6,3 +6,44 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import copy  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def _one_step(cfg, schema, batch):
+    """(loss, logical tables, dense params) after one train step of `batch` under cfg's plan."""
+    import jax
+
+    from jaxrec.train_lib import build_engine, init_state, make_train_step
+
+    engine = build_engine(cfg, schema)
+    state = init_state(engine, seed=0)
+    state, out = make_train_step(engine)(state, jax.device_put(batch, engine.batch_sharding()))
+    tables = {name: np.asarray(engine.collection.table(state.emb, name)) for name in engine.collection.specs}
+    return float(out["loss"]), tables, jax.device_get(state.params)
+
+
+@pytest.fixture
+def assert_sharded_step_matches():
+    """check(cfg, schema, batch): one step under row_wise and under auto on 8 devices (mesh 2x4,
+    so both axes are exercised) equals the single-device step to 1e-5."""
+    import jax
+
+    def check(cfg, schema, batch, strategies=("row_wise", "auto")):
+        reference = copy.deepcopy(cfg)
+        reference.sharding.strategy, reference.sharding.mesh.data, reference.sharding.mesh.model = "none", 1, 1
+        ref_loss, ref_tables, ref_params = _one_step(reference, schema, batch)
+        for strategy in strategies:
+            sharded = copy.deepcopy(cfg)
+            sharded.sharding.strategy, sharded.sharding.mesh.data, sharded.sharding.mesh.model = strategy, 2, 4
+            sharded.sharding.memory_budget_gb = 1e-5  # small: `auto` must split the large tables
+            loss, tables, params = _one_step(sharded, schema, batch)
+            np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=strategy)
+            for name, ref in ref_tables.items():
+                np.testing.assert_allclose(tables[name], ref, rtol=1e-5, atol=1e-6, err_msg=f"{strategy} {name}")
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params)
+
+    return check

@@ -81,6 +81,8 @@ def load_dataset(cfg: DataConfig):
     raw = read_raw(cfg)
     inter, drop_counts = preprocess.preprocess(raw, min_rating=cfg.min_rating, k_core=cfg.k_core, strict=cfg.strict)
     split = split_interactions(inter, cfg)
+    if cfg.cold_users:
+        split = splits.make_cold_users(split, cfg.cold_users, cfg.cold_max_train, cfg.split_seed)
     log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d)", cfg.name, inter.num_users,
              inter.num_items, len(inter), len(split.train), len(split.valid), len(split.test))
     return Dataset(

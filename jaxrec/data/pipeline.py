@@ -24,7 +24,6 @@ import functools
 import grain
 import numpy as np
 
-from jaxrec.config import DataConfig
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.types import Interactions
 
@@ -40,7 +39,7 @@ class _PairBatch(grain.transforms.RandomMap):
         self.user, self.item, self.rating = train.user, train.item, train.rating
         self.user_side, self.item_side = user_side, item_side
         self.num_items = train.num_items
-        self.num_negatives = 0 if loss == "mse" else num_negatives
+        self.num_negatives = num_negatives
         self.loss = loss
 
     def random_map(self, step: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -80,7 +79,7 @@ def train_examples(model, dataset) -> int:
     return len(dataset.split.train)
 
 
-def make_train_dataset(model, dataset, data: DataConfig, *, loss: str, batch_size: int, epochs: int,
+def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_size: int, epochs: int,
                        seed: int) -> tuple[grain.MapDataset, int]:
     """The model's training pipeline (one element per step) and its steps per epoch."""
     per_epoch = steps_per_epoch(train_examples(model, dataset), batch_size)
@@ -88,14 +87,14 @@ def make_train_dataset(model, dataset, data: DataConfig, *, loss: str, batch_siz
         from jaxrec.data.sequences import make_sequence_dataset
 
         loader = make_sequence_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
-                                       num_negatives=data.num_negatives, seed=seed)
+                                       num_negatives=num_negatives, seed=seed)
     elif model.batches == "ctr":
         from jaxrec.data.ctr import make_ctr_dataset
 
         loader = make_ctr_dataset(dataset, batch_size=batch_size, epochs=epochs, seed=seed)
     else:
         loader = make_pair_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
-                                   num_negatives=data.num_negatives, loss=loss, seed=seed)
+                                   num_negatives=num_negatives, loss=loss, seed=seed)
     return loader, per_epoch
 
 

@@ -87,3 +87,16 @@ def temporal_split(inter: Interactions, valid_ratio: float, test_ratio: float) -
     part[inter.timestamp > valid_cut] = _VALID
     part[inter.timestamp > test_cut] = _TEST
     return _split_by(inter, part)
+
+
+def make_cold_users(split: Split, share: float, keep: int, seed: int) -> Split:
+    """A cold-start study on warm data: a random `share` of users keep only their first `keep`
+    training interactions; validation and test are untouched."""
+    if not 0 <= share <= 1 or keep < 1:
+        raise JaxrecError(f"data.cold_users={share} must lie in [0, 1] and data.cold_max_train={keep} be >= 1")
+    train = split.train
+    rng = np.random.default_rng([seed, 1])
+    cold_u = rng.random(train.num_users) < share
+    _, position = _user_positions(train.user)
+    kept = ~cold_u[train.user] | (position < keep)
+    return Split(train.subset(np.flatnonzero(kept)), split.valid, split.test)

@@ -78,4 +78,26 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, se
         "timestamp": timestamps.astype(np.float64),
         "line": np.arange(1, num_interactions + 1, dtype=np.int64),
     })  # fmt: skip
-    return RawData(interactions, source=f"synthetic(seed={seed})")
+    users, items = _side_features(user_vecs, item_vecs, np.random.default_rng([seed, 2]))
+    return RawData(interactions, source=f"synthetic(seed={seed})", users=users, items=items)
+
+
+def _side_features(user_vecs, item_vecs, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MovieLens-shaped side tables that carry part of the latent taste, so feature models can
+    place users and items they have few interactions for: gender and occupation read the sign and
+    the argmax of latent dimensions, genres are the dimensions where an item's factor is high;
+    age, zip and year are noise. Drawn from their own generator: interactions do not change."""
+    num_users, rank = user_vecs.shape
+    users = pd.DataFrame({
+        "age": rng.integers(7, 74, num_users),
+        "gender": np.where(user_vecs[:, 0] > 0, "M", "F"),
+        "occupation": [f"occ{k}" for k in np.argmax(user_vecs[:, 1:], axis=1)],
+        "zip": [f"{z:05d}" for z in rng.integers(0, 100_000, num_users)],
+    }, index=pd.Index(np.arange(num_users).astype(str)))  # fmt: skip
+    high = item_vecs > np.quantile(item_vecs, 0.75)
+    items = pd.DataFrame({
+        "title": [f"item {i}" for i in range(len(item_vecs))],
+        "genres": [[f"g{k}" for k in np.flatnonzero(row)] for row in high],
+        "year": rng.integers(1950, 2020, len(item_vecs)).astype(float),
+    }, index=pd.Index(np.arange(len(item_vecs)).astype(str)))  # fmt: skip
+    return users, items

@@ -99,9 +99,12 @@ class Field:
 @dataclasses.dataclass(frozen=True)
 class Schema:
     """What a model needs to size its tables, without the data: user and item id spaces and
-    their side features (name -> Field, as in Features)."""
+    their side features (name -> Field, as in Features); for CTR data, the per-example
+    categorical fields and the number of dense features."""
 
     num_users: int
     num_items: int
     user_fields: dict[str, Field] = dataclasses.field(default_factory=dict)
     item_fields: dict[str, Field] = dataclasses.field(default_factory=dict)
+    example_fields: dict[str, Field] = dataclasses.field(default_factory=dict)
+    num_dense: int = 0

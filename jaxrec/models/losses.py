@@ -35,9 +35,10 @@ def mse(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -
 
 
 def softmax(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
-    """Sampled softmax cross-entropy: the positive against the other candidates (sampled or
-    in-batch negatives; any log-Q correction is already in the logits)."""
-    return _mean(optax.softmax_cross_entropy(logits, labels), weight)
+    """Sampled softmax cross-entropy of the positive (column 0) against the other candidates,
+    sampled or in-batch negatives (any log-Q correction is already in the logits)."""
+    del labels
+    return _mean(-jax.nn.log_softmax(logits, axis=-1)[..., 0], weight)
 
 
 LOSSES = {"bce": bce, "bpr": bpr, "mse": mse, "softmax": softmax}
