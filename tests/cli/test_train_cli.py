@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, register_configs, to_config
+from jaxrec.config import CONF_DIR, register_configs, to_config, to_dict
 from jaxrec.errors import JaxrecError
+from jaxrec.evaluate import config_from_dict
 
 TINY = ["data=synthetic", "data.num_users=120", "data.num_items=60", "data.num_interactions=3000",
         "train.epochs=2", "train.batch_size=64", "train.progress=false", "model.dim=8"]
@@ -89,11 +90,12 @@ def test_every_config_composes_and_validates(group):
     for option in _options(group):
         overrides = [f"{group}={option}"] + (["data.path=/tmp/x.csv"] if option == "csv" else [])
         cfg = to_config(_compose(overrides))
-        assert cfg is not None
+        assert getattr(cfg, group).name == option if group in ("data", "model") else cfg is not None
+        assert config_from_dict(to_dict(cfg)) == cfg  # what results.json and checkpoints hold restores it
 
 
 def test_invalid_values_name_the_key_and_choices():
-    with pytest.raises(JaxrecError, match=r"model.loss='hinge' is not valid; expected one of bce, bpr, mse"):
+    with pytest.raises(JaxrecError, match=r"model.loss='hinge' is not valid; expected one of bce, bpr, mse, softmax"):
         to_config(_compose(["model.loss=hinge"]))
     with pytest.raises(JaxrecError, match=r"data.path is required when data=csv"):
         to_config(_compose(["data=csv"]))
