@@ -175,23 +175,24 @@ def cli_overrides(overrides: dict[str, Any]) -> str:
     return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
 
 
-def tune_mf(data_cfg: DataConfig, base: dict, grid: dict, dataset: Dataset, run_dir: Path) -> MethodResult:
-    """runner.run per grid point (best epoch on validation inside); best point on validation."""
+def tune_jaxrec(name: str, data_cfg: DataConfig, base: dict, points: list[dict], dataset: Dataset,
+                run_dir: Path) -> MethodResult:
+    """runner.run per point (best epoch on validation inside); best point on validation."""
     from jaxrec import runner
 
-    best, points = None, grid_points(grid)
+    best = None
     for index, point in enumerate(points):
         cfg = apply_overrides(Config(data=copy.deepcopy(data_cfg)), base | point)
-        results = runner.run(cfg, run_dir / f"mf_{index:02d}")
+        results = runner.run(cfg, run_dir / f"{name}_{index:02d}")
         check_same_data(results, dataset)
         valid = results["valid_metrics"]
-        log.info("jaxrec_mf %s valid %s=%.4f (best epoch %s, fit %.1fs)", cli_overrides(point), SELECT,
+        log.info("%s %s valid %s=%.4f (best epoch %s, fit %.1fs)", name, cli_overrides(point), SELECT,
                  valid[SELECT], results["best_epoch"], results["train"]["wall_s"])
         if best is None or valid[SELECT] > best[1]["valid_metrics"][SELECT]:
             best = (point, results)
     point, results = best
     params = {**base, **point, "best_epoch": results["best_epoch"]}
-    return MethodResult("jaxrec_mf", params, results["valid_metrics"], results["metrics"],
+    return MethodResult(name, params, results["valid_metrics"], results["metrics"],
                         results["train"]["wall_s"], len(points))
 
 
@@ -233,7 +234,7 @@ def run_experiment(out_dir: Path, data_cfg: DataConfig, *, als_grid=ALS_GRID, bp
     if peers is not None:
         methods.append(tune_implicit("implicit_als", peers["als"], als_grid, split, seed, threads))
         methods.append(tune_implicit("implicit_bpr", peers["bpr"], bpr_grid, split, seed, threads))
-    mf = tune_mf(data_cfg, mf_base, mf_grid, dataset, out_dir / "mf_runs")
+    mf = tune_jaxrec("jaxrec_mf", data_cfg, mf_base, grid_points(mf_grid), dataset, out_dir / "mf_runs")
     methods.append(mf)
     rows = [m.row() for m in methods]
     table = format_table(rows)
