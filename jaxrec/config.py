@@ -109,6 +109,14 @@ class ShardingConfig:
 
 
 @dataclasses.dataclass
+class DistributedConfig:
+    coordinator_address: str | None = None  # host:port of process 0; None: one process, or detected (SLURM, MPI)
+    num_processes: int = 1  # processes in the group (one per host)
+    process_id: int = 0  # this process's rank, 0 .. num_processes - 1
+    heartbeat_timeout_s: int = 100  # a process silent this long is declared dead and the group stops
+
+
+@dataclasses.dataclass
 class TrainConfig:
     batch_size: int | str = 1024  # global batch; "auto": largest power of two whose plan fits
     epochs: int = 20  # passes over the training interactions
@@ -125,6 +133,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # most recent checkpoints kept
     resume: bool = True  # continue from the latest checkpoint in the run dir, if there is one
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (naming step and table) or skip the batch
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)  # multi-process runs
 
 
 @dataclasses.dataclass

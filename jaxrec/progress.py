@@ -40,15 +40,18 @@ class Progress:
 class MetricsLog:
     """Appends one JSON object per record to metrics.jsonl, flushed so a crash loses nothing."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
+    def __init__(self, path: Path, enabled: bool = True):
+        """enabled=False (processes other than 0 of a multi-process run) writes nothing."""
+        self.file = open(path, "a", encoding="utf-8") if enabled else None
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, sort_keys=True) + "\n")
-        self.file.flush()
+        if self.file is not None:
+            self.file.write(json.dumps(record, sort_keys=True) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def write_json_atomic(path: Path, obj) -> None:

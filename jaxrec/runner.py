@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxrec import distributed
 from jaxrec.checkpoint import Checkpointer
 from jaxrec.config import Config, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
@@ -121,7 +122,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     batch_size = resolve_batch_size(engine, max_batch=train_examples(engine.model, dataset))
     loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
                                            loss=cfg.model.loss, batch_size=batch_size, epochs=cfg.train.epochs,
-                                           seed=cfg.train.data_seed)
+                                           seed=cfg.train.data_seed,
+                                           rows=distributed.process_rows(engine.batch_sharding(), batch_size))
     total = min(len(loader), cfg.train.max_steps or len(loader))
     iterator = iter(loader.to_iter_dataset())
     state, best = init_state(engine, cfg.train.seed), Best()
@@ -130,7 +132,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
         if cfg.train.resume and ckpt.latest_step() is not None:
             state, meta = ckpt.restore(engine, state, iterator)
             best = Best(**meta["best"])
-            _truncate_metrics(run_dir / "metrics.jsonl", int(state.step))
+            if distributed.is_main():
+                _truncate_metrics(run_dir / "metrics.jsonl", int(state.step))
         elif cfg.model.init_from:
             state = warm_start(engine, state, cfg.model.init_from)
         with StopSignals() as signals:
@@ -139,7 +142,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     finally:
         ckpt.close()
     results = make_results(cfg, engine, dataset, best, steps=total, batch_size=batch_size, timing=timing)
-    write_json_atomic(run_dir / "results.json", results)
+    if distributed.is_main():
+        write_json_atomic(run_dir / "results.json", results)
     return results
 
 
@@ -148,10 +152,12 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
     cfg, start = engine.cfg, int(state.step)
     names, step_fn = finite_names(engine), make_train_step(engine)
     evaluate, sharding = make_evaluator(engine, dataset), engine.batch_sharding()
-    metrics_log, progress = MetricsLog(run_dir / "metrics.jsonl"), Progress(total, cfg.train.progress, start)
+    main = distributed.is_main()
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
+    progress = Progress(total, cfg.train.progress and main, start)
     timing, pending, window_start = _Timing(), [], time.perf_counter()
     for step in range(start + 1, total + 1):
-        state, out = step_fn(state, jax.device_put(next(iterator), sharding))
+        state, out = step_fn(state, distributed.global_batch(next(iterator), sharding, batch_size))
         pending.append((step, out))
         if step == start + 1:
             jax.block_until_ready(state)

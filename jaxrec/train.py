@@ -50,10 +50,12 @@ def main(dict_cfg: DictConfig) -> float | None:
     """Returns the validation value of train.select_metric, the objective of Hydra sweepers."""
     cfg = to_config(dict_cfg)
     simulate_cpu_devices(cfg)
-    from jaxrec import runner
+    from jaxrec import distributed, runner
 
+    distributed.initialize(cfg.train.distributed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    write_run_info(run_dir)
+    if distributed.is_main():
+        write_run_info(run_dir)
     results = runner.run(cfg, run_dir)
     log.info("results: %s", json.dumps(results["metrics"], sort_keys=True))
     log.info("run dir: %s", run_dir)

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrec.config import Config, scaled_lr, table_optimizer_name
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.types import Schema
+from jaxrec.distributed import gathered
 from jaxrec.embedding import EmbeddingCollection, EmbeddingState
 from jaxrec.errors import JaxrecError
 from jaxrec.eval import evaluate_ranking, evaluate_ratings
@@ -263,13 +264,14 @@ class RankingEvaluator:
         return self._user_inputs[part]
 
     def score_fn(self, state: TrainState, part: str):
-        """users_b -> scores_bn over every item, for evaluate_ranking."""
+        """users_b -> scores_bn over every item, for evaluate_ranking (in a multi-process run
+        gathered to every process, which then all rank every user)."""
         users = self.user_inputs(part)
         item_acts = self._item_acts(state.emb, self._items)
 
         def score(users_b):
             query = {name: values[np.asarray(users_b)] for name, values in users.items()}
-            return self._score(state.params, state.emb, item_acts, self._items, query)
+            return gathered(self._score(state.params, state.emb, item_acts, self._items, query))
 
         return score
 
@@ -281,7 +283,7 @@ class RankingEvaluator:
             users_b, items_b = np.asarray(users_b), np.asarray(items_b)[:, None]
             batch = ({name: values[users_b] for name, values in users.items()}
                      | {name: values[items_b] for name, values in self._items.items()})
-            return self._predict(state.params, state.emb, batch)
+            return gathered(self._predict(state.params, state.emb, batch))
 
         return predict
 

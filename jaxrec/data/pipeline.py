@@ -79,9 +79,21 @@ def train_examples(model, dataset) -> int:
     return len(dataset.split.train)
 
 
+class _Rows(grain.transforms.Map):
+    """Keeps this process's rows of each global batch (multi-process runs)."""
+
+    def __init__(self, rows: slice):
+        self.rows = rows
+
+    def map(self, batch: dict) -> dict:
+        return {name: values[self.rows] for name, values in batch.items()}
+
+
 def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_size: int, epochs: int,
-                       seed: int) -> tuple[grain.MapDataset, int]:
-    """The model's training pipeline (one element per step) and its steps per epoch."""
+                       seed: int, rows: slice | None = None) -> tuple[grain.MapDataset, int]:
+    """The model's training pipeline (one element per step) and its steps per epoch. `rows`: the
+    rows of every global batch this process feeds (all when None); every process draws the same
+    global batch from the seeds, so a step sees the same data whatever the process count."""
     per_epoch = steps_per_epoch(train_examples(model, dataset), batch_size)
     if model.batches == "sequences":
         from jaxrec.data.sequences import make_sequence_dataset
@@ -95,6 +107,8 @@ def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_s
     else:
         loader = make_pair_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
                                    num_negatives=num_negatives, loss=loss, seed=seed)
+    if rows is not None and (rows.start, rows.stop) != (0, batch_size):
+        loader = loader.map(_Rows(rows))
     return loader, per_epoch
 
 
