@@ -1,0 +1,199 @@
+"""From a run's checkpoint to a serving bundle, and the storage-precision report.
+
+Every dot-product model exports through one path: its Flax module's `query_vectors` and
+`item_vectors` (scores = query_vectors @ item_vectors.T), fed by the same host-side inputs and
+collection lookups as full-ranking evaluation. A model without them (NeuMF, DCN-v2: the score
+is not a dot product) cannot be served by top-K retrieval and fails with one message.
+
+The checkpoint is restored on one device with sharding `none` (checkpoints are
+plan-independent), so a run trained on a mesh exports on any machine. Query vectors are those
+of the test part: every known user's history up to its last item.
+
+Legend: U users, N items, e vector width, d factor dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxrec
+from jaxrec.config import Config, to_dict
+from jaxrec.data.dataset import Dataset, read_raw
+from jaxrec.errors import JaxrecError
+from jaxrec.eval import evaluate_ranking
+from jaxrec.models import feature_ids
+from jaxrec.serving.bundle import (
+    PRECISIONS, Encoder, bundle_bytes, dataset_sha256, dequantize, load_bundle, quantize, seen_csr, write_bundle,
+)
+
+QUERY_BATCH = 1024  # users per query-vector batch
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedRun:
+    """A restored run reduced to what a bundle holds, in float32."""
+
+    run_dir: Path
+    step: int
+    cfg: Config
+    dataset: Dataset
+    queries_ue: np.ndarray
+    items_ne: np.ndarray
+    encoder: Encoder | None
+    item_meta: list[dict] | None
+
+
+def check_dot_product(model, name: str) -> None:
+    if not (hasattr(model, "query_vectors") and hasattr(model, "item_vectors")):
+        raise JaxrecError(f"model '{name}' cannot be exported for top-K serving: its score is not a dot product "
+                          "of a query vector and an item vector (it has no query_vectors/item_vectors)")
+
+
+def model_vectors(engine, state, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(queries_ue of the test part, items_ne), through the model's query/item vector methods."""
+    model, collection = engine.model, engine.collection
+    check_dot_product(model, engine.cfg.model.name)
+
+    def acts(emb, inputs):
+        ids = feature_ids(model, inputs)
+        return collection.pool(collection.lookup(emb, ids), ids)
+
+    item_vectors = jax.jit(lambda p, e, items: model.apply(p, acts(e, items), items, method=model.item_vectors))
+    query_vectors = jax.jit(lambda p, e, query: model.apply(p, acts(e, query), query, method=model.query_vectors))
+    items = model.item_inputs(dataset)
+    items_ne = np.asarray(item_vectors(state.params, state.emb, items), np.float32)
+    users = model.user_inputs(dataset, "test")
+    queries = []
+    for start in range(0, dataset.num_users, QUERY_BATCH):
+        users_b = np.arange(start, start + QUERY_BATCH).clip(max=dataset.num_users - 1)  # fixed shape: one compile
+        query = {name: values[users_b] for name, values in users.items()}
+        queries.append(np.asarray(query_vectors(state.params, state.emb, query), np.float32))
+    return np.concatenate(queries)[: dataset.num_users], items_ne
+
+
+def fold_in_encoder(engine, state) -> Encoder | None:
+    """MF's cold start: theta = mean of the history's item factors, b_u = 0, so
+    query = mean(items[history]) @ P + q0 where P keeps the factor block and q0 is the query
+    vector of a zero user ([0, 1, g]). None for models whose cold start is not built yet."""
+    model, cfg = engine.model, engine.cfg
+    if cfg.model.name != "mf":
+        return None
+    dim = cfg.model.dim
+    zeros = {"user": jnp.zeros((1, 1, dim))} | ({"user_bias": jnp.zeros((1, 1, 1))} if cfg.model.use_bias else {})
+    offset_e = np.asarray(model.apply(state.params, zeros, {}, method=model.query_vectors)[0], np.float32)
+    projection_ee = np.zeros((offset_e.size, offset_e.size), np.float32)
+    projection_ee[np.arange(dim), np.arange(dim)] = 1.0
+    return Encoder(projection_ee, offset_e)
+
+
+def item_metadata(cfg: Config, item_tokens) -> list[dict] | None:
+    """Title, genres and year per item id, from the data set's side table (None if it has none)."""
+    items = read_raw(cfg.data).items
+    if items is None:
+        return None
+    items = items[~items.index.duplicated()].reindex([str(t) for t in item_tokens])
+    meta = []
+    for row in items.itertuples():
+        entry = {}
+        if isinstance(getattr(row, "title", None), str):
+            entry["title"] = row.title
+        if isinstance(getattr(row, "genres", None), list):
+            entry["genres"] = list(row.genres)
+        year = getattr(row, "year", None)
+        if isinstance(year, float) and math.isfinite(year):
+            entry["year"] = int(year)
+        meta.append(entry)
+    return meta
+
+
+def load_run(run_dir: Path, step: int | None = None) -> ExportedRun:
+    from jaxrec.evaluate import restore_run
+
+    cfg, dataset, engine, state, step = restore_run(run_dir, step, one_device=True)
+    queries_ue, items_ne = model_vectors(engine, state, dataset)
+    return ExportedRun(Path(run_dir), step, cfg, dataset, queries_ue, items_ne, fold_in_encoder(engine, state),
+                       item_metadata(cfg, dataset.interactions.item_tokens))
+
+
+@jax.jit
+def _scores(query_be, items_ne):
+    return query_be @ items_ne.T
+
+
+def ranking_metrics(run: ExportedRun, queries_ue: np.ndarray, items_ne: np.ndarray) -> dict[str, float]:
+    """Test metrics of these vectors, with the evaluator, split and cutoffs of training."""
+    split, train_cfg = run.dataset.split, run.cfg.train
+    items = jnp.asarray(items_ne)
+    return evaluate_ranking(lambda users_b: _scores(queries_ue[np.asarray(users_b)], items), split.train, split.test,
+                            exclude=[split.valid], ks=train_cfg.ks, batch_size=train_cfg.eval_batch_size)
+
+
+def stored(matrix: np.ndarray, precision: str) -> np.ndarray:
+    """The float32 matrix a bundle of this precision serves (quantised and back)."""
+    parts = quantize(matrix, precision)
+    return dequantize(parts["values"], precision, parts.get("scales"))
+
+
+def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrite: bool = False) -> Path:
+    """Write `run` as a bundle; the manifest's metrics are measured on the stored precision."""
+    inter = run.dataset.interactions
+    metrics = ranking_metrics(run, stored(run.queries_ue, precision), stored(run.items_ne, precision))
+    manifest = {
+        "model": run.cfg.model.name,
+        "config": to_dict(run.cfg),
+        "dataset": {"name": run.dataset.name, "sha256": dataset_sha256(inter), "num_users": inter.num_users,
+                    "num_items": inter.num_items, "num_interactions": len(inter)},
+        "checkpoint": {"run_dir": str(Path(run.run_dir).absolute()), "step": run.step},
+        "metrics": {"part": "test", **metrics},
+        "queries": "test part: each known user's history up to its last item",
+        "cold_start": "mean of the history items' factors, user bias 0 (folding-in)" if run.encoder else None,
+        "seen": "every interaction of the user in the data set (all splits)",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jaxrec_version": jaxrec.__version__,
+    }
+    seen = seen_csr(inter.user, inter.item, inter.num_users)
+    return write_bundle(out, manifest=manifest, items_ne=run.items_ne, users_ue=run.queries_ue,
+                        user_tokens=inter.user_tokens, item_tokens=inter.item_tokens, seen=seen, precision=precision,
+                        item_meta=run.item_meta, encoder=run.encoder, overwrite=overwrite)
+
+
+def cold_start_metrics(run: ExportedRun) -> dict[str, float] | None:
+    """Test metrics when every user is treated as new and folded in from its train + valid items."""
+    if run.encoder is None:
+        return None
+    split = run.dataset.split
+    users = np.concatenate([split.train.user, split.valid.user])
+    items = np.concatenate([split.train.item, split.valid.item])
+    counts_u = np.bincount(users, minlength=run.dataset.num_users)[:, None]
+    sums_ue = np.zeros((run.dataset.num_users, run.items_ne.shape[1]), np.float64)
+    np.add.at(sums_ue, users, run.items_ne[items])
+    means_ue = (sums_ue / np.maximum(counts_u, 1)).astype(np.float32)
+    return ranking_metrics(run, means_ue @ run.encoder.projection_ee + run.encoder.offset_e, run.items_ne)
+
+
+def precision_report(run: ExportedRun, keys=("hr@10", "ndcg@10")) -> list[dict]:
+    """Per precision: bytes of the bundle and of its vectors (items, users, scales), and test
+    metrics served from the written and reloaded bundle, with the change against float32."""
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in PRECISIONS:
+            path = export_run(run, Path(tmp) / precision, precision)
+            bundle = load_bundle(path)
+            metrics = ranking_metrics(run, bundle.users_ue, bundle.items_ne)
+            files = [f for spec in bundle.manifest["arrays"].values() for f in (spec["file"], spec.get("scales")) if f]
+            vector_bytes = sum((path / f).stat().st_size for f in files)
+            records.append({"precision": precision, "bundle_bytes": bundle_bytes(path), "vector_bytes": vector_bytes,
+                            **{k: metrics[k] for k in keys}})
+    base = records[0]
+    for r in records:
+        r["size_vs_float32"] = r["bundle_bytes"] / base["bundle_bytes"]
+        r.update({f"{k}_change": r[k] - base[k] for k in keys})
+    return records
