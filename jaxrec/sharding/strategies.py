@@ -1,4 +1,4 @@
-"""The only shard_map code in jaxrec: sharded lookups and sparse row updates per group kind.
+"""Sharded lookups and sparse row updates per group kind (with sharding/topk.py, the only shard_map code).
 
 A group is one stacked array holding one or more tables (see sharding.planner). Its kind fixes
 the layout on the (data, model) mesh:
