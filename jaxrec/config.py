@@ -127,6 +127,7 @@ class TrainConfig:
     eval_batch_size: int = 256  # users per full-ranking batch
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20])  # metric cutoffs
     select_metric: str = "ndcg@10"  # validation metric that picks the best epoch
+    sampled_negatives: int = 0  # > 0: also report sampled/ metrics, each target ranked against this many negatives
     log_every: int = 50  # steps between metrics.jsonl train records
     progress: bool = True  # console progress bar with rate and ETA
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end); always at the end

@@ -27,7 +27,7 @@ from jaxrec.data.types import Schema
 from jaxrec.distributed import gathered
 from jaxrec.embedding import EmbeddingCollection, EmbeddingState
 from jaxrec.errors import JaxrecError
-from jaxrec.eval import evaluate_ranking, evaluate_ratings
+from jaxrec.eval import evaluate_ranking, evaluate_ratings, evaluate_sampled
 from jaxrec.models import feature_ids, make_model
 from jaxrec.models.losses import LOSSES
 from jaxrec.sharding import strategies
@@ -300,6 +300,11 @@ class RankingEvaluator:
             cold = evaluate_ranking(score_fn, split.train, targets.subset(np.flatnonzero(cold_u[targets.user])),
                                     exclude=exclude, ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
             metrics |= {f"cold/{name}": value for name, value in cold.items()}
+        if cfg.train.sampled_negatives:  # NCF's protocol, next to full ranking (Krichene & Rendle, 2020)
+            sampled = evaluate_sampled(score_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,
+                                       num_negatives=cfg.train.sampled_negatives, seed=cfg.train.data_seed,
+                                       batch_size=cfg.train.eval_batch_size)
+            metrics |= {f"sampled/{name}": value for name, value in sampled.items()}
         if cfg.model.loss == "mse":
             metrics |= evaluate_ratings(self.predict_fn(state, part), targets)
         return metrics

@@ -3,6 +3,7 @@
 from jaxrec.eval.evaluator import (
     evaluate_ranking,
     evaluate_ratings,
+    evaluate_sampled,
     most_popular_scores,
 )
 from jaxrec.eval.metrics import rank_metrics, rating_metrics, target_ranks, top_k_items
@@ -10,6 +11,7 @@ from jaxrec.eval.metrics import rank_metrics, rating_metrics, target_ranks, top_
 __all__ = [
     "evaluate_ranking",
     "evaluate_ratings",
+    "evaluate_sampled",
     "most_popular_scores",
     "rank_metrics",
     "rating_metrics",

@@ -172,3 +172,87 @@ def most_popular_scores(train: Interactions) -> ScoreFn:
         return jnp.broadcast_to(counts_n, (user_ids_b.shape[0], counts_n.shape[0]))
 
     return score
+
+
+def sample_negatives(users: np.ndarray, seen_keys: np.ndarray, num_items: int, count: int,
+                     seed: int) -> np.ndarray:
+    """int32 [len(users), count]: per user, `count` distinct items whose (user * N + item) key is
+    not in the sorted `seen_keys`, uniformly at random (rejection sampling, vectorised)."""
+    rng = np.random.default_rng(seed)
+    seen_u = np.bincount(seen_keys // num_items, minlength=int(users.max(initial=0)) + 1)[users]
+    if np.any(num_items - seen_u < count):
+        raise JaxrecError(f"sampled evaluation: some user has fewer than {count} items left to sample")
+    out = np.zeros((len(users), count), np.int32)
+    todo = np.arange(len(users))
+    while todo.size:
+        cand = rng.integers(0, num_items, (todo.size, 2 * count + 8))
+        keys = users[todo, None].astype(np.int64) * num_items + cand
+        pos = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
+        valid = seen_keys[pos] != keys if len(seen_keys) else np.ones(keys.shape, bool)
+        order = np.argsort(cand, axis=1, kind="stable")
+        ordered = np.take_along_axis(cand, order, axis=1)
+        repeat = np.zeros(cand.shape, bool)
+        np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+        valid &= ~repeat
+        enough = valid.sum(axis=1) >= count
+        first = np.argsort(~valid, axis=1, kind="stable")[:, :count]
+        out[todo[enough]] = np.take_along_axis(cand, first, axis=1)[enough]
+        todo = todo[~enough]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames="ks")
+def _sampled_step(scores_bn, targets_bt, negatives_bm, real_b, ks):
+    """Metric sums of each target ranked against the user's sampled negatives only."""
+    rows_b1 = jnp.arange(scores_bn.shape[0])[:, None]
+    target_bt = scores_bn[rows_b1, jnp.maximum(targets_bt, 0)]
+    negative_bm = scores_bn[rows_b1, negatives_bm]
+    rank_bt = jnp.sum(negative_bm[:, None, :] >= target_bt[:, :, None], axis=-1)  # ties count against
+    valid_bt = (targets_bt >= 0) & real_b[:, None]
+    per_target = {"mrr": 1.0 / (rank_bt + 1)}
+    for k in ks:
+        hit_bt = rank_bt < k
+        per_target |= {f"hr@{k}": hit_bt.astype(jnp.float32), f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0)}
+    count_b = jnp.maximum(valid_bt.sum(axis=1), 1)
+    return {name: jnp.sum(jnp.where(valid_bt, value, 0).sum(axis=1) / count_b) for name, value in per_target.items()}
+
+
+def evaluate_sampled(
+    score_fn: ScoreFn,
+    train: Interactions,
+    targets: Interactions,
+    *,
+    exclude: Sequence[Interactions] = (),
+    num_negatives: int = 100,
+    seed: int = 0,
+    ks: Sequence[int] = (10,),
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """The sampled protocol of NCF (He et al., 2017): each target ranked against `num_negatives`
+    items the user never interacted with (in train, exclude or targets), drawn once per seed.
+    Keys hr@k, ndcg@k, mrr (per target, averaged per user, then over users). Krichene & Rendle
+    (2020) show these can order models differently from full ranking; report both."""
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    _check_ranking_args(train, targets, ks, batch_size)
+    num_users, num_items = train.num_users, train.num_items
+    seen_keys = _pair_keys([train, *exclude, targets], num_items)
+    target_keys = _pair_keys([targets], num_items)
+    wanted = _csr(target_keys[~np.isin(target_keys, _pair_keys([train, *exclude], num_items))], num_users,
+                  num_items)
+    users = _users_by_target_count(wanted[0])
+    if len(users) == 0:
+        return {}
+    negatives_um = sample_negatives(users, seen_keys, num_items, num_negatives, seed)
+    sums = None
+    for start in range(0, len(users), batch_size):
+        users_b = users[start : start + batch_size]
+        negatives_bm = negatives_um[start : start + batch_size]
+        target_width = 1 << (int(np.diff(wanted[0])[users_b[0]]) - 1).bit_length()
+        real_b = np.arange(batch_size) < len(users_b)
+        pad = batch_size - len(users_b)
+        users_b = np.pad(users_b, (0, pad), mode="edge").astype(np.int32)
+        negatives_bm = np.pad(negatives_bm, ((0, pad), (0, 0)), mode="edge")
+        batch_sums = _sampled_step(score_fn(jnp.asarray(users_b)), _pad_rows(wanted, users_b, target_width, fill=-1),
+                                   negatives_bm, real_b, ks)
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    return {name: float(total) / len(users) for name, total in sums.items()}
