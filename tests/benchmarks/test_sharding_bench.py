@@ -1,0 +1,57 @@
+"""Smoke test of the sharding benchmark at toy size, through its command line (a subprocess:
+the device count is fixed when jax starts). Timings are not asserted; the communication is:
+row-wise on two devices moves exactly the ids and rows its kernels exchange, and collectives
+over one device (an axis of size 1) count nothing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import hlo_collective_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+ISSUE_FIELDS = {"strategy", "num_devices", "rows", "dim", "batch", "examples_per_sec", "examples_per_sec_per_device",
+                "step_ms_p50", "step_ms_p90", "bytes_per_device", "comm_bytes_per_step", "embedding_gbps",
+                "roofline_gbps", "compile_s"}
+
+
+def test_collective_bytes_sum_result_shapes_and_skip_one_device_groups():
+    hlo = """
+  %all_gather.9 = f32[256,4]{1,0} all-gather(%x), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}
+  %all-reduce.13 = (f32[1,4]{1,0}, pred[], s32[3]{0}) all-reduce(%a, %b, %c), replica_groups=mesh['axis_0'=4,'axis_1'=1] {'axis_0'}, to_apply=%add
+  %reduce_scatter.7 = bf16[64,4]{1,0} reduce-scatter(%y), replica_groups=[2,4]<=[8], dimensions={0}
+  %all_gather.1 = s32[128]{0} all-gather(%z), replica_groups={{0},{1}}, dimensions={0}
+  %all-reduce.2 = f32[8]{0} all-reduce(%w), replica_groups=mesh['axis_0'=4,'axis_1'=1] {'axis_1'}, to_apply=%add
+  %all-gather-start = (f32[4]{0}, f32[16]{0}) all-gather-start(%v), replica_groups={{0,1,2,3}}
+  %all-gather-done = f32[16]{0} all-gather-done(%all-gather-start)
+  %fusion.3 = f32[1024]{0} fusion(%all_gather.9), kind=kLoop
+"""
+    # 256*4*4 + 16*4 (async: counted at -done); 1*4*4 + 1 + 3*4; 64*4*2; groups of one device: nothing
+    assert hlo_collective_bytes(hlo) == {"all-gather": 4096 + 64, "all-reduce": 16 + 1 + 12, "reduce-scatter": 512,
+                                         "all-to-all": 0, "collective-permute": 0}
+
+
+def test_sharding_cli_writes_results(tmp_path):
+    out = tmp_path / "sharding"
+    cmd = [sys.executable, "-m", "benchmarks.sharding", "--out", str(out), "--strategies", "row_wise",
+           "--devices", "2", "--rows", "200", "--num-sparse", "4", "--dim", "4", "--cross-layers", "1",
+           "--batch", "32", "--steps", "2", "--warmup", "1", "--num-batches", "2"]
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=600)
+
+    results = json.loads((out / "results.json").read_text())
+    (r,) = results["records"]
+    assert ISSUE_FIELDS <= set(r) and r["plan"] == "row_wise x4" and (r["rows"], r["dim"], r["batch"]) == (200, 4, 32)
+    assert r["step_ms_p90"] >= r["step_ms_p50"] > 0 and r["bytes_per_device"] > 0 and r["compile_s"] > 0
+    assert r["examples_per_sec"] == 32 / (r["step_ms_p50"] / 1e3) == 2 * r["examples_per_sec_per_device"]
+    assert 0 < r["embedding_gbps"] < r["roofline_gbps"]
+    # Per device: 16 examples x 4 features = 64 ids. Lookup: all-gather 2 x 64 keys (512 B),
+    # reduce-scatter 64 rows x 4 floats (1,024 B); update: all-gather 128 keys and their gradients
+    # (512 + 2,048 B). The rest is the dense gradients' all-reduce.
+    assert r["comm_bytes_by_op"]["all-gather"] == 512 + 512 + 2_048
+    assert r["comm_bytes_by_op"]["reduce-scatter"] == 1_024 and r["comm_bytes_by_op"]["all-reduce"] > 0
+    assert r["comm_bytes_per_step"] == 2 * sum(r["comm_bytes_by_op"].values())
+    assert set(results["roofline_gbps"]) == {"2"} and "cpu_count" in results["machine"]
+    assert "| row_wise | 2 | 200 |" in (out / "results.md").read_text()
+    for name in ("examples_per_sec_per_device_rows200.png", "bytes_per_device_rows200.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
