@@ -100,7 +100,7 @@ def plan_summary(engine) -> str:
 
 def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofline: float,
             args: argparse.Namespace) -> dict:
-    """Build, compile and time one configuration; everything it allocates is freed on return."""
+    """Build, compile and time one configuration (its arrays are freed once it returns)."""
     cfg = make_config(strategy, num_devices, args)
     engine = build_engine(cfg, ctr_schema((rows,) * args.num_sparse, 13), devices=jax.devices()[:num_devices])
     state = init_state(engine, seed=0)
@@ -138,9 +138,6 @@ def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofli
         "embedding_bytes_per_step": emb_bytes, "embedding_gbps": emb_bytes / step_s / 1e9,
         "roofline_gbps": roofline, "roofline_fraction": emb_bytes / step_s / 1e9 / roofline,
     }
-    del holder, compiled, engine, batches
-    gc.collect()
-    jax.clear_caches()
     return record
 
 
@@ -153,7 +150,7 @@ def plot(out: Path, records: list[dict]) -> None:
                 points = sorted((r["num_devices"], r[key]) for r in records if r["strategy"] == strategy
                                 and r["rows"] == rows)
                 series[strategy] = ([p[0] for p in points], [p[1] for p in points])
-            plot_lines(out / f"{key}_rows{rows}.png", series, xlabel="devices", ylabel=label, logx=True,
+            plot_lines(out / f"{key}_rows{rows}.png", series, xlabel="devices", ylabel=label,
                        logy=key == "bytes_per_device", title=f"DCN-v2, {records[0]['tables']} tables x {rows:,} rows")
 
 
@@ -199,6 +196,8 @@ def main(argv=None) -> None:
         host = make_batches(rows, args)
         for strategy, n in itertools.product(args.strategies, devices):
             record = measure(strategy, n, rows, host, roofline[n], args)
+            gc.collect()
+            jax.clear_caches()
             records.append(record)
             print(f"{strategy:>13} n={n} rows={rows:,}: {record['examples_per_sec_per_device']:,.0f} ex/s/device, "
                   f"p50 {record['step_ms_p50']:.1f} ms, compile {record['compile_s']:.1f} s", flush=True)

@@ -100,6 +100,10 @@ def data_schema(cfg: DataConfig) -> Schema:
     features are left out: plan those with the data loaded)."""
     if cfg.name == "synthetic":
         return Schema(cfg.num_users, cfg.num_items)
+    if cfg.name == "criteo_synthetic":
+        from jaxrec.data.ctr import ctr_schema, vocab_sizes_of
+
+        return ctr_schema(vocab_sizes_of(cfg), cfg.num_dense)
     if cfg.name in KNOWN_SHAPES and cfg.k_core == 0 and cfg.min_rating is None:
         return Schema(*KNOWN_SHAPES[cfg.name])
     from jaxrec.errors import JaxrecError

@@ -57,7 +57,8 @@ class DCNv2(nn.Module):
         if not schema.example_fields:
             raise JaxrecError("config key model.name=dcn_v2 needs a CTR data set with categorical features "
                               "(data=criteo_synthetic)")
-        return cls(fields=tuple(schema.example_fields), vocab_sizes=tuple(f.vocab for f in schema.example_fields.values()),
+        fields = schema.example_fields
+        return cls(fields=tuple(fields), vocab_sizes=tuple(f.vocab for f in fields.values()),
                    num_dense=schema.num_dense, dim=cfg.dim, bottom_mlp=tuple(cfg.bottom_mlp), top_mlp=tuple(cfg.hidden),
                    cross_layers=cfg.cross_layers, dropout=cfg.dropout, init_std=cfg.init_std,
                    embedding_dtype=cfg.embedding_dtype)

@@ -96,7 +96,8 @@ def test_configs_compose_and_round_trip():
     assert (cfg.data.num_dense, cfg.data.num_sparse, cfg.model.cross_layers) == (13, 26, 3)
     again = to_config(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(OmegaConf.to_yaml(cfg))))
     assert again == cfg
-    plain = to_config(_compose(["model=dcn_v2", "data=criteo_synthetic", "data.vocab_sizes=[5,6]", "data.num_sparse=2"]))
+    plain = to_config(_compose(["model=dcn_v2", "data=criteo_synthetic", "data.vocab_sizes=[5,6]",
+                                "data.num_sparse=2"]))
     assert plain.data.vocab_sizes == [5, 6] and plain.model.bottom_mlp == [64, 16]
 
 
