@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.embedding.specs import TableSpec
+from jaxrec.models import id_inputs
 
 
 class MF(nn.Module):
@@ -55,15 +56,13 @@ class MF(nn.Module):
         return fields | ({"user_bias": "user", "item_bias": "item"} if self.use_bias else {})
 
     def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
-        del part
-        return {"user": np.arange(dataset.num_users, dtype=np.int32)[:, None]}
+        return id_inputs.user_inputs(dataset)
 
     def item_inputs(self, dataset) -> dict[str, np.ndarray]:
-        return {"item": np.arange(dataset.num_items, dtype=np.int32)}
+        return id_inputs.item_inputs(dataset)
 
     def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
-        return {"user": jnp.zeros((batch_size, 1), jnp.int32), "item": jnp.zeros((batch_size, candidates), jnp.int32),
-                "label": jnp.zeros((batch_size, candidates), jnp.float32)}
+        return id_inputs.example_batch(batch_size, candidates)
 
     def setup(self):
         self.global_bias = self.param("global_bias", nn.initializers.zeros, ()) if self.use_bias else 0.0

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.embedding.specs import TableSpec
+from jaxrec.models import id_inputs
 from jaxrec.models.layers import MLP
 
 
@@ -55,15 +56,13 @@ class NeuMF(nn.Module):
         return {"user_gmf": "user", "item_gmf": "item"}
 
     def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
-        del part
-        return {"user": np.arange(dataset.num_users, dtype=np.int32)[:, None]}
+        return id_inputs.user_inputs(dataset)
 
     def item_inputs(self, dataset) -> dict[str, np.ndarray]:
-        return {"item": np.arange(dataset.num_items, dtype=np.int32)}
+        return id_inputs.item_inputs(dataset)
 
     def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
-        return {"user": jnp.zeros((batch_size, 1), jnp.int32), "item": jnp.zeros((batch_size, candidates), jnp.int32),
-                "label": jnp.zeros((batch_size, candidates), jnp.float32)}
+        return id_inputs.example_batch(batch_size, candidates)
 
     def setup(self):
         self.mlp = MLP(tuple(self.hidden), self.dropout, activate_last=True)
