@@ -31,12 +31,11 @@ a negative that equals a position's target.
 
 from __future__ import annotations
 
-import functools
-
 import grain
 import numpy as np
 
 from jaxrec.data.dataset import Dataset
+from jaxrec.data.pipeline import _permutation  # the pair pipeline's seeded, cached epoch permutation
 from jaxrec.data.types import Interactions
 from jaxrec.errors import JaxrecError
 
@@ -138,11 +137,6 @@ class _SequenceBatch(grain.transforms.RandomMap):
         negatives_bk, labels_blc, weight_bl = candidates(targets_bl, self.num_items, self.num_negatives, rng)
         return {"history": history_bl, "item": targets_bl.astype(np.int32), "negative": negatives_bk,
                 "label": labels_blc, "weight": weight_bl}
-
-
-@functools.lru_cache(maxsize=2)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def make_sequence_dataset(model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int,

@@ -116,7 +116,8 @@ class SequenceRecommender(nn.Module):
     @classmethod
     def from_config(cls, cfg, schema):
         if cfg.loss == "mse":
-            raise JaxrecError(f"model.loss=mse has no ratings to fit for model.name={cfg.name}; use softmax, bce or bpr")
+            raise JaxrecError(f"model.loss=mse: model.name={cfg.name} ranks items and has no ratings to fit; "
+                              "use softmax, bce or bpr")
         if cfg.dim % cfg.num_heads:
             raise JaxrecError(f"model.dim={cfg.dim} must be a multiple of model.num_heads={cfg.num_heads}")
         return cls(num_items=schema.num_items, dim=cfg.dim, max_len=cfg.max_len, num_layers=cfg.num_layers,

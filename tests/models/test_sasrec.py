@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from jaxrec.config import CONF_DIR, Config, register_configs, to_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.sequences import make_sequence_dataset
+from jaxrec.errors import JaxrecError
 from jaxrec.models.sasrec import SASRec
 from jaxrec.runner import run
 from jaxrec.train_lib import build_engine, init_state, make_train_step
@@ -139,6 +140,14 @@ def test_config_composes_with_hydra():
     engine = build_engine(cfg, load_dataset(_config().data).schema)
     assert isinstance(engine.model, SASRec) and engine.model.max_len == 20 and engine.model.dropout == cfg.model.dropout
     assert engine.collection.specs["item"].rows == N and engine.collection.specs["item"].ids_per_example == 2 * 20 + 100
+
+
+def test_bad_configs_fail_clearly(dataset):
+    for key, value, message in [("loss", "mse", "no ratings to fit"), ("num_heads", 3, "multiple of model.num_heads")]:
+        cfg = _config()
+        setattr(cfg.model, key, value)
+        with pytest.raises(JaxrecError, match=message):
+            build_engine(cfg, dataset.schema)
 
 
 def test_run_end_to_end(tmp_path):
