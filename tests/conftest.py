@@ -47,3 +47,18 @@ def assert_sharded_step_matches():
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params)
 
     return check
+
+
+@pytest.fixture
+def pair_batches():
+    """batches(cfg, dataset, engine, count): the first `count` training batches of the pair
+    pipeline, as a run with cfg would draw them."""
+    from jaxrec.data.pipeline import make_train_dataset
+    from jaxrec.train_lib import candidates_per_example
+
+    def batches(cfg, dataset, engine, count):
+        loader, _ = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
+                                       loss=cfg.model.loss, batch_size=cfg.train.batch_size, epochs=20, seed=0)
+        return [loader[i] for i in range(count)]
+
+    return batches

@@ -6,11 +6,10 @@ import pytest
 
 from jaxrec.config import Config, validate
 from jaxrec.data.dataset import load_dataset
-from jaxrec.data.pipeline import make_train_dataset
 from jaxrec.evaluate import restore_run
 from jaxrec.models import feature_ids
 from jaxrec.runner import run
-from jaxrec.train_lib import build_engine, candidates_per_example, init_state, make_train_step, warm_start
+from jaxrec.train_lib import build_engine, init_state, make_train_step, warm_start
 
 
 def _config(name="neumf") -> Config:
@@ -28,17 +27,11 @@ def dataset():
     return load_dataset(_config().data)
 
 
-def _batches(cfg, dataset, engine, count):
-    loader, _ = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
-                                   loss=cfg.model.loss, batch_size=cfg.train.batch_size, epochs=20, seed=0)
-    return [loader[i] for i in range(count)]
-
-
-def test_candidate_scores_match_full_ranking(dataset):
+def test_candidate_scores_match_full_ranking(dataset, pair_batches):
     cfg = _config()
     engine = build_engine(cfg, dataset.schema)
     state, model, collection = init_state(engine, 0), engine.model, engine.collection
-    batch = _batches(cfg, dataset, engine, 1)[0]
+    batch = pair_batches(cfg, dataset, engine, 1)[0]
 
     def acts(inputs):
         return collection.lookup(state.emb, feature_ids(model, inputs))
@@ -52,11 +45,11 @@ def test_candidate_scores_match_full_ranking(dataset):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_loss_decreases_and_sharded_step_matches(dataset, assert_sharded_step_matches):
+def test_loss_decreases_and_sharded_step_matches(dataset, assert_sharded_step_matches, pair_batches):
     cfg = _config()
     engine = build_engine(cfg, dataset.schema)
     state, step = init_state(engine, 0), make_train_step(engine)
-    batches = _batches(cfg, dataset, engine, 40)
+    batches = pair_batches(cfg, dataset, engine, 40)
     losses = []
     for batch in batches:
         state, out = step(state, jax.device_put(batch, engine.batch_sharding()))

@@ -7,10 +7,9 @@ import pytest
 
 from jaxrec.config import Config, validate
 from jaxrec.data.dataset import load_dataset
-from jaxrec.data.pipeline import make_train_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.models import feature_ids
-from jaxrec.train_lib import build_engine, candidates_per_example, init_state, make_train_step
+from jaxrec.train_lib import build_engine, init_state, make_train_step
 
 
 def _config(**model) -> Config:
@@ -30,28 +29,22 @@ def dataset():
     return load_dataset(_config().data)
 
 
-def _batches(cfg, dataset, engine, count):
-    loader, _ = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
-                                   loss=cfg.model.loss, batch_size=cfg.train.batch_size, epochs=20, seed=0)
-    return [loader[i] for i in range(count)]
-
-
-def test_towers_read_every_side_feature_and_pool_genres(dataset):
+def test_towers_read_every_side_feature_and_pool_genres(dataset, pair_batches):
     engine = build_engine(_config(), dataset.schema)
     assert set(engine.collection.specs) == {"user", "item", "user_age", "user_gender", "user_occupation",
                                             "user_zip_prefix", "item_genres", "item_year"}
     assert engine.collection.bags == {"item_genres": "mean"}
-    batch = _batches(_config(), dataset, engine, 1)[0]
+    batch = pair_batches(_config(), dataset, engine, 1)[0]
     assert batch["item_genres"].shape == (64, 5, dataset.schema.item_fields["genres"].width)
     assert batch["user_occupation"].shape == (64, 1)
     assert (batch["item_genres"] == -1).any(), "genre bags are padded with -1"
 
 
-def test_scores_shapes_and_score_all_agrees_with_candidates(dataset):
+def test_scores_shapes_and_score_all_agrees_with_candidates(dataset, pair_batches):
     cfg = _config()
     engine = build_engine(cfg, dataset.schema)
     state = init_state(engine, 0)
-    batch = _batches(cfg, dataset, engine, 1)[0]
+    batch = pair_batches(cfg, dataset, engine, 1)[0]
     collection, model = engine.collection, engine.model
 
     def acts(inputs):
@@ -93,12 +86,12 @@ def test_in_batch_needs_softmax():
 
 
 @pytest.mark.parametrize("negatives,loss", [("sampled", "bce"), ("in_batch", "softmax")])
-def test_loss_decreases(dataset, negatives, loss):
+def test_loss_decreases(dataset, negatives, loss, pair_batches):
     cfg = _config(negatives=negatives, loss=loss)
     engine = build_engine(cfg, dataset.schema)
     state, step = init_state(engine, 0), make_train_step(engine)
     losses = []
-    for batch in _batches(cfg, dataset, engine, 40):
+    for batch in pair_batches(cfg, dataset, engine, 40):
         state, out = step(state, jax.device_put(batch, engine.batch_sharding()))
         losses.append(float(out["loss"]))
     if loss == "softmax":  # the in-batch softmax starts near log(batch): below it, the towers rank
@@ -107,7 +100,7 @@ def test_loss_decreases(dataset, negatives, loss):
         assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 
 
-def test_sharded_step_matches_single_device(dataset, assert_sharded_step_matches):
+def test_sharded_step_matches_single_device(dataset, assert_sharded_step_matches, pair_batches):
     """In-batch softmax: the in-batch logits span the whole sharded batch. (Sampled negatives
     score like MF, which tests/sharding/test_equivalence.py covers.)"""
     cfg = _config(negatives="in_batch", loss="softmax")
@@ -115,4 +108,4 @@ def test_sharded_step_matches_single_device(dataset, assert_sharded_step_matches
     # zero up to rounding, which Adam would blow up to +-lr. SGD keeps rounding at rounding size.
     cfg.optimizer.name = "sgd"
     engine = build_engine(cfg, dataset.schema)
-    assert_sharded_step_matches(cfg, dataset.schema, _batches(cfg, dataset, engine, 1)[0])
+    assert_sharded_step_matches(cfg, dataset.schema, pair_batches(cfg, dataset, engine, 1)[0])
