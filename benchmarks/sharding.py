@@ -10,6 +10,13 @@ jax_num_cpu_devices); each configuration builds its engine on the first n of the
 (`build_engine(devices=jax.devices()[:n])`). Data-parallel uses the mesh data x model = n x 1,
 the others 1 x n (conf/sharding/*.yaml).
 
+--processes 1,2 adds the cost of crossing a process boundary: for P > 1 the benchmark starts P
+local worker processes (jaxrec.launch_local.run_group; gloo collectives on 127.0.0.1 on CPU)
+that form one JAX runtime with jax.distributed, and measures every device count n divisible by
+P on n / P devices of each process, feeding each process its own rows of every batch. On a GPU
+cluster the same workers cross hosts over NCCL; start one per host with --coordinator and
+--process-id (the way jaxrec.train does under SLURM).
+
 Conventions:
 - step times: medians (p50, p90) of --steps timed steps after --warmup untimed ones, cycling
   --num-batches distinct batches; `compile_s` is the compilation alone.
@@ -27,7 +34,7 @@ Conventions:
 Simulated CPU devices share the host's cores and memory: on CPU, examples/s/device falls with
 n by construction; the comparison between strategies at one n is the informative part.
 
-Run:   python -m benchmarks.sharding --out runs/bench/sharding          (~10 min on 2 CPU cores)
+Run:   python -m benchmarks.sharding --out runs/bench/sharding          (~40 min on 2 CPU cores)
 Smoke: python -m benchmarks.sharding --out /tmp/s --strategies row_wise,auto --devices 2 \\
            --rows 200 --num-sparse 4 --dim 4 --batch 32 --steps 2 --warmup 1
 Legend: S categorical features (tables), V rows per table, B global batch, n devices.
@@ -38,6 +45,8 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,14 +57,17 @@ import numpy as np
 from benchmarks.common import (
     copy_bandwidth_gbps, hlo_collective_bytes, machine_info, plot_lines, summarize, time_calls, write_results,
 )
-from jaxrec.config import Config
+from jaxrec import distributed
+from jaxrec.config import Config, DistributedConfig
 from jaxrec.data.ctr import CtrPart, batch_inputs, ctr_schema, generate_ctr
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
+from jaxrec.launch_local import free_port, run_group
+from jaxrec.progress import write_json_atomic
 from jaxrec.sharding.memory import estimate_memory
 from jaxrec.train_lib import build_engine, dense_bytes, init_state, make_train_step
 
 STRATEGIES = ("data_parallel", "table_wise", "row_wise", "column_wise", "auto")
-COLUMNS = ("strategy", "num_devices", "rows", "plan", "examples_per_sec", "examples_per_sec_per_device",
+COLUMNS = ("strategy", "num_devices", "processes", "rows", "plan", "examples_per_sec", "examples_per_sec_per_device",
            "step_ms_p50", "step_ms_p90", "compile_s", "bytes_per_device", "comm_bytes_per_step",
            "comm_bytes_planner", "embedding_gbps", "roofline_gbps")
 
@@ -98,13 +110,22 @@ def plan_summary(engine) -> str:
     return ", ".join(f"{strategy} x{count}" for strategy, count in sorted(counts.items()))
 
 
+def mesh_devices(num_devices: int) -> list:
+    """n devices, an equal share from every process (all n on this one when it is alone)."""
+    per_process = num_devices // jax.process_count()
+    return [d for p in range(jax.process_count())
+            for d in [device for device in jax.devices() if device.process_index == p][:per_process]]
+
+
 def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofline: float,
             args: argparse.Namespace) -> dict:
     """Build, compile and time one configuration (its arrays are freed once it returns)."""
     cfg = make_config(strategy, num_devices, args)
-    engine = build_engine(cfg, ctr_schema((rows,) * args.num_sparse, 13), devices=jax.devices()[:num_devices])
+    engine = build_engine(cfg, ctr_schema((rows,) * args.num_sparse, 13), devices=mesh_devices(num_devices))
     state = init_state(engine, seed=0)
-    batches = [jax.device_put(b, engine.batch_sharding()) for b in host]
+    sharding = engine.batch_sharding()
+    mine = distributed.process_rows(sharding, args.batch)
+    batches = [distributed.global_batch({k: v[mine] for k, v in b.items()}, sharding, args.batch) for b in host]
     jax.block_until_ready((state, batches))
 
     tick = time.perf_counter()
@@ -124,7 +145,7 @@ def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofli
     step_s = times["p50"] / 1e3
     emb_bytes = embedding_bytes_per_step(engine, host)
     record = {
-        "strategy": strategy, "num_devices": num_devices, "rows": rows, "tables": args.num_sparse,
+        "strategy": strategy, "num_devices": num_devices, "processes": jax.process_count(), "rows": rows, "tables": args.num_sparse,
         "dim": args.dim, "batch": args.batch, "plan": plan_summary(engine),
         "mesh": list(engine.plan.mesh_shape),
         "examples_per_sec": args.batch / step_s, "examples_per_sec_per_device": args.batch / step_s / num_devices,
@@ -146,10 +167,11 @@ def plot(out: Path, records: list[dict]) -> None:
         for key, label in (("examples_per_sec_per_device", "examples/s per device"),
                            ("bytes_per_device", "bytes per device (XLA)")):
             series = {}
-            for strategy in dict.fromkeys(r["strategy"] for r in records):
+            for strategy, processes in dict.fromkeys((r["strategy"], r["processes"]) for r in records):
                 points = sorted((r["num_devices"], r[key]) for r in records if r["strategy"] == strategy
-                                and r["rows"] == rows)
-                series[strategy] = ([p[0] for p in points], [p[1] for p in points])
+                                and r["processes"] == processes and r["rows"] == rows)
+                label = strategy if processes == 1 else f"{strategy}, {processes} processes"
+                series[label] = ([p[0] for p in points], [p[1] for p in points])
             plot_lines(out / f"{key}_rows{rows}.png", series, xlabel="devices", ylabel=label,
                        logy=key == "bytes_per_device", title=f"DCN-v2, {records[0]['tables']} tables x {rows:,} rows")
 
@@ -163,6 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--devices", type=_ints, default=[1, 2, 4, 8], help="device counts, e.g. 1,2,4,8")
+    parser.add_argument("--processes", type=_ints, default=[1, 2],
+                        help="process counts; P > 1 measures the device counts divisible by P across P processes")
     parser.add_argument("--rows", type=_ints, default=[10**4, 10**5], help="rows per table, e.g. 1e4,1e5")
     parser.add_argument("--num-sparse", type=int, default=26, help="categorical features (tables)")
     parser.add_argument("--dim", type=int, default=16)
@@ -174,33 +198,86 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--table-optimizer", default="rowwise_adagrad")
     parser.add_argument("--zipf-a", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coordinator", help="host:port of process 0: run as one worker of a process group")
+    parser.add_argument("--process-id", type=int, default=0, help="with --coordinator: this worker's rank")
     args = parser.parse_args(argv)
     args.strategies = args.strategies.split(",")
     unknown = set(args.strategies) - set(STRATEGIES)
     if unknown:
         parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
+    if min(args.processes) < 1:
+        parser.error(f"--processes: counts must be >= 1, got {args.processes}")
     return args
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    jax.config.update("jax_num_cpu_devices", max(args.devices))  # CPU only; accelerators are real devices
-    available = len(jax.devices())
-    skipped = [n for n in args.devices if n > available]
-    devices = [n for n in args.devices if n <= available]
-    if skipped:
-        print(f"skipping device counts {skipped}: only {available} {jax.default_backend()} devices")
-    start, records = time.perf_counter(), []
-    roofline = {n: copy_bandwidth_gbps(jax.devices()[:n]) for n in devices}
+def measure_all(args: argparse.Namespace, device_counts: list[int]) -> list[dict]:
+    """Every strategy x device count x table size, in this process (and its group, if any)."""
+    roofline = {n: copy_bandwidth_gbps(mesh_devices(n)) for n in device_counts}
+    records = []
     for rows in args.rows:
         host = make_batches(rows, args)
-        for strategy, n in itertools.product(args.strategies, devices):
+        for strategy, n in itertools.product(args.strategies, device_counts):
             record = measure(strategy, n, rows, host, roofline[n], args)
             gc.collect()
             jax.clear_caches()
             records.append(record)
-            print(f"{strategy:>13} n={n} rows={rows:,}: {record['examples_per_sec_per_device']:,.0f} ex/s/device, "
-                  f"p50 {record['step_ms_p50']:.1f} ms, compile {record['compile_s']:.1f} s", flush=True)
+            if distributed.is_main():
+                print(f"{strategy:>13} n={n} processes={record['processes']} rows={rows:,}: "
+                      f"{record['examples_per_sec_per_device']:,.0f} ex/s/device, p50 {record['step_ms_p50']:.1f} ms, "
+                      f"compile {record['compile_s']:.1f} s", flush=True)
+    return records
+
+
+def group_counts(args: argparse.Namespace, processes: int) -> list[int]:
+    return [n for n in args.devices if n % processes == 0]
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """One process of a --processes group: its records go to --out/records.json (written by rank 0)."""
+    processes = args.processes[0]
+    jax.config.update("jax_num_cpu_devices", max(group_counts(args, processes)) // processes)
+    distributed.initialize(DistributedConfig(coordinator_address=args.coordinator, num_processes=processes,
+                                             process_id=args.process_id))
+    records = measure_all(args, group_counts(args, processes))
+    if distributed.is_main():
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out / "records.json", {"records": records, "machine": machine_info()})
+
+
+def run_group_of(processes: int, args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """Starts `processes` workers on this machine and returns their records ([] if none apply)."""
+    if not group_counts(args, processes):
+        print(f"--processes {processes}: no device count in {args.devices} divides evenly; skipped")
+        return []
+    out, port = args.out / f"processes_{processes}", free_port()
+    worker = [sys.executable, "-m", "benchmarks.sharding", *argv, "--processes", str(processes), "--out", str(out),
+              "--coordinator", f"127.0.0.1:{port}"]
+    status = run_group([[*worker, "--process-id", str(rank)] for rank in range(processes)], out / "launch")
+    if status != 0:
+        raise SystemExit(f"benchmarks.sharding: the {processes}-process group failed (status {status}); "
+                         f"logs in {out / 'launch'}")
+    return json.loads((out / "records.json").read_text())["records"]
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.coordinator is not None:
+        run_worker(args)
+        return
+    single = 1 in args.processes
+    jax.config.update("jax_num_cpu_devices", max(args.devices) if single else 1)  # CPU only
+    available = len(jax.devices())
+    skipped = [n for n in args.devices if n > available] if single else []
+    if skipped:
+        print(f"skipping device counts {skipped}: only {available} {jax.default_backend()} devices")
+    start = time.perf_counter()
+    records = measure_all(args, [n for n in args.devices if n <= available]) if single else []
+    roofline = {(r["processes"], r["num_devices"]): r["roofline_gbps"] for r in records}
+    for processes in (p for p in args.processes if p > 1):
+        group = run_group_of(processes, args, argv)
+        records += group
+        roofline |= {(r["processes"], r["num_devices"]): r["roofline_gbps"] for r in group}
     wall_s = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     notes = (f"{len(records)} configurations in {wall_s:.0f} s. DCN-v2 with {args.num_sparse} tables of dim "
@@ -208,10 +285,12 @@ def main(argv=None) -> None:
              f"{args.batch}; p50/p90 of {args.steps} steps after {args.warmup} warm-up. comm_bytes_per_step: "
              "result bytes of the compiled step's collectives x devices (dense all-reduce included); "
              "comm_bytes_planner: the planner's embedding traffic (bytes received). embedding_gbps and "
-             "roofline_gbps (donated x <- x + 1 on the same devices): see benchmarks/sharding.py.")
+             "roofline_gbps (donated x <- x + 1 on the same devices): see benchmarks/sharding.py. "
+             "processes > 1: the same devices split over local processes (gloo on loopback on CPU).")
     write_results(args.out, records, machine_info(), title="Sharding strategies: DCN-v2 on synthetic Zipf data",
-                  columns=COLUMNS, extra={"settings": settings, "wall_s": wall_s, "roofline_gbps": roofline},
-                  notes=notes)
+                  columns=COLUMNS, notes=notes,
+                  extra={"settings": settings, "wall_s": wall_s,
+                         "roofline_gbps": {f"{n}" if p == 1 else f"{n}x{p}proc": v for (p, n), v in roofline.items()}})
     plot(args.out, records)
     print(f"wrote {args.out / 'results.json'} ({wall_s:.0f} s)")
 

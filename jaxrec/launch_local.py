@@ -62,27 +62,27 @@ def stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def launch(overrides: list[str], processes: int, devices: int, poll_s: float = 0.2) -> int:
-    """Runs the group to the end; the exit status of the first process that failed, else 0."""
-    if processes < 1 or devices < 1:
-        raise JaxrecError(f"--processes={processes} and --devices-per-process={devices} must be >= 1")
-    run_dir, overrides = run_dir_of(overrides)
-    (run_dir / "launch").mkdir(parents=True, exist_ok=True)
+def run_group(commands: list[list[str]], log_dir: Path, poll_s: float = 0.2) -> int:
+    """Runs one process per command to the end; the exit status of the first that failed, else 0.
+
+    Process 0 writes to the console, process i to log_dir/process_<i>.log. When one fails the
+    others are stopped at once rather than left waiting in a collective until it times out.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
-    port, procs, logs = free_port(), [], []
+    procs, logs = [], []
     try:
-        for rank in range(processes):
-            out = None if rank == 0 else open(run_dir / "launch" / f"process_{rank}.log", "w")
+        for rank, command in enumerate(commands):
+            out = None if rank == 0 else open(log_dir / f"process_{rank}.log", "w")
             logs.append(out)
-            procs.append(subprocess.Popen(process_command(overrides, processes, rank, devices, port), env=env,
-                                          stdout=out, stderr=subprocess.STDOUT if out else None))
+            procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
         while True:
             codes = [proc.poll() for proc in procs]
             failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
             if failed:
                 rank, code = failed[0]
                 print(f"jaxrec.launch_local: process {rank} exited with status {code}; stopping the others "
-                      f"(logs in {run_dir / 'launch'})", file=sys.stderr, flush=True)
+                      f"(logs in {log_dir})", file=sys.stderr, flush=True)
                 stop(procs)
                 return code
             if all(code == 0 for code in codes):
@@ -95,6 +95,16 @@ def launch(overrides: list[str], processes: int, devices: int, poll_s: float = 0
         for out in logs:
             if out is not None:
                 out.close()
+
+
+def launch(overrides: list[str], processes: int, devices: int) -> int:
+    """Trains with `processes` local processes of `devices` CPU devices each; run_group's status."""
+    if processes < 1 or devices < 1:
+        raise JaxrecError(f"--processes={processes} and --devices-per-process={devices} must be >= 1")
+    run_dir, overrides = run_dir_of(overrides)
+    port = free_port()
+    return run_group([process_command(overrides, processes, rank, devices, port) for rank in range(processes)],
+                     run_dir / "launch")
 
 
 @cli_errors
