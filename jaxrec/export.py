@@ -4,8 +4,8 @@
         [--overwrite] [--report]
 
 --report also writes every precision to a temporary directory, reloads it, and prints each
-one's size and test HR@10 / NDCG@10 next to float32 (and the cold-start metrics of folding
-in), saving the table as precision_report.json in the bundle directory.
+one's size and test HR@10 / NDCG@10 next to float32 (and the metrics of every user served
+through the cold-start encoder), saving the table as precision_report.json in the bundle directory.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="compare every precision (size, HR@10, NDCG@10)")
     args = parser.parse_args(argv)
 
-    from jaxrec.serving.exporter import cold_start_metrics, export_run, load_run, precision_report
+    from jaxrec.serving.exporter import (
+        cold_start_description, cold_start_metrics, export_run, load_run, precision_report,
+    )
 
     run = load_run(args.run_dir, args.step)
     path = export_run(run, args.out, args.precision, overwrite=args.overwrite)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         cold = cold_start_metrics(run)
         print(report_markdown(records))
         if cold:
-            print(f"cold start (every user folded in from its train + valid items, float32): "
+            print(f"cold start (every user served as new, {cold_start_description(run.encoder)}; float32): "
                   f"hr@10 {cold['hr@10']:.4f}, ndcg@10 {cold['ndcg@10']:.4f}")
         write_json_atomic(path / "precision_report.json", {"records": records, "cold_start": cold, "step": run.step,
                                                            "dataset": run.dataset.name, "model": run.cfg.model.name})

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import numpy as np
+import jax.numpy as jnp
 
-from jaxrec.data.sequences import eval_histories
 from jaxrec.models.transformer import SequenceRecommender
 
 
@@ -37,11 +36,15 @@ class BERT4Rec(SequenceRecommender):
     def table_rows(self) -> int:
         return self.num_items + 1
 
-    def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
-        """history [U, L]: the latest L - 1 items before `part`, then the mask token."""
-        history_ul = eval_histories(dataset, part, self.max_len - 1)
-        mask_u1 = np.full((len(history_ul), 1), self.num_items, np.int32)
-        return {"history": np.concatenate([history_ul, mask_u1], axis=1)}
+    @property
+    def history_len(self) -> int:
+        return self.max_len - 1
+
+    def history_inputs(self, history_bh: jax.Array) -> dict[str, jax.Array]:
+        """The latest L - 1 items, then the mask token whose state ranks the catalogue."""
+        history_bh = jnp.asarray(history_bh, jnp.int32)
+        mask_b1 = jnp.full((history_bh.shape[0], 1), self.num_items, jnp.int32)
+        return {"history": jnp.concatenate([history_bh, mask_b1], axis=1)}
 
     def setup(self):
         super().setup()

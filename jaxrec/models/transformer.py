@@ -142,9 +142,20 @@ class SequenceRecommender(nn.Module):
     def bags(self) -> dict[str, str]:
         return {}
 
+    @property
+    def history_len(self) -> int:
+        """How many of a user's latest items a query reads."""
+        return self.max_len
+
+    def history_inputs(self, history_bh: jax.Array) -> dict[str, jax.Array]:
+        """The query inputs of histories [B, history_len] (latest items, left-padded with -1);
+        the one place that knows the layout, shared by evaluation and cold-start serving."""
+        return {"history": jnp.asarray(history_bh, jnp.int32)}
+
     def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
         """history [U, L]: the items before `part` ("valid": train; "test": train + valid)."""
-        return {"history": eval_histories(dataset, part, self.max_len)}
+        inputs = self.history_inputs(eval_histories(dataset, part, self.history_len))
+        return {name: np.asarray(values) for name, values in inputs.items()}
 
     def item_inputs(self, dataset) -> dict[str, np.ndarray]:
         return {"item": np.arange(dataset.num_items, dtype=np.int32)}

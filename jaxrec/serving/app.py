@@ -1,8 +1,10 @@
 """The HTTP JSON API over a Recommender (FastAPI; run it with uvicorn, see jaxrec.serve).
 
     GET  /health               status, model, precision, catalogue and user counts
-    POST /recommend            {"user_id": "196", "k": 10} or {"history": ["50", "181"], "k": 10},
-                               optional "exclude_seen" (default true) -> items with scores and titles
+    POST /recommend            {"user_id": "196", "k": 10}, {"history": ["50", "181"], "k": 10} or
+                               {"features": {"age": 31, "occupation": "writer"}, "k": 10} (new users, as
+                               the bundle's encoder allows), optional "exclude_seen" (default true)
+                               -> items with scores and titles
     GET  /items/{item_id}      an item's metadata
 
 Requests are batched dynamically: the first request of a batch waits at most `max_wait_ms`
@@ -37,13 +39,15 @@ class RecommendRequest(BaseModel):
     user_id: Token | None = Field(None, description="original id of a user known at export")
     history: list[Token] | None = Field(None, min_length=1, max_length=MAX_HISTORY,
                                         description="original ids of a new user's recent items")
+    features: dict[StrictStr, StrictStr | StrictInt | float] | None = Field(
+        None, description="a new user's side features by source column, e.g. {\"age\": 31, \"gender\": \"F\"}")
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
     exclude_seen: bool = Field(True, description="leave out the user's known (or history) items")
 
     @model_validator(mode="after")
     def _one_query(self):
-        if (self.user_id is None) == (self.history is None):
-            raise ValueError("send exactly one of 'user_id' and 'history'")
+        if sum(x is not None for x in (self.user_id, self.history, self.features)) != 1:
+            raise ValueError("send exactly one of 'user_id', 'history' and 'features'")
         return self
 
 
@@ -132,7 +136,7 @@ def make_app(source: Bundle | Recommender, *, max_batch: int = 32, max_wait_ms: 
         m, batcher = bundle.manifest, request.app.state.batcher
         return {"status": "ok", "model": m.get("model"), "dataset": m.get("dataset", {}).get("name"),
                 "precision": m["precision"], "num_items": bundle.num_items, "num_users": bundle.num_users,
-                "cold_start": bundle.encoder is not None, "max_k": recommender.max_k,
+                "cold_start": recommender.cold_start_inputs(), "max_k": recommender.max_k,
                 "batches": batcher.batches, "batched_requests": batcher.requests, "largest_batch": batcher.largest}
 
     @app.post("/recommend")
@@ -140,9 +144,12 @@ def make_app(source: Bundle | Recommender, *, max_batch: int = 32, max_wait_ms: 
         if body.user_id is not None:
             query = recommender.user_query(body.user_id, body.k, body.exclude_seen)
             asked = {"user_id": str(body.user_id)}
-        else:
+        elif body.history is not None:
             query = recommender.history_query(body.history, body.k, body.exclude_seen)
             asked = {"history": [str(token) for token in body.history]}
+        else:
+            query = recommender.features_query(body.features, body.k)
+            asked = {"features": body.features}
         result = await request.app.state.batcher.submit(query)
         return asked | {"k": body.k, "items": [item_json(i, s) for i, s in zip(result.ids.tolist(), result.scores)]}
 

@@ -9,8 +9,8 @@
       user_tokens.json, item_tokens.json   contiguous id -> original token
       seen.npz          CSR (indptr [U + 1], indices) of each known user's items: excluded at serving
       item_meta.json    per item: title, genres, year (only when the data set has item metadata)
-      encoder.npz       cold start, kind "mean_items_linear": query_e = mean(items[history]) @ projection_ee
-                        + offset_e (folding-in); later kinds (a sequence encoder) add their own entry
+      encoder.*         cold start (jaxrec.serving.encoders): MF's folding-in (encoder.npz), or the model's
+                        query side exported with jax.export (encoder.jaxexport + encoder_weights.npz)
 
 Scores are query_e . item_e. The storage precision only changes the files: loading dequantises
 to float32. The bundle is written to a temporary directory and renamed into place, so a failed
@@ -33,21 +33,10 @@ import ml_dtypes
 import numpy as np
 
 from jaxrec.errors import JaxrecError
+from jaxrec.serving.encoders import Encoder, load_encoder
 
 FORMAT, VERSION = "jaxrec-bundle", 1
 PRECISIONS = ("float32", "bfloat16", "int8")
-ENCODER_KINDS = ("mean_items_linear",)
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoder:
-    """Folding-in for users unknown at export: query_e = mean(items[history]) @ projection_ee + offset_e."""
-
-    projection_ee: np.ndarray
-    offset_e: np.ndarray
-
-    def __call__(self, history_vectors_he: np.ndarray) -> np.ndarray:
-        return history_vectors_he.mean(axis=0) @ self.projection_ee + self.offset_e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +130,12 @@ def write_bundle(out: Path, *, manifest: dict, items_ne: np.ndarray, users_ue: n
         np.savez_compressed(tmp / "seen.npz", indptr=seen[0], items=seen[1])
         if item_meta is not None:
             _write_json(tmp / "item_meta.json", item_meta)
-        if encoder is not None:
-            np.savez(tmp / "encoder.npz", projection_ee=encoder.projection_ee, offset_e=encoder.offset_e)
+        encoder_entry = encoder.save(tmp) if encoder is not None else None
         _write_json(tmp / "manifest.json", manifest | {
             "format": FORMAT, "version": VERSION, "precision": precision, "vector_dim": int(items_ne.shape[1]),
             "num_items": int(items_ne.shape[0]), "num_users": int(users_ue.shape[0]), "arrays": arrays,
             "seen": "seen.npz", "item_meta": "item_meta.json" if item_meta is not None else None,
-            "encoder": {"kind": "mean_items_linear", "file": "encoder.npz"} if encoder is not None else None,
+            "encoder": encoder_entry,
         })
         _replace_dir(tmp, out)
     except BaseException:
@@ -198,7 +186,7 @@ def load_bundle(path: Path) -> Bundle:
         seen = np.load(path / manifest["seen"])
         meta = manifest["item_meta"]
         item_meta = json.loads((path / meta).read_text(encoding="utf-8")) if meta else None
-        encoder = _load_encoder(path, manifest["encoder"])
+        encoder = load_encoder(path, manifest["encoder"])
         user_tokens = json.loads((path / "user_tokens.json").read_text(encoding="utf-8"))
         item_tokens = json.loads((path / "item_tokens.json").read_text(encoding="utf-8"))
     except (OSError, KeyError, ValueError) as err:
@@ -208,16 +196,6 @@ def load_bundle(path: Path) -> Bundle:
                           f"{items_ne.shape[0]} item and {users_ue.shape[0]} user vectors")
     return Bundle(path, manifest, items_ne, users_ue, user_tokens, item_tokens, seen["indptr"], seen["items"],
                   item_meta, encoder)
-
-
-def _load_encoder(path: Path, entry: dict | None) -> Encoder | None:
-    if entry is None:
-        return None
-    if entry["kind"] not in ENCODER_KINDS:
-        raise JaxrecError(f"bundle {path}: encoder kind {entry['kind']!r} is not one of {ENCODER_KINDS} "
-                          "(exported by a newer jaxrec?)")
-    arrays = np.load(path / entry["file"])
-    return Encoder(arrays["projection_ee"].astype(np.float32), arrays["offset_e"].astype(np.float32))
 
 
 def bundle_bytes(path: Path) -> int:

@@ -23,16 +23,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 import jaxrec
 from jaxrec.config import Config, to_dict
 from jaxrec.data.dataset import Dataset, read_raw
+from jaxrec.data.features import user_feature_coders
+from jaxrec.data.sequences import eval_histories
 from jaxrec.errors import JaxrecError
 from jaxrec.eval import evaluate_ranking
 from jaxrec.models import feature_ids
 from jaxrec.serving.bundle import (
-    PRECISIONS, Encoder, bundle_bytes, dataset_sha256, dequantize, load_bundle, quantize, seen_csr, write_bundle,
+    PRECISIONS, bundle_bytes, dataset_sha256, dequantize, load_bundle, quantize, seen_csr, write_bundle,
 )
+from jaxrec.serving.encoders import PLATFORMS, Encoder, ExportedEncoder, FoldInEncoder
 
 QUERY_BATCH = 1024  # users per query-vector batch
 
@@ -79,19 +83,73 @@ def model_vectors(engine, state, dataset: Dataset) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(queries)[: dataset.num_users], items_ne
 
 
-def fold_in_encoder(engine, state) -> Encoder | None:
+def fold_in_encoder(engine, state) -> FoldInEncoder:
     """MF's cold start: theta = mean of the history's item factors, b_u = 0, so
     query = mean(items[history]) @ P + q0 where P keeps the factor block and q0 is the query
-    vector of a zero user ([0, 1, g]). None for models whose cold start is not built yet."""
-    model, cfg = engine.model, engine.cfg
-    if cfg.model.name != "mf":
-        return None
-    dim = cfg.model.dim
-    zeros = {"user": jnp.zeros((1, 1, dim))} | ({"user_bias": jnp.zeros((1, 1, 1))} if cfg.model.use_bias else {})
+    vector of a zero user ([0, 1, g])."""
+    model, dim = engine.model, engine.cfg.model.dim
+    zeros = {"user": jnp.zeros((1, 1, dim))} | ({"user_bias": jnp.zeros((1, 1, 1))} if model.use_bias else {})
     offset_e = np.asarray(model.apply(state.params, zeros, {}, method=model.query_vectors)[0], np.float32)
     projection_ee = np.zeros((offset_e.size, offset_e.size), np.float32)
     projection_ee[np.arange(dim), np.arange(dim)] = 1.0
-    return Encoder(projection_ee, offset_e)
+    return FoldInEncoder(projection_ee, offset_e)
+
+
+def exported_encoder(engine, state, request_fields: dict[str, tuple[int, ...]], complete, **details) -> ExportedEncoder:
+    """The model's query_vectors for a new user, exported with jax.export.
+
+    request_fields: the input fields a request supplies (field -> shape after the batch axis);
+    complete(request) -> the model's query inputs. A query field that no request supplies (the
+    user id) holds -1, so its features read zero rows and its tables stay out of the bundle.
+    details: history_len or feature_coders, stored with the encoder."""
+    from jax import export
+
+    model, collection = engine.model, engine.collection
+    tables = {f: t for f, t in model.features().items() if model.inputs()[f] in request_fields}
+    weights = {f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(state.params, sep="/").items()}
+    weights |= {f"tables/{t}": np.asarray(collection.table(state.emb, t)) for t in set(tables.values())}
+
+    def rows(weights, feature, ids):
+        if feature not in tables:
+            spec = collection.specs[model.features()[feature]]
+            return jnp.zeros((*ids.shape, spec.dim), spec.dtype)
+        found = jnp.take(weights[f"tables/{tables[feature]}"], jnp.maximum(ids, 0), axis=0)
+        return jnp.where((ids >= 0)[..., None], found, jnp.zeros((), found.dtype))
+
+    def encode(weights, request):
+        params = traverse_util.unflatten_dict(
+            {k.removeprefix("params/"): v for k, v in weights.items() if k.startswith("params/")}, sep="/")
+        query = complete(request)
+        ids = feature_ids(model, query)
+        acts = collection.pool({f: rows(weights, f, i) for f, i in ids.items()}, ids)
+        return model.apply(params, acts, query, method=model.query_vectors).astype(jnp.float32)
+
+    batch = export.symbolic_shape("b")
+    specs = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()},
+             {f: jax.ShapeDtypeStruct((*batch, *shape), jnp.int32) for f, shape in request_fields.items()})
+    return ExportedEncoder(export.export(jax.jit(encode), platforms=PLATFORMS)(*specs), weights, **details)
+
+
+def query_encoder(engine, state, dataset: Dataset) -> Encoder | None:
+    """The cold-start encoder the model supports: MF folds a history in; sequence models encode
+    a history; the feature two-tower encodes user features; None for the others."""
+    model, name = engine.model, engine.cfg.model.name
+    if name == "mf":
+        return fold_in_encoder(engine, state)
+    if hasattr(model, "history_inputs"):
+        return exported_encoder(engine, state, {"history": (model.history_len,)},
+                                lambda request: model.history_inputs(request["history"]), history_len=model.history_len)
+    coders = user_feature_coders(read_raw(engine.cfg.data).users)
+    fields = {field: coders[field.removeprefix("user_")] for field in model.user_inputs(dataset, "test")
+              if field != "user" and field.removeprefix("user_") in coders}
+    if not fields:
+        return None
+
+    def complete(request):
+        batch = next(iter(request.values())).shape[0]
+        return request | {"user": jnp.full((batch, 1), -1, jnp.int32)}
+
+    return exported_encoder(engine, state, {field: (1,) for field in fields}, complete, feature_coders=fields)
 
 
 def item_metadata(cfg: Config, item_tokens) -> list[dict] | None:
@@ -119,7 +177,7 @@ def load_run(run_dir: Path, step: int | None = None) -> ExportedRun:
 
     cfg, dataset, engine, state, step = restore_run(run_dir, step, one_device=True)
     queries_ue, items_ne = model_vectors(engine, state, dataset)
-    return ExportedRun(Path(run_dir), step, cfg, dataset, queries_ue, items_ne, fold_in_encoder(engine, state),
+    return ExportedRun(Path(run_dir), step, cfg, dataset, queries_ue, items_ne, query_encoder(engine, state, dataset),
                        item_metadata(cfg, dataset.interactions.item_tokens))
 
 
@@ -154,7 +212,7 @@ def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrit
         "checkpoint": {"run_dir": str(Path(run.run_dir).absolute()), "step": run.step},
         "metrics": {"part": "test", **metrics},
         "queries": "test part: each known user's history up to its last item",
-        "cold_start": "mean of the history items' factors, user bias 0 (folding-in)" if run.encoder else None,
+        "cold_start": cold_start_description(run.encoder),
         "seen": "every interaction of the user in the data set (all splits)",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jaxrec_version": jaxrec.__version__,
@@ -165,18 +223,39 @@ def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrit
                         item_meta=run.item_meta, encoder=run.encoder, overwrite=overwrite)
 
 
-def cold_start_metrics(run: ExportedRun) -> dict[str, float] | None:
-    """Test metrics when every user is treated as new and folded in from its train + valid items."""
-    if run.encoder is None:
+def cold_start_description(encoder: Encoder | None) -> str | None:
+    if encoder is None:
         return None
-    split = run.dataset.split
-    users = np.concatenate([split.train.user, split.valid.user])
-    items = np.concatenate([split.train.item, split.valid.item])
-    counts_u = np.bincount(users, minlength=run.dataset.num_users)[:, None]
-    sums_ue = np.zeros((run.dataset.num_users, run.items_ne.shape[1]), np.float64)
-    np.add.at(sums_ue, users, run.items_ne[items])
-    means_ue = (sums_ue / np.maximum(counts_u, 1)).astype(np.float32)
-    return ranking_metrics(run, means_ue @ run.encoder.projection_ee + run.encoder.offset_e, run.items_ne)
+    if isinstance(encoder, FoldInEncoder):
+        return "from a history: mean of the history items' factors, user bias 0 (folding-in)"
+    if encoder.takes_history:
+        return f"from a history: the model's sequence encoder over the latest {encoder.history_len} items"
+    return (f"from features ({', '.join(c.source for c in encoder.feature_coders.values())}): the user tower, "
+            "with the user id unknown")
+
+
+def cold_start_queries(run: ExportedRun) -> np.ndarray:
+    """Query vectors [U, e] of every known user treated as new: from its train + valid items, or
+    from its side features alone."""
+    encoder, dataset = run.encoder, run.dataset
+    if isinstance(encoder, FoldInEncoder):
+        split = dataset.split
+        users = np.concatenate([split.train.user, split.valid.user])
+        items = np.concatenate([split.train.item, split.valid.item])
+        counts_u = np.bincount(users, minlength=dataset.num_users)[:, None]
+        sums_ue = np.zeros((dataset.num_users, run.items_ne.shape[1]), np.float64)
+        np.add.at(sums_ue, users, run.items_ne[items])
+        means_ue = (sums_ue / np.maximum(counts_u, 1)).astype(np.float32)
+        return means_ue @ encoder.projection_ee + encoder.offset_e
+    if encoder.takes_history:
+        return encoder({"history": eval_histories(dataset, "test", encoder.history_len)})
+    columns = dataset.user_features.columns
+    return encoder({field: columns[field.removeprefix("user_")][:, None] for field in encoder.feature_coders})
+
+
+def cold_start_metrics(run: ExportedRun) -> dict[str, float] | None:
+    """Test metrics when every user is served through the cold-start encoder."""
+    return None if run.encoder is None else ranking_metrics(run, cold_start_queries(run), run.items_ne)
 
 
 def precision_report(run: ExportedRun, keys=("hr@10", "ndcg@10")) -> list[dict]:

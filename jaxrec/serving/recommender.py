@@ -50,7 +50,8 @@ def bucket(n: int, smallest: int = 1) -> int:
 
 
 class Recommender:
-    """Top-K for known users (by original token) and new users (from a history of item tokens).
+    """Top-K for known users (by original token) and new users (from a history of item tokens or
+    from side features, as the bundle's cold-start encoder allows).
 
     shards > 1 splits the item matrix over that many devices (ShardedTopK); approx_recall
     switches to the binned approximate top-K with that expected recall."""
@@ -108,14 +109,45 @@ class Recommender:
         return Query(self.bundle.users_ue[user], exclude, k)
 
     def history_query(self, tokens, k: int, exclude_seen: bool = True) -> Query:
-        """A user unknown at export, folded in from the items of its history."""
+        """A user unknown at export, from the items of its history (oldest first)."""
         self.check_k(k)
-        if self.bundle.encoder is None:
-            raise RequestError("this bundle has no cold-start encoder, so it cannot answer a 'history' request "
-                               "(exported from a model without one); send a known user_id")
+        encoder = self.bundle.encoder
+        if encoder is None or not encoder.takes_history:
+            raise RequestError("this bundle's model cannot encode a 'history' (it has no history encoder); "
+                               f"send {self._cold_start_hint()}")
         items = self.item_ids(tokens)
-        vector_e = self.bundle.encoder(self.bundle.items_ne[items])
+        vector_e = encoder.history_vector(items, self.bundle.items_ne)
         return Query(vector_e.astype(np.float32), items if exclude_seen else np.zeros(0, np.int32), k)
+
+    def features_query(self, features: dict, k: int) -> Query:
+        """A user unknown at export, from its side features (source column -> value; absent ones
+        are unknown). Values training never saw are refused rather than silently dropped."""
+        self.check_k(k)
+        coders = self.bundle.encoder.feature_coders if self.bundle.encoder is not None else {}
+        if not coders:
+            raise RequestError(f"this bundle's model cannot encode user 'features'; send {self._cold_start_hint()}")
+        sources = {coder.source: coder for coder in coders.values()}
+        unknown = sorted(set(features) - set(sources))
+        if unknown:
+            raise RequestError(f"unknown feature(s) {unknown}; this model reads {sorted(sources)}")
+        for name, value in features.items():
+            if sources[name].unknown(value):
+                allowed = sources[name].values
+                raise RequestError(f"feature {name}={value!r} was never seen in training"
+                                   + (f"; known values: {', '.join(allowed[:30])}" if allowed else ""))
+        vector_e = self.bundle.encoder.features_vector(features)
+        return Query(vector_e.astype(np.float32), np.zeros(0, np.int32), k)
+
+    def cold_start_inputs(self) -> list[str]:
+        """What a request for a new user may send: "history", "features", or nothing."""
+        encoder = self.bundle.encoder
+        if encoder is None:
+            return []
+        return ["history"] if encoder.takes_history else ["features"] if encoder.feature_coders else []
+
+    def _cold_start_hint(self) -> str:
+        return " or ".join(["a known 'user_id'"] + [{"history": "a 'history'", "features": "'features'"}[kind]
+                                                   for kind in self.cold_start_inputs()])
 
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
         """One padded, jitted retrieval for the whole batch; items scoring -inf are left out."""

@@ -1,11 +1,12 @@
 """Side features: bucket boundaries, 0 for unknown, padded genre lists, vocab sizes."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.features import item_features, user_features
+from jaxrec.data.features import UserFieldCoder, item_features, user_feature_coders, user_features
 from jaxrec.data.readers import read_ml100k
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -52,3 +53,17 @@ def test_year_buckets_are_five_years_wide():
 def test_no_side_table_gives_no_features():
     assert user_features(None, np.array(["1"])).columns == {}
     assert item_features(None, np.array(["1"])).vocab == {}
+
+
+def test_user_coders_reproduce_the_training_ids_and_flag_unseen_values():
+    raw = read_ml100k(FIXTURES / "ml-100k")
+    tokens = raw.users.index.to_numpy()
+    features = user_features(raw.users, tokens)
+    coders = user_feature_coders(raw.users)
+    for name, coder in coders.items():
+        restored = UserFieldCoder.from_json(json.loads(json.dumps(coder.to_json())))
+        assert restored == coder and coder.vocab == features.vocab[name]
+        np.testing.assert_array_equal(restored.encode(raw.users[coder.source]), features.columns[name])
+    assert coders["zip_prefix"].encode(pd.Series(["94110", None])).tolist() == [2, 0]  # "9": second of 8, 9, T
+    assert coders["age"].encode(pd.Series([33.0])).tolist() == [3]
+    assert coders["occupation"].unknown("astronaut") and not coders["occupation"].unknown("student")

@@ -13,7 +13,8 @@ from jaxrec.errors import JaxrecError
 from jaxrec.runner import run
 from jaxrec.serving import bundle as bundle_lib
 from jaxrec.serving import exporter
-from jaxrec.serving.bundle import Encoder, bundle_bytes, dequantize, load_bundle, quantize, write_bundle
+from jaxrec.serving.bundle import bundle_bytes, dequantize, load_bundle, quantize, write_bundle
+from jaxrec.serving.encoders import FoldInEncoder
 
 
 def _write(path, rng, precision="float32", **kwargs):
@@ -23,7 +24,7 @@ def _write(path, rng, precision="float32", **kwargs):
     write_bundle(path, manifest={"model": "test"}, items_ne=items_ne, users_ue=users_ue,
                  user_tokens=[f"u{i}" for i in range(7)], item_tokens=[str(100 + i) for i in range(40)], seen=seen,
                  precision=precision, item_meta=[{"title": f"t{i}"} for i in range(40)],
-                 encoder=Encoder(np.eye(6, dtype=np.float32), np.zeros(6, np.float32)), **kwargs)
+                 encoder=FoldInEncoder(np.eye(6, dtype=np.float32), np.zeros(6, np.float32)), **kwargs)
     return items_ne, users_ue
 
 
@@ -136,7 +137,7 @@ def test_exported_float32_bundle_reproduces_the_checkpoint_metrics(trained_run, 
     np.testing.assert_allclose(users_ue[:, 6], 1.0)
     np.testing.assert_allclose(items_ne[:, 7], 1.0)
     # cold start: a history's query is [mean phi, 1, g]
-    folded = bundle.encoder(items_ne[[3, 5]])
+    folded = bundle.encoder.history_vector(np.array([3, 5]), items_ne)
     np.testing.assert_allclose(folded[:6], items_ne[[3, 5], :6].mean(axis=0), rtol=1e-6)
     assert folded[6] == 1.0 and folded[7] == bundle.encoder.offset_e[7]
 

@@ -18,7 +18,8 @@ httpx = pytest.importorskip("httpx", reason="the server tests need the serve ext
 
 from jaxrec.serving.app import make_app  # noqa: E402
 from jaxrec.errors import JaxrecError  # noqa: E402
-from jaxrec.serving.bundle import Encoder, load_bundle, seen_csr, write_bundle  # noqa: E402
+from jaxrec.serving.bundle import load_bundle, seen_csr, write_bundle  # noqa: E402
+from jaxrec.serving.encoders import FoldInEncoder  # noqa: E402
 from jaxrec.serving.recommender import Recommender  # noqa: E402
 
 N, U, E = 300, 20, 8
@@ -43,7 +44,7 @@ def bundle(tmp_path_factory):
                  users_ue=rng.standard_normal((U, E)).astype(np.float32),
                  user_tokens=[str(1000 + u) for u in range(U)], item_tokens=[f"i{i}" for i in range(N)], seen=seen,
                  item_meta=[{"title": f"Movie {i}", "genres": ["Drama"] if i % 2 else []} for i in range(N)],
-                 encoder=Encoder(np.diag(np.r_[np.ones(E - 1), 0.0]).astype(np.float32), offset_e))
+                 encoder=FoldInEncoder(np.diag(np.r_[np.ones(E - 1), 0.0]).astype(np.float32), offset_e))
     return load_bundle(path)
 
 
@@ -73,7 +74,7 @@ def _reference(query_e, items_ne, exclude, k):
 def test_health_and_item_lookup(url):
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["num_items"] == N and health["num_users"] == U
-    assert health["cold_start"] is True and health["max_k"] == N and health["dataset"] == "toy"
+    assert health["cold_start"] == ["history"] and health["max_k"] == N and health["dataset"] == "toy"
     assert httpx.get(f"{url}/items/i7").json() == {"item_id": "i7", "title": "Movie 7", "genres": ["Drama"]}
     missing = httpx.get(f"{url}/items/nope")
     assert missing.status_code == 404 and missing.json()["detail"] == "unknown item id 'nope'"
@@ -109,8 +110,11 @@ def test_new_user_is_folded_in_from_its_history(url, bundle):
     ({"user_id": "1001", "k": "ten"}, 422, "k: Input should be a valid integer"),
     ({"history": ["i1", "zzz", "i2"]}, 422, "history holds 1 item id(s) unknown to the bundle: 'zzz'"),
     ({"history": []}, 422, "history: List should have at least 1 item"),
-    ({"user_id": "1001", "history": ["i1"]}, 422, "send exactly one of 'user_id' and 'history'"),
-    ({}, 422, "send exactly one of 'user_id' and 'history'"),
+    ({"user_id": "1001", "history": ["i1"]}, 422, "send exactly one of 'user_id', 'history' and 'features'"),
+    ({}, 422, "send exactly one of 'user_id', 'history' and 'features'"),
+    ({"features": {"age": 30}}, 422, "this bundle's model cannot encode user 'features'; send a known 'user_id' or a "
+                                     "'history'"),
+    ({"features": {"age": [30]}}, 422, "features.age"),
     ({"user_id": "1001", "n": 3}, 422, "n: Extra inputs are not permitted"),
 ])
 def test_bad_requests_get_a_4xx_with_a_clear_detail(url, payload, status, detail):
