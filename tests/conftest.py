@@ -1,11 +1,24 @@
-"""Simulate an 8-device mesh on the CPU; must run before jax is imported anywhere."""
+"""Simulate an 8-device mesh on the CPU; must run before jax is imported anywhere.
+
+The suite also shares one persistent XLA compilation cache per run between the xdist workers
+and every subprocess a test starts (they inherit the environment): identical programs (a
+resumed run and its uninterrupted twin, the processes of a group, one config in several tests)
+compile once. The controller makes the directory before the workers start and removes it at the
+end."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(prefix="jaxrec-test-xla-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+else:
+    _OWN_CACHE = None
 
 import copy  # noqa: E402
 
@@ -62,3 +75,8 @@ def pair_batches():
         return [loader[i] for i in range(count)]
 
     return batches
+
+
+def pytest_sessionfinish(session):
+    if _OWN_CACHE is not None and not hasattr(session.config, "workerinput"):  # the controller made it
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
