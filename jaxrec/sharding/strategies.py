@@ -7,8 +7,9 @@ the layout on the (data, model) mesh:
   column      [rows, d_pad]         P(None, model)    device m holds a slice of every row
 Every kind is replicated over the data axis. Batches are split over all devices.
 
-Ids arrive as group keys (a row index into the stacked array; -1 never occurs, it is the padding
-of deduplicated key lists). Each device deduplicates its keys before any communication.
+Ids arrive as group keys (a row index into the stacked array, or -1: bag padding, and the
+padding of deduplicated key lists, which reads zeros and updates nothing). Each device
+deduplicates its keys before any communication.
 
 Row lookup: all-gather the unique keys over `model`, each device reads the rows it owns (zero
 elsewhere), and a reduce-scatter over `model` returns to every device the rows of its own keys.
@@ -45,9 +46,19 @@ def slot_spec(kind: str, slot_kind: str) -> P:
     return TABLE_SPECS[kind] if slot_kind == "element" else ROW_SLOT_SPECS[kind]
 
 
-def _dedup(keys_n: jax.Array):
-    """Unique keys padded with -1 to a static length, and each key's position among them."""
-    return jnp.unique(keys_n, size=keys_n.shape[0], fill_value=-1, return_inverse=True)
+def _dedup(keys_n: jax.Array, rows: int):
+    """Unique keys padded with -1 to a static length, and each key's position among them.
+
+    Keys lie in [-1, rows). With more keys than rows (a long bag over a small catalogue, like
+    SVD++'s batch x max_history history ids over N items) the unique keys are found by marking
+    rows instead of sorting: slot r + 1 holds key r if present and -1 otherwise, so the -1
+    padding may sit anywhere in the list, and everything after the dedup works on rows + 1
+    slots rather than on n. Measured on ml-100k SVD++ (256 x 128 history ids, 1,682 items, 2
+    shared CPU cores): 132 ms a step with the sort over n, 21 ms this way."""
+    if keys_n.shape[0] <= rows:
+        return jnp.unique(keys_n, size=keys_n.shape[0], fill_value=-1, return_inverse=True)
+    present_r = jnp.zeros(rows + 1, bool).at[keys_n + 1].set(True)
+    return jnp.where(present_r, jnp.arange(rows + 1) - 1, -1), keys_n + 1
 
 
 def _read_rows(table_rd: jax.Array, local_k: jax.Array) -> jax.Array:
@@ -63,9 +74,9 @@ def _owned_local(keys_k: jax.Array, block_rows: int) -> jax.Array:
     return jnp.where(mine, keys_k % block_rows, -1)
 
 
-def _lookup_local(kind: str, block_rows: int, table_rd, keys_bs):
+def _lookup_local(kind: str, block_rows: int, rows: int, table_rd, keys_bs):
     keys_n = keys_bs.reshape(-1)
-    uniq_n, inverse_n = _dedup(keys_n)
+    uniq_n, inverse_n = _dedup(keys_n, rows)
     if kind == "replicated":
         rows_nd = _read_rows(table_rd, uniq_n)
     elif kind == "row":
@@ -81,7 +92,7 @@ def _lookup_local(kind: str, block_rows: int, table_rd, keys_bs):
 
 def lookup(mesh, kind: str, block_rows: int, table: jax.Array, keys_bs: jax.Array) -> jax.Array:
     """Embedding rows for group keys [B, S] -> [B, S, d_pad], batch-sharded like the keys."""
-    fn = functools.partial(_lookup_local, kind, block_rows)
+    fn = functools.partial(_lookup_local, kind, block_rows, table.shape[0])
     return jax.shard_map(
         fn,
         mesh=mesh,
@@ -93,8 +104,8 @@ def lookup(mesh, kind: str, block_rows: int, table: jax.Array, keys_bs: jax.Arra
 
 def _apply_rows(optimizer: RowOptimizer, lr: float, dim: int, kind: str, step, table_rd, slots, local_k, grads_kd):
     """Sum gradients per unique local row, then update only those rows and their slots."""
-    uniq_k, inverse_k = _dedup(local_k)
-    grads_kd = jax.ops.segment_sum(grads_kd, inverse_k, num_segments=local_k.shape[0])
+    uniq_k, inverse_k = _dedup(local_k, table_rd.shape[0])
+    grads_kd = jax.ops.segment_sum(grads_kd, inverse_k, num_segments=uniq_k.shape[0])
     row_sq_k = jnp.sum(jnp.square(grads_kd), axis=-1)
     if kind == "column":
         row_sq_k = jax.lax.psum(row_sq_k, MODEL)
@@ -108,11 +119,11 @@ def _apply_rows(optimizer: RowOptimizer, lr: float, dim: int, kind: str, step, t
     return table_rd, slots
 
 
-def _update_local(kind, block_rows, optimizer, lr, dim, table_rd, slots, step, keys_bs, grads_bsd):
+def _update_local(kind, block_rows, rows, optimizer, lr, dim, table_rd, slots, step, keys_bs, grads_bsd):
     keys_n = keys_bs.reshape(-1)
     grads_nd = grads_bsd.reshape(keys_n.shape[0], -1)
-    uniq_n, inverse_n = _dedup(keys_n)
-    grads_nd = jax.ops.segment_sum(grads_nd, inverse_n, num_segments=keys_n.shape[0])
+    uniq_n, inverse_n = _dedup(keys_n, rows)
+    grads_nd = jax.ops.segment_sum(grads_nd, inverse_n, num_segments=uniq_n.shape[0])
     if kind == "column":
         grads_kd = jax.lax.all_to_all(grads_nd, MODEL, split_axis=1, concat_axis=0, tiled=True)
         grads_kd = jax.lax.all_gather(grads_kd, DATA, tiled=True)
@@ -128,7 +139,7 @@ def update(mesh, kind: str, block_rows: int, optimizer: RowOptimizer, lr: float,
            table, slots: dict, step, keys_bs, grads_bsd):
     """Applies the row optimiser to the rows `keys_bs` touched; returns (table, slots)."""
     slot_specs = {name: slot_spec(kind, optimizer.slots[name][0]) for name in slots}
-    fn = functools.partial(_update_local, kind, block_rows, optimizer, lr, dim)
+    fn = functools.partial(_update_local, kind, block_rows, table.shape[0], optimizer, lr, dim)
     return jax.shard_map(
         fn,
         mesh=mesh,
