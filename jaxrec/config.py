@@ -19,8 +19,8 @@ from jaxrec.errors import JaxrecError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic", "criteo_synthetic")
-SPLITS = ("leave_one_out", "random", "temporal")
-MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec")
+SPLITS = ("leave_one_out", "random", "temporal", "kfold")
+MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec", "svdpp")
 LOSSES = ("bce", "bpr", "mse", "softmax")
 EMBEDDING_DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
@@ -52,9 +52,11 @@ class DataConfig:
     k_core: int = 0  # iterate until every user and item has >= k interactions (0: off)
     strict: bool = False  # fail on the first invalid row instead of dropping and counting it
     split: str = "leave_one_out"  # one of SPLITS
-    valid_ratio: float = 0.1  # split=random|temporal, criteo_synthetic: share of validation examples
+    valid_ratio: float = 0.1  # split=random|temporal|kfold, criteo_synthetic: validation share (kfold: of the non-test part)
     test_ratio: float = 0.1  # split=random|temporal, criteo_synthetic: share of test examples
-    split_seed: int = 0  # split=random: seed of the per-user shuffle
+    split_seed: int = 0  # split=random: seed of the per-user shuffle; split=kfold: of the fold assignment
+    num_folds: int = 5  # split=kfold: folds of the rating-level cross-validation
+    fold: int = 0  # split=kfold: the fold held out as test, 0 .. num_folds - 1
     num_negatives: int = 4  # uniform negatives sampled per positive (bce, bpr, softmax)
     cold_users: float = 0.0  # share of users cut to their first cold_max_train training interactions
     cold_max_train: int = 5  # users with at most this many training interactions form the "cold/" metrics
@@ -65,6 +67,7 @@ class ModelConfig:
     name: str = "mf"  # one of MODELS
     dim: int = 64  # embedding width
     use_bias: bool = True  # user, item and global biases
+    bias_init: float | None = None  # start of the global bias; None: the mean training rating under loss mse, else 0
     loss: str = "bce"  # one of LOSSES
     init_std: float = 0.1  # std of the normal initialiser of embedding rows
     l2: float = 0.0  # L2 penalty on the embedding rows a batch touches (per example)
@@ -80,6 +83,7 @@ class ModelConfig:
     num_layers: int = 2  # sasrec, bert4rec: Transformer blocks
     num_heads: int = 2  # sasrec, bert4rec: attention heads
     mask_prob: float = 0.2  # bert4rec: share of positions masked per training sequence
+    max_history: int = 64  # svdpp: the user's most recent training items in the implicit bag N(u)
 
 
 @dataclasses.dataclass
@@ -126,8 +130,9 @@ class TrainConfig:
     eval_every: int = 1  # evaluate on validation every N epochs (0: only at the end)
     eval_batch_size: int = 256  # users per full-ranking batch
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20])  # metric cutoffs
-    select_metric: str = "ndcg@10"  # validation metric that picks the best epoch
+    select_metric: str = "ndcg@10"  # validation metric that picks the best epoch (rmse, mae, logloss: lowest wins)
     sampled_negatives: int = 0  # > 0: also report sampled/ metrics, each target ranked against this many negatives
+    ranking_metrics: bool = True  # full-ranking metrics at each evaluation; false: rmse/mae only (loss mse)
     log_every: int = 50  # steps between metrics.jsonl train records
     progress: bool = True  # console progress bar with rate and ETA
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end); always at the end
@@ -159,6 +164,12 @@ def validate(cfg: Config) -> Config:
     """Checks the values Hydra's types cannot express, with the key and valid choices named."""
     _check_choice("data.name", cfg.data.name, DATASETS)
     _check_choice("data.split", cfg.data.split, SPLITS)
+    if cfg.data.split == "kfold" and cfg.data.num_folds < 2:
+        raise JaxrecError(f"config key data.num_folds={cfg.data.num_folds}: k-fold cross-validation needs "
+                          "at least 2 folds")
+    if cfg.data.split == "kfold" and not 0 <= cfg.data.fold < cfg.data.num_folds:
+        raise JaxrecError(f"config key data.fold={cfg.data.fold} is out of range: expected 0 .. "
+                          f"{cfg.data.num_folds - 1} (data.num_folds={cfg.data.num_folds})")
     _check_choice("model.name", cfg.model.name, MODELS)
     _check_choice("model.loss", cfg.model.loss, LOSSES)
     _check_choice("model.embedding_dtype", cfg.model.embedding_dtype, EMBEDDING_DTYPES)
@@ -173,6 +184,8 @@ def validate(cfg: Config) -> Config:
         _check_choice("optimizer.table_optimizer", cfg.optimizer.table_optimizer, TABLE_OPTIMIZERS)
     _check_choice("sharding.strategy", cfg.sharding.strategy, STRATEGIES)
     _check_choice("train.on_nonfinite", cfg.train.on_nonfinite, ("stop", "skip"))
+    if not cfg.train.ranking_metrics and cfg.model.loss != "mse":
+        raise JaxrecError("config key train.ranking_metrics=false leaves only rmse/mae, which need model.loss=mse")
     for table, strategy in cfg.sharding.tables.items():
         _check_choice(f"sharding.tables.{table}", strategy, STRATEGIES[1:-1] + ("none",))
     if cfg.data.name == "csv" and not cfg.data.path:
@@ -181,6 +194,8 @@ def validate(cfg: Config) -> Config:
         raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size!r}: expected an integer or 'auto'")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size <= 0:
         raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size}: expected a positive integer")
+    if cfg.model.name == "svdpp" and cfg.model.max_history < 1:
+        raise JaxrecError(f"config key model.max_history={cfg.model.max_history}: expected a positive integer")
     if cfg.model.dim <= 0:
         raise JaxrecError(f"config key model.dim={cfg.model.dim}: expected a positive integer")
     return cfg

@@ -27,6 +27,8 @@ from jaxrec.train_lib import (
 
 log = logging.getLogger("jaxrec.train")
 
+LOWER_IS_BETTER = ("rmse", "mae", "logloss")  # train.select_metric values minimised, not maximised
+
 
 @dataclasses.dataclass
 class Best:
@@ -68,18 +70,30 @@ def _eval_due(cfg: Config, step: int, per_epoch: int, total: int) -> bool:
     return step == total or (epoch_end and cfg.train.eval_every > 0 and (step // per_epoch) % cfg.train.eval_every == 0)
 
 
+def _improves(select: str, valid: dict, best: dict) -> bool:
+    """Whether validation metrics `valid` beat `best` on `select` (the first evaluation always
+    does; a missing value never does)."""
+    if not best:
+        return True
+    sign = -1.0 if select in LOWER_IS_BETTER else 1.0
+    return sign * valid.get(select, -sign * np.inf) > sign * best.get(select, -sign * np.inf)
+
+
 def _evaluate(evaluate, state, epoch: float, best: Best, metrics_log: MetricsLog) -> None:
     """Validation metrics; when they improve, this epoch's test metrics become the reported ones."""
     select = evaluate.engine.cfg.train.select_metric
     start = time.perf_counter()
     valid = evaluate(state, "valid") if evaluate.has_valid else {}
-    improved = not best.valid or valid.get(select, -np.inf) > best.valid.get(select, -np.inf)
+    improved = _improves(select, valid, best.valid)
     if improved:
         best.epoch, best.valid, best.test = epoch, valid, evaluate(state, "test")
     record = {"step": int(state.step), "epoch": epoch, "eval/seconds": time.perf_counter() - start}
     metrics_log.write(record | {f"eval/valid/{k}": v for k, v in valid.items()})
-    log.info("epoch %.3g valid %s=%.4f%s", epoch, select, valid.get(select, float("nan")),
-             " (best)" if improved else "")
+    if valid:
+        log.info("epoch %.3g valid %s=%.4f%s", epoch, select, valid.get(select, float("nan")),
+                 " (best)" if improved else "")
+    else:  # no validation part (e.g. data.split=kfold with data.valid_ratio=0): the latest epoch is reported
+        log.info("epoch %.3g (no validation part) test %s=%.4f", epoch, select, best.test.get(select, float("nan")))
 
 
 def _drain(pending: list, names: list[str], on_nonfinite: str, ckpt: Checkpointer) -> tuple[float, int, int]:

@@ -291,6 +291,8 @@ class RankingEvaluator:
         """Metrics on `valid` or `test`, excluding train items (and valid items when testing)."""
         split, cfg = self.dataset.split, self.engine.cfg
         targets = getattr(split, part)
+        if not cfg.train.ranking_metrics:  # a rating run: skips the ranking's compiles (~8 s per part on 2 cores)
+            return evaluate_ratings(self.predict_fn(state, part), targets)
         exclude = [split.valid] if part == "test" else []
         score_fn = self.score_fn(state, part)
         metrics = evaluate_ranking(score_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,

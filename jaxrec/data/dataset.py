@@ -6,6 +6,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from jaxrec.config import DataConfig
 from jaxrec.data import features, preprocess, readers, splits, synthetic
 from jaxrec.data.types import Features, Field, Interactions, RawData, Schema, Split
@@ -42,7 +44,9 @@ class Dataset:
 
     @property
     def schema(self) -> Schema:
-        return Schema(self.num_users, self.num_items, _fields(self.user_features), _fields(self.item_features))
+        train = self.split.train
+        return Schema(self.num_users, self.num_items, _fields(self.user_features), _fields(self.item_features),
+                      mean_rating=float(np.mean(train.rating)) if len(train) else 0.0)
 
 
 def _fields(features: Features) -> dict[str, Field]:
@@ -69,6 +73,8 @@ def split_interactions(inter: Interactions, cfg: DataConfig) -> Split:
         return splits.leave_one_out(inter)
     if cfg.split == "random":
         return splits.random_split(inter, cfg.valid_ratio, cfg.test_ratio, cfg.split_seed)
+    if cfg.split == "kfold":
+        return splits.kfold_split(inter, cfg.num_folds, cfg.fold, cfg.valid_ratio, cfg.split_seed)
     return splits.temporal_split(inter, cfg.valid_ratio, cfg.test_ratio)
 
 

@@ -89,6 +89,30 @@ def temporal_split(inter: Interactions, valid_ratio: float, test_ratio: float) -
     return _split_by(inter, part)
 
 
+def kfold_split(inter: Interactions, num_folds: int, fold: int, valid_ratio: float, seed: int) -> Split:
+    """Rating-level k-fold cross-validation: fold `fold` of `num_folds` -> test.
+
+    Every interaction lands in exactly one fold (a seeded permutation dealt round-robin, so
+    fold sizes differ by at most one), and the k test sets of one seed partition the data. A
+    random `valid_ratio` share of the remaining interactions goes to validation, so early
+    stopping and tuning never see the test fold; with valid_ratio 0 the whole rest is train.
+    Users and items keep the global id space (a user or item may be missing from train).
+    """
+    if num_folds < 2:
+        raise JaxrecError(f"data.num_folds={num_folds}: k-fold cross-validation needs at least 2 folds")
+    if not 0 <= fold < num_folds:
+        raise JaxrecError(f"data.fold={fold} is out of range: expected 0 .. {num_folds - 1} "
+                          f"(data.num_folds={num_folds})")
+    _check_ratios(valid_ratio, 0.0)
+    fold_n = np.empty(len(inter), np.int64)
+    fold_n[np.random.default_rng(seed).permutation(len(inter))] = np.arange(len(inter)) % num_folds
+    part = np.where(fold_n == fold, _TEST, _TRAIN).astype(np.int8)
+    rest = np.flatnonzero(part == _TRAIN)
+    num_valid = int(np.rint(len(rest) * valid_ratio))
+    part[np.random.default_rng([seed, 1, fold]).permutation(rest)[:num_valid]] = _VALID
+    return _split_by(inter, part)
+
+
 def make_cold_users(split: Split, share: float, keep: int, seed: int) -> Split:
     """A cold-start study on warm data: a random `share` of users keep only their first `keep`
     training interactions; validation and test are untouched."""

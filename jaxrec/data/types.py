@@ -108,3 +108,4 @@ class Schema:
     item_fields: dict[str, Field] = dataclasses.field(default_factory=dict)
     example_fields: dict[str, Field] = dataclasses.field(default_factory=dict)
     num_dense: int = 0
+    mean_rating: float = 0.0  # mean training rating: where rating models (loss mse) start their global bias

@@ -31,13 +31,15 @@ class EmbeddingState:
     slots: dict[str, dict[str, jax.Array]]  # group name -> slot name -> array
 
 
-COMBINERS = ("mean", "sum")
+# How a bag of ids pools its rows: mean and sum, and sqrtn = sum / sqrt(number of real ids), the
+# combiner of TF's embedding_lookup_sparse and of SVD++'s implicit term |N(u)|^-1/2 sum_j y_j.
+COMBINERS = ("mean", "sum", "sqrtn")
 
 
 class EmbeddingCollection:
     def __init__(self, plan: EmbeddingPlan, mesh, features: dict[str, str], bags: dict[str, str] | None = None):
         """features: feature name -> table name (several features may read one table).
-        bags: feature -> combiner ("mean" or "sum") for features whose last id axis is a bag of a
+        bags: feature -> combiner ("mean", "sum" or "sqrtn") for features whose last id axis is a bag of a
         variable number of ids, padded with -1 (TorchRec's EmbeddingBag)."""
         self.plan = plan
         self.mesh = mesh
@@ -124,16 +126,17 @@ class EmbeddingCollection:
 
     def pool(self, acts: dict[str, jax.Array], ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Bag features pooled over their last id axis ([B, ..., S, d] -> [B, ..., d]); padding
-        ids (-1) read zero rows and are left out of the mean. Differentiable: the train step
-        takes gradients w.r.t. the rows looked up, so each id of a bag gets its share."""
+        ids (-1) read zero rows and are left out of the count (mean, sqrtn); an empty bag pools to
+        zero. Differentiable: the train step takes gradients w.r.t. the rows looked up, so each id
+        of a bag gets its share."""
         pooled = dict(acts)
         for feature, combiner in self.bags.items():
             if feature not in acts:
                 continue
             total = jnp.sum(acts[feature], axis=-2)
-            if combiner == "mean":
-                count = jnp.sum(ids[feature] >= 0, axis=-1, keepdims=True)
-                total = total / jnp.maximum(count, 1).astype(total.dtype)
+            if combiner != "sum":
+                count = jnp.maximum(jnp.sum(ids[feature] >= 0, axis=-1, keepdims=True), 1).astype(total.dtype)
+                total = total / (count if combiner == "mean" else jnp.sqrt(count))
             pooled[feature] = total
         return pooled
 

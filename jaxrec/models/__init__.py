@@ -32,6 +32,7 @@ MODEL_CLASSES = {
     "dcn_v2": "jaxrec.models.dcn_v2:DCNv2",
     "sasrec": "jaxrec.models.sasrec:SASRec",
     "bert4rec": "jaxrec.models.bert4rec:BERT4Rec",
+    "svdpp": "jaxrec.models.svdpp:SVDpp",
 }
 
 

@@ -2,11 +2,12 @@
 
 Each tower concatenates its feature embeddings (the multi-valued genres are a mean-pooled
 embedding bag, pooled by the collection) and runs an MLP; the score is the dot product of the
-tower outputs plus a global bias (none under the softmax loss, which a shift cannot change). Trained with sampled negatives (bce, bpr, softmax, mse) or with
-in-batch negatives under a sampled softmax whose logits are corrected by each candidate's log
-popularity (log-Q, Yi et al., 2019), so popular items are not over-penalised for being sampled
-more often. Side features come from the data set's Schema: on data without them the towers
-see ids only.
+tower outputs plus a global bias (none under the softmax loss, which a shift cannot change; on
+ratings, loss mse, it starts at the mean training rating). Trained with sampled negatives (bce,
+bpr, softmax), on ratings (mse), or with in-batch negatives under a sampled softmax whose logits
+are corrected by each candidate's log popularity (log-Q, Yi et al., 2019), so popular items are
+not over-penalised for being sampled more often. Side features come from the data set's
+Schema: on data without them the towers see ids only.
 
 Legend: B batch, C candidates per example, N items, d embedding dim, e tower output dim.
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from jaxrec.embedding.specs import TableSpec
 from jaxrec.models.layers import MLP
+from jaxrec.models.mf import global_bias_init
 
 USER_FEATURES = ("age", "gender", "occupation", "zip_prefix")
 ITEM_FEATURES = ("genres", "year")
@@ -38,6 +40,7 @@ class TwoTower(nn.Module):
     negatives: str = "sampled"
     logq_correction: bool = True
     use_bias: bool = True
+    bias_init: float = 0.0  # start of the global bias
     init_std: float = 0.1
     embedding_dtype: str = "float32"
 
@@ -51,8 +54,8 @@ class TwoTower(nn.Module):
         return cls(num_users=schema.num_users, num_items=schema.num_items, user_fields=user, item_fields=item,
                    dim=cfg.dim, hidden=tuple(cfg.hidden), dropout=cfg.dropout, negatives=cfg.negatives,
                    logq_correction=cfg.logq_correction, use_bias=cfg.use_bias and cfg.loss != "softmax",
-                   init_std=cfg.init_std,
-                   embedding_dtype=cfg.embedding_dtype)
+                   bias_init=global_bias_init(cfg, schema),
+                   init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype)
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
         def spec(name, rows, ids=1):
@@ -102,7 +105,8 @@ class TwoTower(nn.Module):
         self.user_tower = MLP((*self.hidden, self.dim), self.dropout)
         self.item_tower = MLP((*self.hidden, self.dim), self.dropout)
         # a softmax is blind to a shift of all logits: there the bias would only drift on noise
-        self.global_bias = self.param("global_bias", nn.initializers.zeros, ()) if self.use_bias else 0.0
+        init = nn.initializers.constant(self.bias_init)
+        self.global_bias = self.param("global_bias", init, ()) if self.use_bias else 0.0
 
     def query_vectors(self, acts: dict[str, jax.Array], query: dict, train: bool = False) -> jax.Array:
         """[B, e + 1]: the user tower's output and a 1 that meets the item side's global bias."""

@@ -1,4 +1,4 @@
-"""Splits: leave-one-out, per-user random and global temporal; disjoint, complete, no leaks."""
+"""Splits: leave-one-out, per-user random, global temporal and k-fold; disjoint, complete, no leaks."""
 
 from collections import Counter
 
@@ -8,7 +8,7 @@ import pytest
 
 from jaxrec.data import fetch, readers
 from jaxrec.data.preprocess import preprocess
-from jaxrec.data.splits import leave_one_out, random_split, temporal_split
+from jaxrec.data.splits import kfold_split, leave_one_out, random_split, temporal_split
 from jaxrec.data.synthetic import generate_synthetic
 from jaxrec.data.types import Interactions, RawData
 from jaxrec.errors import JaxrecError
@@ -76,6 +76,46 @@ def test_temporal_split_cuts_time_globally(inter):
     assert split.train.timestamp.max() < split.valid.timestamp.min()
     assert split.valid.timestamp.max() < split.test.timestamp.min()
     assert len(split.test) == pytest.approx(0.2 * len(inter), rel=0.05)
+
+
+def test_kfold_test_folds_partition_the_data_in_balanced_sizes(inter):
+    folds = [kfold_split(inter, 5, fold, valid_ratio=0.1, seed=0) for fold in range(5)]
+    for split in folds:
+        _assert_disjoint_and_complete(inter, split)
+        assert np.all(np.diff(split.train.user) >= 0)  # still user-sorted
+        assert (split.train.num_users, split.train.num_items) == (inter.num_users, inter.num_items)
+    assert sum((_rows(split.test) for split in folds), Counter()) == _rows(inter)  # each row in one test fold
+    sizes = [len(split.test) for split in folds]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(inter)
+
+
+def test_kfold_valid_is_carved_from_the_fold_s_training_part(inter):
+    split = kfold_split(inter, 5, 2, valid_ratio=0.1, seed=0)
+    whole = kfold_split(inter, 5, 2, valid_ratio=0.0, seed=0)
+    assert len(whole.valid) == 0 and _rows(whole.test) == _rows(split.test)
+    assert _rows(split.train) + _rows(split.valid) == _rows(whole.train)  # valid never takes a test row
+    assert len(split.valid) == round(0.1 * len(whole.train))
+
+
+def test_kfold_is_deterministic_by_seed(inter):
+    split, again, other = (kfold_split(inter, 5, 0, 0.1, seed) for seed in (0, 0, 1))
+    assert _rows(split.test) == _rows(again.test) and _rows(split.valid) == _rows(again.valid)
+    assert _rows(split.test) != _rows(other.test)
+
+
+@pytest.mark.parametrize("num_folds,fold,message", [(1, 0, "data.num_folds=1: k-fold cross-validation needs at "
+                                                           "least 2 folds"),
+                                                    (5, 5, r"data.fold=5 is out of range: expected 0 \.\. 4"),
+                                                    (5, -1, "data.fold=-1 is out of range")])
+def test_kfold_rejects_bad_folds_in_the_split_and_the_config(inter, num_folds, fold, message):
+    from jaxrec.config import Config, validate
+
+    with pytest.raises(JaxrecError, match=message):
+        kfold_split(inter, num_folds, fold, 0.1, 0)
+    cfg = Config()
+    cfg.data.split, cfg.data.num_folds, cfg.data.fold = "kfold", num_folds, fold
+    with pytest.raises(JaxrecError, match=f"config key {message}"):
+        validate(cfg)
 
 
 def test_bad_ratios_are_rejected(inter):
