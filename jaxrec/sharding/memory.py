@@ -80,7 +80,11 @@ def _group_traffic(plan: EmbeddingPlan, group: GroupLayout, batch_size: int) -> 
     slots = ROW_OPTIMIZERS[group.optimizer].slots.values()
     slot_width = sum(d if kind == "element" else 1 for kind, _ in slots)
     gathered = devices * n  # keys every device sees in the update
-    update = gathered * (3 * ID_BYTES + (3 * d + slot_width) * FLOAT_BYTES)
+    # per gathered key: the key, its position and its gradient; per unique local row (at most
+    # block_rows + 1: strategies._dedup marks rows once keys outnumber them): the row id, the
+    # summed gradient, the old row and its slots
+    unique = min(gathered, group.block_rows + 1)
+    update = gathered * (2 * ID_BYTES + d * FLOAT_BYTES) + unique * (ID_BYTES + (2 * d + slot_width) * FLOAT_BYTES)
     lookup = 0 if group.kind == "replicated" else model * n * (ID_BYTES + d * group.itemsize)
     activations = 2 * n * full_d * FLOAT_BYTES
     received = (gathered - n) * (ID_BYTES + d * group.itemsize)
