@@ -68,6 +68,11 @@ def _memory_gib() -> float | None:
     return None
 
 
+def int_list(text: str) -> list[int]:
+    """A comma-separated command-line list of integers; "1e4" is accepted for 10000."""
+    return [int(float(x)) for x in text.split(",")]
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on: CPUs, memory, platform, versions, backend, devices."""
     import jax

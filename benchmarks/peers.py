@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import machine_info, markdown_table, plot_lines, summarize, time_calls, write_results
+from benchmarks.common import int_list, machine_info, markdown_table, plot_lines, summarize, time_calls, write_results
 from experiments.ml100k_baselines.run import evaluate_part, factor_scores, import_implicit, train_csr
 from jaxrec.config import CONF_DIR, Config, register_configs, to_config
 from jaxrec.data.dataset import load_dataset
@@ -423,10 +423,6 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",")]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, PNG")
@@ -435,7 +431,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mf-epochs", type=int, default=None, help="epochs = implicit iterations (default 30; toy 3)")
     parser.add_argument("--dcn-steps", type=int, default=None, help="train steps (default one epoch; toy 9)")
     parser.add_argument("--window", type=int, default=None, help="steps per timed DCN window (default 10; toy 4)")
-    parser.add_argument("--breakdown-batches", type=_ints, default=None,
+    parser.add_argument("--breakdown-batches", type=int_list, default=None,
                         help="batch sizes of the MF step-cost breakdown (default 256,1024,4096,16384; toy: none)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per breakdown measurement")
     parser.add_argument("--seed", type=int, default=0, help="implicit random_state")

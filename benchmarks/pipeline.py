@@ -43,7 +43,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks.common import machine_info, plot_lines, summarize, write_results
+from benchmarks.common import int_list, machine_info, plot_lines, summarize, write_results
 from benchmarks.peers import compose, init_state_jit
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
@@ -152,16 +152,12 @@ def measure(name: str, overrides: list[str], batch: int, args: argparse.Namespac
     }
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",")]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, PNG")
     parser.add_argument("--toy", action="store_true", help="tiny data and models, one batch size (a smoke test)")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help=f"comma-separated subset of {list(PIPELINES)}")
-    parser.add_argument("--batches", type=_ints, default=None,
+    parser.add_argument("--batches", type=int_list, default=None,
                         help="batch sizes for every pipeline (default: each its own)")
     parser.add_argument("--windows", type=int, default=None, help="timed windows per rate (default 5; toy 2)")
     parser.add_argument("--window", type=int, default=None, help="batches (steps) per window (default 10; toy 2)")

@@ -55,7 +55,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import (
-    copy_bandwidth_gbps, hlo_collective_bytes, machine_info, plot_lines, summarize, time_calls, write_results,
+    copy_bandwidth_gbps, hlo_collective_bytes, int_list, machine_info, plot_lines, summarize, time_calls, write_results,
 )
 from jaxrec import distributed
 from jaxrec.config import Config, DistributedConfig
@@ -176,18 +176,14 @@ def plot(out: Path, records: list[dict]) -> None:
                        logy=key == "bytes_per_device", title=f"DCN-v2, {records[0]['tables']} tables x {rows:,} rows")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(float(x)) for x in text.split(",")]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--devices", type=_ints, default=[1, 2, 4, 8], help="device counts, e.g. 1,2,4,8")
-    parser.add_argument("--processes", type=_ints, default=[1, 2],
+    parser.add_argument("--devices", type=int_list, default=[1, 2, 4, 8], help="device counts, e.g. 1,2,4,8")
+    parser.add_argument("--processes", type=int_list, default=[1, 2],
                         help="process counts; P > 1 measures the device counts divisible by P across P processes")
-    parser.add_argument("--rows", type=_ints, default=[10**4, 10**5], help="rows per table, e.g. 1e4,1e5")
+    parser.add_argument("--rows", type=int_list, default=[10**4, 10**5], help="rows per table, e.g. 1e4,1e5")
     parser.add_argument("--num-sparse", type=int, default=26, help="categorical features (tables)")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--cross-layers", type=int, default=2)
