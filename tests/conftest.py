@@ -77,6 +77,31 @@ def pair_batches():
     return batches
 
 
+
+@pytest.fixture(scope="session")
+def train_sequence_batch():
+    """train(cfg, dataset, steps, batch_size, num_negatives): the first sequence batch trained
+    `steps` times -> (engine, batch, item table and dense params after the first step, loss of
+    every step); what the SASRec and BERT4Rec tests compare across strategies."""
+    import jax
+
+    from jaxrec.data.sequences import make_sequence_dataset
+    from jaxrec.train_lib import build_engine, init_state, make_train_step
+
+    def train(cfg, dataset, steps: int, batch_size: int, num_negatives: int):
+        engine = build_engine(cfg, dataset.schema)
+        batch = make_sequence_dataset(engine.model, dataset, batch_size=batch_size, epochs=1,
+                                      num_negatives=num_negatives, seed=0)[0]
+        step, state, losses = make_train_step(engine), init_state(engine, 0), []
+        for i in range(steps):
+            state, out = step(state, jax.device_put(batch, engine.batch_sharding()))
+            losses.append(float(out["loss"]))
+            if i == 0:  # copied out: the next step donates the state
+                first = np.asarray(engine.collection.table(state.emb, "item")), jax.device_get(state.params)
+        return engine, batch, *first, np.array(losses)
+
+    return train
+
 def pytest_sessionfinish(session):
     if _OWN_CACHE is not None and not hasattr(session.config, "workerinput"):  # the controller made it
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -11,11 +11,10 @@ from hydra import compose, initialize_config_dir
 
 from jaxrec.config import CONF_DIR, Config, register_configs, to_config, validate
 from jaxrec.data.dataset import load_dataset
-from jaxrec.data.sequences import make_sequence_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.models.sasrec import SASRec
 from jaxrec.runner import run
-from jaxrec.train_lib import build_engine, init_state, make_train_step
+from jaxrec.train_lib import build_engine
 
 B, L, K, D, N = 16, 10, 3, 8, 40
 
@@ -96,22 +95,9 @@ def test_a_negative_equal_to_the_target_is_masked(model_and_params):
     assert (logits[:, 4:, 2] == -1e9).all() and (np.abs(logits[:, 4:, [1, 3]]) < 1e3).all()  # real positions
 
 
-def _train_one_batch(cfg: Config, dataset, steps: int):
-    """(engine, batch, item table and dense params after the first step, loss of every step)."""
-    engine = build_engine(cfg, dataset.schema)
-    batch = make_sequence_dataset(engine.model, dataset, batch_size=B, epochs=1, num_negatives=K, seed=0)[0]
-    step, state, losses = make_train_step(engine), init_state(engine, 0), []
-    for i in range(steps):
-        state, out = step(state, jax.device_put(batch, engine.batch_sharding()))
-        losses.append(float(out["loss"]))
-        if i == 0:  # copied out: the next step donates the state
-            first = np.asarray(engine.collection.table(state.emb, "item")), jax.device_get(state.params)
-    return engine, batch, *first, np.array(losses)
-
-
 @pytest.fixture(scope="module")
-def reference(dataset):
-    return _train_one_batch(_config(), dataset, steps=40)
+def reference(dataset, train_sequence_batch):
+    return train_sequence_batch(_config(), dataset, steps=40, batch_size=B, num_negatives=K)
 
 
 def test_the_loss_falls_on_a_repeated_batch(reference):
@@ -121,10 +107,10 @@ def test_the_loss_falls_on_a_repeated_batch(reference):
 
 
 @pytest.mark.parametrize("strategy,mesh", [("row_wise", (1, 8)), ("auto", (2, 4))])
-def test_one_sharded_step_equals_the_unsharded_step(reference, dataset, strategy, mesh):
+def test_one_sharded_step_equals_the_unsharded_step(reference, dataset, train_sequence_batch, strategy, mesh):
     _, batch, ref_table, ref_params, ref_losses = reference
     assert (batch["history"] == -1).any() and (batch["history"] >= 0).all(axis=1).any()  # padded and full rows
-    engine, _, table, params, losses = _train_one_batch(_config(strategy, mesh), dataset, steps=1)
+    engine, _, table, params, losses = train_sequence_batch(_config(strategy, mesh), dataset, steps=1, batch_size=B, num_negatives=K)
     assert engine.plan.placements["item"].strategy == "row_wise"
     np.testing.assert_allclose(losses[0], ref_losses[0], rtol=1e-5)
     np.testing.assert_allclose(table, ref_table, rtol=1e-5, atol=1e-6)
