@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from jaxrec.errors import JaxrecError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic", "criteo_synthetic")
+DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic", "criteo_synthetic", "criteo")
 SPLITS = ("leave_one_out", "random", "temporal", "kfold")
 MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec", "svdpp")
 LOSSES = ("bce", "bpr", "mse", "softmax")
@@ -32,7 +32,7 @@ STRATEGIES = ("none", "data_parallel", "table_wise", "row_wise", "column_wise", 
 @dataclasses.dataclass
 class DataConfig:
     name: str = "ml100k"  # one of DATASETS
-    path: str | None = None  # name=csv: a CSV, TSV or Parquet file of interactions
+    path: str | None = None  # name=csv: a CSV, TSV or Parquet file of interactions; criteo: the prepared folder
     sep: str | None = None  # name=csv: field separator; None infers it from the extension
     user_col: str = "user_id"  # name=csv: column holding user tokens
     item_col: str = "item_id"  # name=csv: column holding item tokens
@@ -48,6 +48,8 @@ class DataConfig:
     num_sparse: int = 26  # name=criteo_synthetic: categorical features, one embedding table each
     vocab_size: int = 10_000  # name=criteo_synthetic: ids per categorical feature
     vocab_sizes: list[int] = dataclasses.field(default_factory=list)  # criteo_synthetic: per feature (overrides vocab_size)
+    shuffle_block_rows: int = 65536  # name=criteo: rows of one block of the block shuffle (consecutive on disk)
+    shuffle_window_blocks: int = 16  # name=criteo: blocks whose rows are permuted together (the shuffle window)
     min_rating: float | None = None  # keep rating >= this (explicit -> implicit feedback)
     k_core: int = 0  # iterate until every user and item has >= k interactions (0: off)
     strict: bool = False  # fail on the first invalid row instead of dropping and counting it

@@ -56,6 +56,18 @@ class CtrPart:
     def __len__(self) -> int:
         return len(self.label)
 
+    @property
+    def num_dense(self) -> int:
+        return self.dense.shape[1]
+
+    def rows(self, index_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dense [B, F], sparse [B, S], label [B]) of examples `index_b` (PreparedPart has the same)."""
+        return self.dense[index_b], self.sparse[index_b], self.label[index_b]
+
+    def order(self, seed: int):
+        """order(epoch, start, stop): rows at positions start..stop of the epoch's permutation."""
+        return lambda epoch, start, stop: _permutation(seed, epoch, len(self))[start:stop]
+
 
 @dataclasses.dataclass(frozen=True)
 class CtrDataset:
@@ -75,7 +87,7 @@ class CtrDataset:
 
     @property
     def schema(self) -> Schema:
-        return ctr_schema(self.vocab_sizes, self.train.dense.shape[1])
+        return ctr_schema(self.vocab_sizes, self.train.num_dense)
 
     def summary(self) -> dict:
         """The data section of results.json."""
@@ -150,25 +162,30 @@ def load_ctr_dataset(cfg: DataConfig) -> CtrDataset:
 
 def batch_inputs(part: CtrPart, index: np.ndarray, with_label: bool = True) -> dict[str, np.ndarray]:
     """Examples `index` [B] as model inputs: dense [B, F], cat_j [B, 1] int32, label [B, 1]."""
-    sparse = part.sparse[index]
-    batch = {"dense": part.dense[index]} | {field_name(j): sparse[:, j : j + 1] for j in range(sparse.shape[1])}
-    return batch | ({"label": part.label[index][:, None]} if with_label else {})
+    dense, sparse, label = part.rows(index)
+    batch = {"dense": dense} | {field_name(j): sparse[:, j : j + 1] for j in range(sparse.shape[1])}
+    return batch | ({"label": label[:, None]} if with_label else {})
 
 
 class _CtrBatch(grain.transforms.Map):
-    """Batch `step` of the run: slice `step` of its epoch's seeded permutation of train."""
+    """Rows `rows` of batch `step` of the run: that slice of its epoch's seeded order of train
+    (a permutation in memory, a block shuffle for prepared shards). Only those rows are read."""
 
-    def __init__(self, train: CtrPart, batch_size: int, seed: int):
-        self.train, self.batch_size, self.seed = train, batch_size, seed
+    def __init__(self, train, batch_size: int, seed: int, rows: slice):
+        self.train, self.batch_size, self.rows = train, batch_size, rows
+        self.order = train.order(seed)
         self.steps_per_epoch = len(train) // batch_size
 
     def map(self, step: int) -> dict[str, np.ndarray]:
         epoch, position = divmod(step, self.steps_per_epoch)
-        index_b = _permutation(self.seed, epoch, len(self.train))[position * self.batch_size:][: self.batch_size]
-        return batch_inputs(self.train, index_b)
+        start = position * self.batch_size
+        return batch_inputs(self.train, self.order(epoch, start + self.rows.start, start + self.rows.stop))
 
 
-def make_ctr_dataset(dataset: CtrDataset, *, batch_size: int, epochs: int, seed: int) -> grain.MapDataset:
-    """One element per train step: epochs x (len(train) // batch_size) batches."""
+def make_ctr_dataset(dataset: CtrDataset, *, batch_size: int, epochs: int, seed: int,
+                     rows: slice | None = None) -> grain.MapDataset:
+    """One element per train step: epochs x (len(train) // batch_size) batches; with `rows`, only
+    those rows of each global batch (this process's share)."""
     steps = epochs * (len(dataset.train) // batch_size)
-    return grain.MapDataset.range(steps).map(_CtrBatch(dataset.train, batch_size, seed))
+    rows = rows or slice(0, batch_size)
+    return grain.MapDataset.range(steps).map(_CtrBatch(dataset.train, batch_size, seed, rows))

@@ -79,11 +79,15 @@ def split_interactions(inter: Interactions, cfg: DataConfig) -> Split:
 
 
 def load_dataset(cfg: DataConfig):
-    """The Dataset of interactions, or for CTR data sets (criteo_synthetic) a CtrDataset."""
+    """The Dataset of interactions, or for CTR data sets (criteo_synthetic, criteo) a CtrDataset."""
     if cfg.name == "criteo_synthetic":
         from jaxrec.data.ctr import load_ctr_dataset
 
         return load_ctr_dataset(cfg)
+    if cfg.name == "criteo":
+        from jaxrec.data.criteo.shards import load_criteo_dataset
+
+        return load_criteo_dataset(cfg)
     raw = read_raw(cfg)
     inter, drop_counts = preprocess.preprocess(raw, min_rating=cfg.min_rating, k_core=cfg.k_core, strict=cfg.strict)
     split = split_interactions(inter, cfg)
@@ -110,6 +114,12 @@ def data_schema(cfg: DataConfig) -> Schema:
         from jaxrec.data.ctr import ctr_schema, vocab_sizes_of
 
         return ctr_schema(vocab_sizes_of(cfg), cfg.num_dense)
+    if cfg.name == "criteo":
+        from jaxrec.data.criteo.shards import read_metadata
+        from jaxrec.data.ctr import ctr_schema
+
+        metadata = read_metadata(cfg.path)
+        return ctr_schema(metadata["vocab_sizes"], metadata["num_dense"])
     if cfg.name in KNOWN_SHAPES and cfg.k_core == 0 and cfg.min_rating is None:
         return Schema(*KNOWN_SHAPES[cfg.name])
     from jaxrec.errors import JaxrecError

@@ -75,7 +75,7 @@ def train_examples(model, dataset) -> int:
 
         return len(sequence_users(dataset))
     if model.batches == "ctr":
-        return len(dataset.train_label)
+        return len(dataset.train)
     return len(dataset.split.train)
 
 
@@ -103,7 +103,8 @@ def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_s
     elif model.batches == "ctr":
         from jaxrec.data.ctr import make_ctr_dataset
 
-        loader = make_ctr_dataset(dataset, batch_size=batch_size, epochs=epochs, seed=seed)
+        loader = make_ctr_dataset(dataset, batch_size=batch_size, epochs=epochs, seed=seed, rows=rows)
+        rows = None  # only this process's rows were read
     else:
         loader = make_pair_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
                                    num_negatives=num_negatives, loss=loss, seed=seed)
