@@ -1,6 +1,7 @@
 """The HTTP JSON API over a Recommender (FastAPI; run it with uvicorn, see jaxrec.serve).
 
-    GET  /health               status, model, precision, catalogue and user counts
+    GET  /health               status, model, precision, catalogue and user counts, retrieval (the
+                               loaded index with its recall measured at export, or exact)
     POST /recommend            {"user_id": "196", "k": 10}, {"history": ["50", "181"], "k": 10} or
                                {"features": {"age": 31, "occupation": "writer"}, "k": 10} (new users, as
                                the bundle's encoder allows), optional "exclude_seen" (default true)
@@ -23,7 +24,7 @@ import contextlib
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from jaxrec.serving.bundle import Bundle
 from jaxrec.serving.recommender import MAX_K, Query, Recommendation, Recommender, RequestError
@@ -42,7 +43,7 @@ class RecommendRequest(BaseModel):
     features: dict[StrictStr, StrictStr | StrictInt | float] | None = Field(
         None, description="a new user's side features by source column, e.g. {\"age\": 31, \"gender\": \"F\"}")
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
-    exclude_seen: bool = Field(True, description="leave out the user's known (or history) items")
+    exclude_seen: StrictBool = Field(True, description="leave out the user's known (or history) items")
 
     @model_validator(mode="after")
     def _one_query(self):
@@ -96,7 +97,8 @@ class Batcher:
 
 
 def make_app(source: Bundle | Recommender, *, max_batch: int = 32, max_wait_ms: float = 1.0) -> FastAPI:
-    """The FastAPI app over a bundle (exact top-K on one device) or a configured Recommender.
+    """The FastAPI app over a bundle (its index if it has one, else exact top-K on one device) or
+    a configured Recommender.
     Every batch bucket is compiled at startup, before the first request."""
     recommender = source if isinstance(source, Recommender) else Recommender(source)
     bundle, meta = recommender.bundle, recommender.bundle.item_meta
@@ -137,6 +139,7 @@ def make_app(source: Bundle | Recommender, *, max_batch: int = 32, max_wait_ms: 
         return {"status": "ok", "model": m.get("model"), "dataset": m.get("dataset", {}).get("name"),
                 "precision": m["precision"], "num_items": bundle.num_items, "num_users": bundle.num_users,
                 "cold_start": recommender.cold_start_inputs(), "max_k": recommender.max_k,
+                "retrieval": recommender.retrieval_info(),
                 "batches": batcher.batches, "batched_requests": batcher.requests, "largest_batch": batcher.largest}
 
     @app.post("/recommend")

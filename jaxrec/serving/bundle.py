@@ -11,6 +11,8 @@
       item_meta.json    per item: title, genres, year (only when the data set has item metadata)
       encoder.*         cold start (jaxrec.serving.encoders): MF's folding-in (encoder.npz), or the model's
                         query side exported with jax.export (encoder.jaxexport + encoder_weights.npz)
+      index.faiss       optional ANN index over the served (dequantised float32) item vectors; its kind,
+                        parameters and export-time recall are in the manifest (jaxrec.serving.ann)
 
 Scores are query_e . item_e. The storage precision only changes the files: loading dequantises
 to float32. The bundle is written to a temporary directory and renamed into place, so a failed
@@ -33,6 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxrec.errors import JaxrecError
+from jaxrec.serving.ann import AnnIndex, load_index
 from jaxrec.serving.encoders import Encoder, load_encoder
 
 FORMAT, VERSION = "jaxrec-bundle", 1
@@ -51,6 +54,7 @@ class Bundle:
     seen_items: np.ndarray  # int32
     item_meta: list[dict] | None
     encoder: Encoder | None
+    index: AnnIndex | None = None
 
     @property
     def num_items(self) -> int:
@@ -106,7 +110,7 @@ def seen_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.n
 def write_bundle(out: Path, *, manifest: dict, items_ne: np.ndarray, users_ue: np.ndarray, user_tokens,
                  item_tokens, seen: tuple[np.ndarray, np.ndarray], precision: str = "float32",
                  item_meta: list[dict] | None = None, encoder: Encoder | None = None,
-                 overwrite: bool = False) -> Path:
+                 index: AnnIndex | None = None, overwrite: bool = False) -> Path:
     """Write a bundle to `out` atomically; `manifest` holds the caller's fields (model, config,
     dataset, metrics, ...), to which the format, precision, shapes and file names are added."""
     out = Path(out).absolute()
@@ -116,6 +120,7 @@ def write_bundle(out: Path, *, manifest: dict, items_ne: np.ndarray, users_ue: n
         raise JaxrecError(f"item vectors are {items_ne.shape[1]} wide but query vectors {users_ue.shape[1]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would keep the bundle from a server running as another user
     try:
         arrays = {}
         for name, matrix in (("items", items_ne), ("users", users_ue)):
@@ -131,11 +136,12 @@ def write_bundle(out: Path, *, manifest: dict, items_ne: np.ndarray, users_ue: n
         if item_meta is not None:
             _write_json(tmp / "item_meta.json", item_meta)
         encoder_entry = encoder.save(tmp) if encoder is not None else None
+        index_entry = index.save(tmp) if index is not None else None
         _write_json(tmp / "manifest.json", manifest | {
             "format": FORMAT, "version": VERSION, "precision": precision, "vector_dim": int(items_ne.shape[1]),
             "num_items": int(items_ne.shape[0]), "num_users": int(users_ue.shape[0]), "arrays": arrays,
             "seen": "seen.npz", "item_meta": "item_meta.json" if item_meta is not None else None,
-            "encoder": encoder_entry,
+            "encoder": encoder_entry, "index": index_entry,
         })
         _replace_dir(tmp, out)
     except BaseException:
@@ -194,8 +200,9 @@ def load_bundle(path: Path) -> Bundle:
     if (len(item_tokens), len(user_tokens)) != (items_ne.shape[0], users_ue.shape[0]):
         raise JaxrecError(f"bundle {path}: {len(item_tokens)} item and {len(user_tokens)} user tokens for "
                           f"{items_ne.shape[0]} item and {users_ue.shape[0]} user vectors")
+    index = load_index(path, manifest["index"], items_ne) if manifest.get("index") else None
     return Bundle(path, manifest, items_ne, users_ue, user_tokens, item_tokens, seen["indptr"], seen["items"],
-                  item_meta, encoder)
+                  item_meta, encoder, index)
 
 
 def bundle_bytes(path: Path) -> int:

@@ -9,6 +9,10 @@ The checkpoint is restored on one device with sharding `none` (checkpoints are
 plan-independent), so a run trained on a mesh exports on any machine. Query vectors are those
 of the test part: every known user's history up to its last item.
 
+An ANN index (jaxrec.serving.ann) is built over the stored (dequantised) item vectors, and its
+recall@10 against exact search, seen items excluded as served, is measured on a sample of the
+known users' query vectors and written into the manifest.
+
 Legend: U users, N items, e vector width, d factor dim.
 """
 
@@ -33,12 +37,15 @@ from jaxrec.data.sequences import eval_histories
 from jaxrec.errors import JaxrecError
 from jaxrec.eval import evaluate_ranking
 from jaxrec.models import feature_ids
+from jaxrec.serving import ann
 from jaxrec.serving.bundle import (
     PRECISIONS, bundle_bytes, dataset_sha256, dequantize, load_bundle, quantize, seen_csr, write_bundle,
 )
 from jaxrec.serving.encoders import PLATFORMS, Encoder, ExportedEncoder, FoldInEncoder
 
 QUERY_BATCH = 1024  # users per query-vector batch
+RECALL_QUERIES, RECALL_K = 1000, 10  # known users sampled to measure an index's recall at export
+INDEX_CHOICES = ("none", "auto", *ann.KINDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,10 +207,43 @@ def stored(matrix: np.ndarray, precision: str) -> np.ndarray:
     return dequantize(parts["values"], precision, parts.get("scales"))
 
 
-def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrite: bool = False) -> Path:
-    """Write `run` as a bundle; the manifest's metrics are measured on the stored precision."""
+def index_kind(requested: str, num_items: int) -> str | None:
+    """The index kind to build: none, the one named, or for auto the measured best at or above
+    ann.AUTO_MIN_ITEMS items when faiss is installed (exact retrieval otherwise)."""
+    if requested not in INDEX_CHOICES:
+        raise JaxrecError(f"--index {requested!r} is not valid; expected one of {', '.join(INDEX_CHOICES)}")
+    if requested == "none" or (requested == "auto" and num_items < ann.AUTO_MIN_ITEMS):
+        return None
+    if requested == "auto":
+        try:
+            ann.import_faiss("--index auto")
+        except JaxrecError:
+            return None
+        return ann.AUTO_KIND
+    return requested
+
+
+def build_item_index(items_ne: np.ndarray, queries_ue: np.ndarray, seen: tuple[np.ndarray, np.ndarray], kind: str,
+                     params: dict | None = None, seed: int = 0) -> ann.AnnIndex:
+    """The index over these (stored) item vectors, with its recall@10 on up to RECALL_QUERIES
+    known users' queries, their seen items excluded as the server excludes them."""
+    index = ann.build_index(items_ne, kind, params, seed)
+    users = np.sort(np.random.default_rng(seed).permutation(len(queries_ue))[:RECALL_QUERIES])
+    excludes = [seen[1][seen[0][u] : seen[0][u + 1]] for u in users]
+    recall = ann.recall_at_k(index, queries_ue[users], excludes, RECALL_K)
+    index.details |= {f"recall@{RECALL_K}": recall, "recall_queries": len(users),
+                      "recall_measured_on": f"{len(users)} known users' query vectors (seed {seed}), seen items "
+                                            "excluded, against exact search over the same stored vectors"}
+    return index
+
+
+def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrite: bool = False,
+               index: str = "none", index_params: dict | None = None) -> Path:
+    """Write `run` as a bundle; the manifest's metrics are measured on the stored precision, and
+    `index` (see index_kind) adds an ANN index over the stored item vectors."""
     inter = run.dataset.interactions
-    metrics = ranking_metrics(run, stored(run.queries_ue, precision), stored(run.items_ne, precision))
+    items_ne, queries_ue = stored(run.items_ne, precision), stored(run.queries_ue, precision)
+    metrics = ranking_metrics(run, queries_ue, items_ne)
     manifest = {
         "model": run.cfg.model.name,
         "config": to_dict(run.cfg),
@@ -218,9 +258,11 @@ def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrit
         "jaxrec_version": jaxrec.__version__,
     }
     seen = seen_csr(inter.user, inter.item, inter.num_users)
+    kind = index_kind(index, inter.num_items)
+    item_index = build_item_index(items_ne, queries_ue, seen, kind, index_params) if kind else None
     return write_bundle(out, manifest=manifest, items_ne=run.items_ne, users_ue=run.queries_ue,
                         user_tokens=inter.user_tokens, item_tokens=inter.item_tokens, seen=seen, precision=precision,
-                        item_meta=run.item_meta, encoder=run.encoder, overwrite=overwrite)
+                        item_meta=run.item_meta, encoder=run.encoder, index=item_index, overwrite=overwrite)
 
 
 def cold_start_description(encoder: Encoder | None) -> str | None:
@@ -276,3 +318,37 @@ def precision_report(run: ExportedRun, keys=("hr@10", "ndcg@10")) -> list[dict]:
         r["size_vs_float32"] = r["bundle_bytes"] / base["bundle_bytes"]
         r.update({f"{k}_change": r[k] - base[k] for k in keys})
     return records
+
+
+def index_ranking_metrics(run: ExportedRun, index: ann.AnnIndex, queries_ue: np.ndarray) -> dict[str, float]:
+    """Test metrics of the top max(ks) the index serves, each user's train and validation items
+    excluded in the search as the evaluator excludes them; unretrieved items score -inf."""
+    split, train_cfg, num_items = run.dataset.split, run.cfg.train, run.dataset.num_items
+    indptr, excluded = seen_csr(np.concatenate([split.train.user, split.valid.user]),
+                                np.concatenate([split.train.item, split.valid.item]), run.dataset.num_users)
+    k = min(max(train_cfg.ks), num_items)
+
+    def scores(users_b):
+        users_b = np.asarray(users_b)
+        found = index.search(queries_ue[users_b], [excluded[indptr[u] : indptr[u + 1]] for u in users_b], k)
+        scores_bn = np.full((len(users_b), num_items), -np.inf, np.float32)
+        for row, (ids, values) in enumerate(found):
+            scores_bn[row, ids] = values
+        return jnp.asarray(scores_bn)
+
+    return evaluate_ranking(scores, split.train, split.test, exclude=[split.valid], ks=train_cfg.ks,
+                            batch_size=train_cfg.eval_batch_size)
+
+
+def index_report(run: ExportedRun, bundle_path: Path, keys=("hr@10", "ndcg@10")) -> dict | None:
+    """The written bundle's index against exact search on its own stored vectors: test metrics of
+    both, their difference, and the recall measured at export (None without an index)."""
+    bundle = load_bundle(bundle_path)
+    if bundle.index is None:
+        return None
+    exact = ranking_metrics(run, bundle.users_ue, bundle.items_ne)
+    served = index_ranking_metrics(run, bundle.index, bundle.users_ue)
+    return {"index": bundle.index.name, "params": bundle.index.params, "precision": bundle.manifest["precision"],
+            **{k: v for k, v in bundle.index.details.items() if k.startswith("recall") or k == "build_seconds"},
+            **{f"exact_{k}": exact[k] for k in keys}, **{f"index_{k}": served[k] for k in keys},
+            **{f"{k}_change": served[k] - exact[k] for k in keys}}

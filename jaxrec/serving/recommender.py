@@ -4,7 +4,8 @@ The server and the benchmark both go through `Recommender.recommend`. Its jitted
 compiles once per (batch, exclusion width, K) bucket: batches are padded to the next power of
 two, exclusion lists to the next power of two but at least the longest known user's list
 (16 at least), and K to the next power of two (at least 16, at most N); results are cut back
-to each request's K.
+to each request's K. A bundle with an ANN index (jaxrec.serving.ann) is served from the index
+instead, unless use_index=False: no compilation, exact seen-item exclusion by over-fetching.
 
 Legend: B queries, N items, e vector width, X excluded-id slots, K results.
 """
@@ -53,13 +54,20 @@ class Recommender:
     """Top-K for known users (by original token) and new users (from a history of item tokens or
     from side features, as the bundle's cold-start encoder allows).
 
-    shards > 1 splits the item matrix over that many devices (ShardedTopK); approx_recall
-    switches to the binned approximate top-K with that expected recall."""
+    The bundle's ANN index, when it has one and use_index holds, answers every query (known and
+    new users alike). Otherwise shards > 1 splits the item matrix over that many devices
+    (ShardedTopK), and approx_recall switches to the binned approximate top-K with that
+    expected recall."""
 
-    def __init__(self, bundle: Bundle, *, shards: int = 1, approx_recall: float | None = None, devices=None):
+    def __init__(self, bundle: Bundle, *, shards: int = 1, approx_recall: float | None = None, devices=None,
+                 use_index: bool = True):
         devices = list(devices if devices is not None else jax.devices())
         if shards > 1 and approx_recall is not None:
             raise JaxrecError("choose sharded exact retrieval or approximate retrieval, not both")
+        self.index = bundle.index if use_index else None
+        if self.index is not None and (shards > 1 or approx_recall is not None):
+            raise JaxrecError(f"this bundle has a {self.index.name} index; serve it with --exact to use --shards "
+                              "or --approx-recall instead")
         if not 1 <= shards <= len(devices):
             raise JaxrecError(f"--shards {shards} needs that many devices; {len(devices)} are available (on CPU, "
                               f"XLA_FLAGS=--xla_force_host_platform_device_count={shards} simulates them)")
@@ -75,7 +83,8 @@ class Recommender:
         # users never meet an exclusion width that warmup did not compile.
         self._min_width = bucket(int(np.diff(bundle.seen_indptr).max(initial=0)), 16)
         self._sharded = retrieval.ShardedTopK(bundle.items_ne, shards, devices) if shards > 1 else None
-        self._items_ne = None if shards > 1 else jax.device_put(bundle.items_ne, devices[0])
+        on_device = shards == 1 and self.index is None
+        self._items_ne = jax.device_put(bundle.items_ne, devices[0]) if on_device else None
 
     def user_id(self, token) -> int:
         user = self._users.get(str(token))
@@ -149,8 +158,25 @@ class Recommender:
         return " or ".join(["a known 'user_id'"] + [{"history": "a 'history'", "features": "'features'"}[kind]
                                                    for kind in self.cold_start_inputs()])
 
+    def retrieval_info(self) -> dict:
+        """How queries are answered, for /health: the index with its export-time recall, or exact."""
+        if self.index is not None:
+            index = self.index
+            return {"kind": index.name, "params": index.params, "refills": index.refills,
+                    "exact_fallbacks": index.exact_fallbacks} | {
+                k: v for k, v in index.details.items() if k.startswith("recall") or k == "build_seconds"}
+        if self.approx_recall is not None:
+            return {"kind": "approx_top_k", "recall_target": self.approx_recall}
+        return {"kind": "exact" if self._sharded is None else "exact_sharded",
+                "index_in_bundle": None if self.bundle.index is None else self.bundle.index.name}
+
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
-        """One padded, jitted retrieval for the whole batch; items scoring -inf are left out."""
+        """One padded, jitted retrieval for the whole batch (or one index search); items scoring
+        -inf are left out."""
+        if self.index is not None:
+            query_be = np.stack([q.vector_e for q in queries]).astype(np.float32)
+            found = self.index.search(query_be, [q.exclude for q in queries], max(q.k for q in queries))
+            return [Recommendation(ids[: q.k], scores[: q.k]) for q, (ids, scores) in zip(queries, found)]
         size = bucket(len(queries))
         width = max(bucket(max(len(q.exclude) for q in queries)), self._min_width)
         k = min(bucket(max(q.k for q in queries), 16), self.num_items)
@@ -179,6 +205,9 @@ class Recommender:
         """Compile every batch bucket up to max_batch for K <= 16 (requests for known users, and
         histories no longer than the longest known user's, compile nothing more)."""
         query = Query(np.zeros(self.bundle.users_ue.shape[1], np.float32), np.zeros(0, np.int32), 10)
+        if self.index is not None:  # nothing to compile
+            self.recommend([query])
+            return
         size = 1
         while size <= bucket(max_batch):
             self.recommend([query] * size)

@@ -159,3 +159,23 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"jaxrec: error: {tmp_path} has no checkpoints/ directory "
                                                "(is it a jaxrec run dir?)")
 
+
+
+def test_export_with_an_index_measures_recall_and_serves_the_same_metrics(trained_run, tmp_path, capsys):
+    pytest.importorskip("faiss", reason="the ANN index needs the ann extra: pip install -e '.[ann]'")
+    from jaxrec.export import main
+
+    main([str(trained_run), "--out", str(tmp_path / "bundle"), "--precision", "int8", "--index", "ivf",
+          "--index-param", "nlist=1", "--report"])  # one list, scanned whole: exact, so every number must agree
+    printed = json.loads(capsys.readouterr().out.split("\n|")[0])
+    bundle = load_bundle(tmp_path / "bundle")
+    entry = bundle.manifest["index"]
+    assert entry["kind"] == "ivf" and entry["params"] == {"nlist": 1, "nprobe": 1} and entry["recall@10"] == 1.0
+    assert entry["recall_queries"] == 150 and printed["index_recall@10"] == 1.0
+    assert bundle.index.index.ntotal == 70
+    report = json.loads((tmp_path / "bundle" / "precision_report.json").read_text())["index"]
+    assert report["precision"] == "int8" and report["index_hr@10"] == pytest.approx(report["exact_hr@10"])
+    assert report["index_ndcg@10"] == pytest.approx(report["exact_ndcg@10"], abs=1e-6)
+    assert report["exact_hr@10"] == pytest.approx(bundle.manifest["metrics"]["hr@10"])
+    main([str(trained_run), "--out", str(tmp_path / "auto")])  # 70 items: auto keeps exact retrieval
+    assert load_bundle(tmp_path / "auto").manifest["index"] is None

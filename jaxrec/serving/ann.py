@@ -1,0 +1,193 @@
+"""Approximate nearest-neighbour retrieval: a FAISS index over the item vectors, built at export,
+stored in the bundle, and searched by the server instead of scoring every item.
+
+Kinds, both by inner product (faiss.METRIC_INNER_PRODUCT: an item's score is the model's q . i,
+no cosine transform):
+  hnsw   IndexHNSWFlat: a navigable graph, `m` links per node, `ef_construction` candidates
+         while building, `ef_search` while searching (more: slower, higher recall);
+  ivf    IndexIVFFlat: k-means into `nlist` lists, `nprobe` nearest lists scanned per query
+         (nprobe = nlist scans everything: exact).
+The index stores float32 vectors: those the bundle serves, so an int8 or bfloat16 bundle's index
+is built on its dequantised vectors and ranks exactly what exact retrieval would score.
+
+Seen-item exclusion stays exact: a query fetches K + min(|exclude|, OVERFETCH) candidates, drops
+excluded ids, and when fewer than K remain fetches K + |exclude| (enough whatever was excluded);
+a query the index still cannot fill (an IVF probe that reached too few items) is answered by
+exact search over every item.
+
+Legend: B queries, N items, e vector width, F fetched candidates, K results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxrec.errors import JaxrecError
+
+LIBRARY = "faiss"
+INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
+KINDS = ("hnsw", "ivf")
+INDEX_FILE = "index.faiss"
+OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
+# Defaults chosen by benchmarks.serving at 10^6 random dim-64 items (recall@10 >= 0.95 there).
+DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 128, "ef_search": 128},
+                  "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
+AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
+AUTO_MIN_ITEMS = 50_000  # below this exact retrieval was as fast as the index (benchmarks.serving)
+
+
+def import_faiss(purpose: str):
+    """The faiss module, or one line saying what to install."""
+    try:
+        return importlib.import_module("faiss")
+    except ImportError as err:
+        raise JaxrecError(f"{purpose} needs the faiss library, which is not installed ({err}): {INSTALL}") from None
+
+
+def resolve_params(kind: str, num_items: int, params: dict | None = None) -> dict:
+    """The kind's defaults overridden by `params`, with IVF's list counts made concrete."""
+    if kind not in KINDS:
+        raise JaxrecError(f"index kind {kind!r} is not valid; expected one of {', '.join(KINDS)}")
+    unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS[kind]))
+    if unknown:
+        raise JaxrecError(f"index {kind} has no parameter(s) {unknown}; it takes {sorted(DEFAULT_PARAMS[kind])}")
+    resolved = DEFAULT_PARAMS[kind] | (params or {})
+    if kind == "ivf":
+        nlist = resolved["nlist"] or int(4 * math.sqrt(num_items))
+        resolved["nlist"] = int(min(max(nlist, 1), max(num_items // 39, 1)))  # faiss wants >= 39 points a list
+        resolved["nprobe"] = int(min(resolved["nprobe"] or max(resolved["nlist"] // 16, 1), resolved["nlist"]))
+    return resolved
+
+
+@dataclasses.dataclass
+class AnnIndex:
+    """A FAISS index and the float32 item vectors it was built on (for the exact fallback)."""
+
+    kind: str
+    params: dict
+    index: object  # faiss.Index
+    items_ne: np.ndarray
+    details: dict = dataclasses.field(default_factory=dict)  # build time, recall measured at export
+    refills: int = 0  # queries fetched a second time, reported by /health
+    exact_fallbacks: int = 0  # queries answered by exact search
+
+    @property
+    def name(self) -> str:
+        return f"{LIBRARY}-{self.kind}"
+
+    def apply_search_params(self) -> None:
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(self.params["ef_search"])
+        else:
+            self.index.nprobe = int(self.params["nprobe"])
+
+    def raw_search(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores_bf, ids_bf) straight from FAISS; missing results have id -1."""
+        return self.index.search(np.ascontiguousarray(query_be, np.float32), int(min(fetch, len(self.items_ne))))
+
+    def search(self, query_be: np.ndarray, excludes: list[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query (ids [<= K], scores) best first, none of them in that query's exclude list."""
+        k = min(k, len(self.items_ne))
+        results: list = [None] * len(excludes)
+        fetch = k + min(max(len(e) for e in excludes), OVERFETCH)
+        short = self._fill(results, query_be, excludes, k, np.arange(len(excludes)), fetch)
+        if short:
+            self.refills += len(short)
+            need = k + max(len(excludes[r]) for r in short)
+            short = self._fill(results, query_be, excludes, k, np.asarray(short), need) if need > fetch else short
+        for row in short:
+            self.exact_fallbacks += 1
+            results[row] = exact_search(self.items_ne, query_be[row], excludes[row], k)
+        return results
+
+    def _fill(self, results, query_be, excludes, k, rows, fetch) -> list[int]:
+        """Fill results[row] for the rows whose fetch leaves K allowed ids; return the others."""
+        scores_bf, ids_bf = self.raw_search(query_be[rows], fetch)
+        short = []
+        for row, scores_f, ids_f in zip(rows.tolist(), scores_bf, ids_bf):
+            keep = ids_f >= 0
+            if len(excludes[row]):
+                keep &= ~np.isin(ids_f, excludes[row])
+            ids, scores = ids_f[keep][:k], scores_f[keep][:k]
+            whole_catalogue = len(ids_f) == len(self.items_ne) and bool(np.all(ids_f >= 0))
+            if len(ids) < k and not whole_catalogue:
+                short.append(row)
+            else:
+                results[row] = (ids.astype(np.int32), scores.astype(np.float32))
+        return short
+
+    def save(self, directory: Path) -> dict:
+        """Write the index file; returns the manifest entry."""
+        faiss = import_faiss("writing an ANN index")
+        faiss.write_index(self.index, str(Path(directory) / INDEX_FILE))
+        return {"library": LIBRARY, "library_version": faiss.__version__, "kind": self.kind, "params": self.params,
+                "metric": "inner_product", "file": INDEX_FILE, "install": INSTALL, **self.details}
+
+
+def exact_search(items_ne: np.ndarray, query_e: np.ndarray, exclude: np.ndarray, k: int):
+    """(ids [<= K], scores) by scoring every item: the reference and the last resort."""
+    scores_n = items_ne @ query_e
+    scores_n[np.asarray(exclude, np.int64)] = -np.inf
+    k = min(k, len(scores_n))
+    top = np.argpartition(-scores_n, k - 1)[:k]
+    top = top[np.argsort(-scores_n[top], kind="stable")]
+    top = top[np.isfinite(scores_n[top])]
+    return top.astype(np.int32), scores_n[top].astype(np.float32)
+
+
+def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, seed: int = 0) -> AnnIndex:
+    """An index over `items_ne` (float32 [N, e]) by inner product."""
+    faiss = import_faiss(f"--index {kind}")
+    items_ne = np.ascontiguousarray(items_ne, np.float32)
+    num_items, dim = items_ne.shape
+    params = resolve_params(kind, num_items, params)
+    tick = time.perf_counter()
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(params["ef_construction"])
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(num_items, min(num_items, params["nlist"] * 64), replace=False)
+        index.train(items_ne[np.sort(sample)])
+    index.add(items_ne)
+    ann = AnnIndex(kind, params, index, items_ne, {"build_seconds": round(time.perf_counter() - tick, 3)})
+    ann.apply_search_params()
+    return ann
+
+
+def load_index(path: Path, entry: dict, items_ne: np.ndarray) -> AnnIndex:
+    """The bundle's index; a missing library fails with one line saying what to install."""
+    faiss = import_faiss(f"bundle {path} has a {entry.get('library')} {entry.get('kind')} index; loading it")
+    try:
+        index = faiss.read_index(str(Path(path) / entry["file"]))
+    except RuntimeError as err:  # faiss reports a missing or truncated file this way
+        raise JaxrecError(f"bundle {path}: cannot read its index {entry['file']}: {str(err).splitlines()[0]}") from None
+    if index.ntotal != len(items_ne) or index.d != items_ne.shape[1]:
+        raise JaxrecError(f"bundle {path}: the index holds {index.ntotal} vectors of width {index.d}, the bundle "
+                          f"{len(items_ne)} of width {items_ne.shape[1]}; re-export it")
+    details = {k: v for k, v in entry.items() if k not in ("library", "kind", "params", "file", "install")}
+    ann = AnnIndex(entry["kind"], entry["params"], index, items_ne, details)
+    ann.apply_search_params()
+    return ann
+
+
+def recall_at_k(index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int) -> float:
+    """Mean share of each query's exact top K (excluded ids removed) that the index returns. An
+    item scoring as high as the exact K-th (to float rounding) counts as found: FAISS and numpy
+    sum in different orders, so tied items may swap places without any loss."""
+    found = index.search(queries_ue, excludes, k)
+    hits = []
+    for query_e, exclude, (ids, _) in zip(queries_ue, excludes, found):
+        exact_ids, exact_scores = exact_search(index.items_ne, query_e, exclude, k)
+        if len(exact_ids) == 0:
+            continue
+        floor = exact_scores[-1] - 1e-5 * max(1.0, abs(float(exact_scores[-1])))
+        good = np.isin(ids, exact_ids) | (index.items_ne[ids] @ query_e >= floor)
+        hits.append(min(int(good.sum()), len(exact_ids)) / len(exact_ids))
+    return float(np.mean(hits))

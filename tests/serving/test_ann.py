@@ -1,0 +1,132 @@
+"""The FAISS index: exact at an exact setting, recall on a synthetic catalogue, exact seen-item
+exclusion however many top candidates are seen, a bundle round trip through the HTTP app, and a
+missing library reported in one line."""
+
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss", reason="the ANN index needs the ann extra: pip install -e '.[ann]'")
+
+from jaxrec.errors import JaxrecError  # noqa: E402
+from jaxrec.serving import ann  # noqa: E402
+from jaxrec.serving.bundle import load_bundle, seen_csr, write_bundle  # noqa: E402
+from jaxrec.serving.encoders import FoldInEncoder  # noqa: E402
+from jaxrec.serving.exporter import build_item_index  # noqa: E402
+from jaxrec.serving.recommender import Recommender  # noqa: E402
+
+N, U, E = 300, 20, 8
+
+
+def _catalogue(num_items, dim, num_queries, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((num_items, dim)).astype(np.float32),
+            rng.standard_normal((num_queries, dim)).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 4, "nprobe": 4}), ("hnsw", {"ef_search": N})])
+def test_index_equals_exact_search_at_an_exact_setting(kind, params):
+    items_ne, query_be = _catalogue(N, E, 12)
+    index = ann.build_index(items_ne, kind, params)
+    rng = np.random.default_rng(1)
+    excludes = [rng.choice(N, n, replace=False).astype(np.int32) for n in (0, 3, 20, 70, 0, 5, 1, 2, 9, 0, 40, 100)]
+    for query_e, exclude, (ids, scores) in zip(query_be, excludes, index.search(query_be, excludes, 25)):
+        exact_ids, exact_scores = ann.exact_search(items_ne, query_e, exclude, 25)
+        np.testing.assert_array_equal(ids, exact_ids)
+        np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-5)  # inner products, no transform
+    assert index.exact_fallbacks == 0
+
+
+def test_hnsw_recall_meets_the_target_on_a_synthetic_catalogue():
+    items_ne, query_be = _catalogue(5_000, 64, 200)
+    index = ann.build_index(items_ne, "hnsw")  # the defaults
+    recall = ann.recall_at_k(index, query_be, [np.zeros(0, np.int32)] * len(query_be), 10)
+    assert recall >= 0.95
+    index.params["ef_search"] = 10
+    index.apply_search_params()  # a smaller search is measurably worse: the index is not exhaustive
+    assert ann.recall_at_k(index, query_be, [np.zeros(0, np.int32)] * len(query_be), 10) < recall
+
+
+def test_exclusion_is_exact_when_most_top_candidates_are_seen():
+    items_ne, query_be = _catalogue(2_000, E, 4, seed=2)
+    index = ann.build_index(items_ne, "hnsw", {"ef_search": 400})
+    excludes = []
+    for query_e, keep in zip(query_be, (0, 3, 10, 1)):  # of the top 200, all but `keep` are seen
+        top = np.argsort(-(items_ne @ query_e))[:200]
+        excludes.append(np.sort(np.delete(top, np.arange(keep) * 19)).astype(np.int32))
+    found = index.search(query_be, excludes, 10)
+    assert index.refills == 4  # 200 seen ids: more than the first fetch makes room for
+    for query_e, exclude, (ids, _) in zip(query_be, excludes, found):
+        assert len(ids) == 10 and not np.isin(ids, exclude).any()
+        np.testing.assert_array_equal(ids, ann.exact_search(items_ne, query_e, exclude, 10)[0])
+
+
+def test_queries_the_index_cannot_fill_fall_back_to_exact_search():
+    items_ne, query_be = _catalogue(400, E, 3, seed=3)
+    index = ann.build_index(items_ne, "ivf", {"nlist": 8, "nprobe": 1})  # one list: about 50 items reachable
+    excludes = [np.arange(0, 400, 2, dtype=np.int32), np.arange(395, dtype=np.int32), np.zeros(0, np.int32)]
+    found = index.search(query_be, excludes, 60)
+    assert index.exact_fallbacks >= 2
+    assert [len(ids) for ids, _ in found[:2]] == [60, 5]  # only 5 items are left to the second query
+    for query_e, exclude, (ids, _) in zip(query_be[:2], excludes, found):
+        np.testing.assert_array_equal(ids, ann.exact_search(items_ne, query_e, exclude, 60)[0])
+
+
+@pytest.fixture(scope="module")
+def indexed_bundle(tmp_path_factory):
+    """An int8 bundle whose index is built on the dequantised vectors, as export builds it."""
+    items_ne, users_ue = _catalogue(N, E, U, seed=4)
+    rng = np.random.default_rng(5)
+    users = np.repeat(np.arange(U), 30)
+    seen = seen_csr(users, rng.integers(0, N, users.size), U)
+    path = tmp_path_factory.mktemp("ann") / "bundle"
+    stored = load_bundle(write_bundle(path, manifest={"model": "mf"}, items_ne=items_ne, users_ue=users_ue,
+                                      user_tokens=[f"u{u}" for u in range(U)],
+                                      item_tokens=[f"i{i}" for i in range(N)], seen=seen, precision="int8"))
+    index = build_item_index(stored.items_ne, stored.users_ue, seen, "hnsw", {"ef_search": N})
+    write_bundle(path, manifest={"model": "mf"}, items_ne=items_ne, users_ue=users_ue,
+                 user_tokens=[f"u{u}" for u in range(U)], item_tokens=[f"i{i}" for i in range(N)], seen=seen,
+                 precision="int8", encoder=FoldInEncoder(np.eye(E, dtype=np.float32), np.zeros(E, np.float32)),
+                 index=index, overwrite=True)
+    return path
+
+
+def test_bundle_with_an_index_round_trips_export_load_serve(indexed_bundle):
+    from fastapi.testclient import TestClient
+
+    from jaxrec.serving.app import make_app
+
+    bundle = load_bundle(indexed_bundle)
+    entry = bundle.manifest["index"]
+    assert entry["kind"] == "hnsw" and entry["metric"] == "inner_product" and entry["recall@10"] == 1.0
+    assert (indexed_bundle / entry["file"]).is_file() and bundle.index.index.ntotal == N
+    served, exact = Recommender(bundle), Recommender(bundle, use_index=False)
+    queries = [served.user_query(f"u{u}", 10) for u in range(U)] + [served.history_query(["i3", "i7"], 10)]
+    for got, want, query in zip(served.recommend(queries), exact.recommend(queries), queries):
+        np.testing.assert_array_equal(got.ids, want.ids)
+        assert not np.isin(got.ids, query.exclude).any()
+    with TestClient(make_app(served, max_batch=4)) as client:
+        health = client.get("/health").json()
+        answer = client.post("/recommend", json={"user_id": "u3", "k": 5}).json()
+    assert health["retrieval"]["kind"] == "faiss-hnsw" and health["retrieval"]["recall@10"] == 1.0
+    assert [item["item_id"] for item in answer["items"]] == [f"i{i}" for i in exact.recommend(queries[3:4])[0].ids[:5]]
+
+
+def test_a_missing_index_library_is_one_line_saying_what_to_install(indexed_bundle, monkeypatch, capsys):
+    from jaxrec.serve import main
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    with pytest.raises(JaxrecError, match=r"pip install 'faiss-cpu>=1.15,<1.16'"):
+        load_bundle(indexed_bundle)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(indexed_bundle)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "has a faiss hnsw index" in err
+
+
+def test_serving_an_indexed_bundle_with_another_retrieval_asks_for_exact(indexed_bundle):
+    bundle = load_bundle(indexed_bundle)
+    with pytest.raises(JaxrecError, match="--exact"):
+        Recommender(bundle, approx_recall=0.9)
+    assert Recommender(bundle, approx_recall=0.9, use_index=False).retrieval_info()["kind"] == "approx_top_k"
