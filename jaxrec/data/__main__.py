@@ -47,7 +47,7 @@ def _add_prepare(commands) -> None:
     prep.add_argument("--on-bad-line", choices=["error", "skip"], default="error",
                       help="a malformed line stops with file:line (error) or is counted and skipped")
     prep.add_argument("--workers", type=int, default=1, help="processes working on pieces at once")
-    prep.add_argument("--piece-mb", type=int, default=256, help="MB of text per piece (one shard per split)")
+    prep.add_argument("--piece-mb", type=float, default=256, help="MiB of text per piece (one shard per split)")
     prep.add_argument("--stage", choices=STAGES, default="all", help="one pass only (job arrays); all: the rest")
     prep.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
                       help="with --num-tasks: run every num-tasks-th task from this one (default $SLURM_ARRAY_TASK_ID)")
@@ -67,6 +67,8 @@ def _prepare(args) -> None:
                                        args.valid_ratio + args.test_ratio < 1):
         raise JaxrecError(f"--valid-ratio {args.valid_ratio} --test-ratio {args.test_ratio}: need shares >= 0 "
                           "that leave some train lines")
+    if args.piece_mb <= 0 or args.workers < 1:
+        raise JaxrecError(f"--piece-mb {args.piece_mb} --workers {args.workers}: both must be positive")
     if not 0 <= args.task_index < args.num_tasks:
         raise JaxrecError(f"--task-index {args.task_index} is not in 0 .. --num-tasks - 1 ({args.num_tasks - 1})")
     random = args.split == "random"

@@ -112,7 +112,7 @@ def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner
             raise JaxrecError(f"{out} holds a prepare of other inputs or options (see {plan_path}); "
                               "use another --out, or delete the folder")
         return plan
-    pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, options["piece_mb"] << 20)]
+    pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, int(options["piece_mb"] * 2**20))]
     lines = run.tasks(_count_lines, [(files, p) for p in pieces], share=False)
     hashes = run.tasks(_file_digest, [(f,) for f in files], share=False)
     line_of_file = {i: 0 for i in range(len(files))}
@@ -346,6 +346,8 @@ def _finish(out: Path, plan: dict) -> dict:
                        "sparse": "id 0: missing or rare; 1..K: kept values by hex value" if options["hash_buckets"] is None
                        else "id 0: missing; 1 + value mod (hash_buckets - 1)"},
     }
+    for stale in out.rglob("*.tmp"):  # left by a killed run; every task is done now
+        stale.unlink()
     write_atomic(out / "metadata.json", json.dumps(metadata, indent=1).encode())
     log.info("prepared %d examples (train %d, valid %d, test %d), %d lines skipped -> %s", metadata["num_examples"],
              splits["train"]["rows"], splits["valid"]["rows"], splits["test"]["rows"], metadata["skipped_lines"], out)
