@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from jaxrec.config import CONF_DIR, Config, register_configs, simulate_cpu_devices, to_config
 from jaxrec.errors import cli_errors
-from jaxrec.progress import write_json_atomic
+from jaxrec.progress import quiet_backend_probe, write_json_atomic
 
 log = logging.getLogger("jaxrec.plan")
 
@@ -80,6 +80,7 @@ def make_plan_json(cfg: Config, with_xla: bool = True) -> dict:
 
 
 register_configs()
+quiet_backend_probe()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -4,10 +4,12 @@
     python -m jaxrec.report multirun/<date>/<time> [--metric ndcg@10] [--out DIR]
 
 A job is any directory under the multirun dir that holds `.hydra/`. Finished jobs are read from
-their `results.json`; a job without one (it crashed, was killed or is still running) is listed
-with its overrides instead of being dropped. Writes `summary.csv`, `summary.md` and the PNGs the
-swept keys allow: metric vs learning rate per batch size, throughput per device vs batch size,
-and a batch size x learning rate heatmap.
+their `results.json`; a job that failed (its `failure.json` gives the reason) or never finished
+is listed with its overrides instead of being dropped. Jobs are ranked and the best one selected
+by the VALIDATION value of the metric; the test value is shown for the selected job only, so
+the test set plays no part in the choice. Writes `summary.csv`, `summary.md` and the PNGs the
+swept keys allow: validation metric vs learning rate per batch size, throughput per device vs
+batch size, and a batch size x learning rate heatmap.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pathlib import Path
 import yaml
 
 from jaxrec.errors import JaxrecError, cli_errors
+from jaxrec.progress import FAILURE_FILE
 
 LR, BATCH = "optimizer.lr", "train.batch_size"
 PERF = ("examples_per_sec_per_device", "wall_s")
-OK, FAILED = "ok", "failed_or_unfinished"
+OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
 
 
 def parse_value(text: str):
@@ -44,18 +47,29 @@ def read_overrides(job_dir: Path) -> dict:
     return {key.lstrip("+~"): parse_value(value) for key, value in pairs}
 
 
-def read_job(job_dir: Path, root: Path) -> dict:
-    """One row: job, status, overrides, test metrics, valid metrics and throughput (if finished)."""
-    row = {"job": str(job_dir.relative_to(root)), "overrides": read_overrides(job_dir), "status": FAILED}
+def _read_json(path: Path) -> dict | None:
     try:
-        results = json.loads((job_dir / "results.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return row
-    train = results.get("train", {})
+        return None
+
+
+def read_job(job_dir: Path, root: Path) -> dict:
+    """One row: job, status, overrides; test and valid metrics, throughput and the learning rate
+    if it finished; the reason if it failed (a results.json from a later retry wins)."""
+    row = {"job": str(job_dir.relative_to(root)), "overrides": read_overrides(job_dir), "status": UNFINISHED}
+    results = _read_json(job_dir / "results.json")
+    if results is None:
+        failure = _read_json(job_dir / FAILURE_FILE)
+        if failure is None:
+            return row
+        reason = f"{failure.get('error', 'error')}: {failure.get('reason', '')}".strip().splitlines()[0]
+        return row | {"status": FAILED, "reason": reason}
+    train, lr = results.get("train", {}), results.get("config", {}).get("optimizer", {}).get("lr")
     return row | {"status": OK, "metrics": results.get("metrics", {}), "valid": results.get("valid_metrics", {}),
                   "examples_per_sec_per_device": train.get("examples_per_sec_per_device"),
-                  "wall_s": train.get("wall_s"), "batch_size": train.get("batch_size"),
-                  "lr": results.get("config", {}).get("optimizer", {}).get("lr")}
+                  "wall_s": train.get("wall_s"), "batch_size": train.get("batch_size"), "lr": lr,
+                  "effective_lr": results.get("lr_scaling", {}).get("effective_lr", lr)}
 
 
 def _job_order(path: Path):
@@ -79,31 +93,60 @@ def swept_keys(jobs: list[dict]) -> list[str]:
 
 
 def check_metric(jobs: list[dict], metric: str) -> list[str]:
-    """All test metric names of the finished jobs; the chosen one must be among them."""
-    names = sorted({m for job in jobs if job["status"] == OK for m in job["metrics"]})
+    """All validation metric names of the finished jobs; the chosen one must be among them."""
+    finished = [job for job in jobs if job["status"] == OK]
+    names = sorted({m for job in finished for m in job["valid"]})
+    if finished and not names:
+        raise JaxrecError("no finished job has validation metrics (data.valid_ratio=0?): jaxrec.report selects "
+                          "by validation, and choosing by test would tune on the test set")
     if names and metric not in names:
-        raise JaxrecError(f"--metric {metric!r} is not in results.json; available: {', '.join(names)}")
+        raise JaxrecError(f"--metric {metric!r} is not among the validation metrics in results.json; "
+                          f"available: {', '.join(names)}")
     return names
 
 
-def sort_by_metric(jobs: list[dict], metric: str) -> list[dict]:
-    finished = [j for j in jobs if j["status"] == OK]
-    return sorted(finished, key=lambda j: -_num(j["metrics"].get(metric))) + [j for j in jobs if j["status"] != OK]
+def lower_is_better(metric: str) -> bool:
+    from jaxrec.runner import LOWER_IS_BETTER  # imports jax: only once there are jobs to rank
+
+    return metric in LOWER_IS_BETTER
 
 
-def _num(value) -> float:
-    return float(value) if isinstance(value, (int, float)) else -math.inf
+def rank_jobs(jobs: list[dict], metric: str) -> list[dict]:
+    """Finished jobs best first by the validation metric (those without it after them), then the
+    failed and the unfinished ones. The first row, if it has the metric, is the selected one."""
+    sign = 1.0 if lower_is_better(metric) else -1.0
+
+    def key(job):
+        value = job["valid"].get(metric)
+        return sign * value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    finished = sorted((j for j in jobs if j["status"] == OK), key=key)
+    return finished + [j for j in jobs if j["status"] == FAILED] + [j for j in jobs if j["status"] == UNFINISHED]
 
 
-def write_csv(path: Path, jobs: list[dict], keys: list[str], metrics: list[str], metric: str) -> None:
-    header = ["job", "status", *keys, *metrics, f"valid_{metric}", *PERF]
+def selected_job(ranked: list[dict], metric: str) -> dict | None:
+    best = ranked[0] if ranked else None
+    value = best["valid"].get(metric) if best and best["status"] == OK else None
+    return best if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def write_csv(path: Path, jobs: list[dict], keys: list[str], valid_names: list[str], metric: str,
+              selected: dict | None) -> None:
+    """Every job's validation metrics; test metrics only in the selected job's row."""
+    test_names = sorted(selected["metrics"]) if selected else []
+    header = ["job", "status", "selected", *keys, *(f"valid_{m}" for m in valid_names), "effective_lr", *PERF,
+              *(f"test_{m}" for m in test_names), "reason"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for job in jobs:
-            writer.writerow([job["job"], job["status"], *(job["overrides"].get(k, "") for k in keys),
-                             *(job.get("metrics", {}).get(m, "") for m in metrics),
-                             job.get("valid", {}).get(metric, ""), *(job.get(p, "") for p in PERF)])
+            chosen = job is selected
+            writer.writerow([job["job"], job["status"], "yes" if chosen else "",
+                             *(job["overrides"].get(k, "") for k in keys),
+                             *(job.get("valid", {}).get(m, "") for m in valid_names), job.get("effective_lr", ""),
+                             *(job.get(p, "") for p in PERF),
+                             *(job["metrics"].get(m, "") if chosen else "" for m in test_names),
+                             job.get("reason", "")])
 
 
 def _fmt(value) -> str:
@@ -116,24 +159,42 @@ def _fmt_key(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else _fmt(value)
 
 
-def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str]) -> str:
-    """The finished jobs sorted by the metric (best marked), then the failed or unfinished ones."""
+def _overrides_text(job: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in job["overrides"].items()) or "(no overrides)"
+
+
+def _selection_lines(selected: dict | None, metric: str, shown: list[str], direction: str) -> list[str]:
+    if selected is None:
+        return ["No job was selected: no finished job has a finite validation " + metric + "."]
+    tests = ", ".join(f"test {m} {_fmt(selected['metrics'][m])}" for m in shown if m in selected["metrics"])
+    return [f"**Selected: job {selected['job']}**, by validation {metric} {_fmt(selected['valid'][metric])} "
+            f"({direction} is better). Its {tests or 'test metrics: none'}. The other jobs' test metrics are "
+            "left out: picking among them by test would tune on the test set. Rerun it alone with", "",
+            "    python -m jaxrec.train " + " ".join(f"{k}={v}" for k, v in selected["overrides"].items())]
+
+
+def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str], selected: dict | None) -> str:
+    """The finished jobs ranked by the validation metric (the selected one marked and its test
+    metrics given), then the failed and unfinished ones with their reason."""
     finished = [j for j in jobs if j["status"] == OK]
-    cols = [metric, f"valid {metric}", "hr@10", "examples/s/device", "wall s"]
-    cols = [c for i, c in enumerate(cols) if c not in cols[:i]]
-    lines = [f"# Sweep summary: {len(finished)} of {len(jobs)} jobs finished, sorted by test {metric}", "",
+    direction = "lower" if lower_is_better(metric) else "higher"
+    shown = list(dict.fromkeys([metric, "hr@10"]))
+    scaled = any(j["effective_lr"] != j["lr"] for j in finished)
+    cols = [f"valid {m}" for m in shown] + (["lr (effective)"] if scaled else []) + ["examples/s/device", "wall s"]
+    lines = [f"# Sweep summary: {len(finished)} of {len(jobs)} jobs finished, ranked by validation {metric}", "",
+             *_selection_lines(selected, metric, shown, direction), "",
              "| job | " + " | ".join(keys + cols) + " |", "|" + "---|" * (len(keys) + len(cols) + 1)]
-    for rank, job in enumerate(finished):
-        values = {metric: job["metrics"].get(metric), f"valid {metric}": job["valid"].get(metric),
-                  "hr@10": job["metrics"].get("hr@10"), "examples/s/device": job["examples_per_sec_per_device"],
+    for job in finished:
+        values = {**{f"valid {m}": job["valid"].get(m) for m in shown}, "lr (effective)": job["effective_lr"],
+                  "examples/s/device": job["examples_per_sec_per_device"],
                   "wall s": f"{job['wall_s']:.1f}" if job["wall_s"] is not None else None}
-        name = f"**{job['job']} (best)**" if rank == 0 else job["job"]
+        name = f"**{job['job']} (selected)**" if job is selected else job["job"]
         lines.append("| " + " | ".join([name] + [_fmt_key(job["overrides"].get(k)) for k in keys]
-                                       + [_fmt(values[c]) for c in cols]) + " |")
-    failed = [j for j in jobs if j["status"] != OK]
+                                       + [_fmt_key(values[c]) if c == "lr (effective)" else _fmt(values[c])
+                                          for c in cols]) + " |")
     lines += ["", "## Failed or unfinished", ""]
-    lines += [f"- job {j['job']}: " + (" ".join(f"{k}={v}" for k, v in j["overrides"].items()) or "(no overrides)")
-              for j in failed] or ["(none)"]
+    lines += [f"- job {j['job']} {j['status']}" + (f" ({j['reason']})" if j.get("reason") else " (no results.json)")
+              + f": {_overrides_text(j)}" for j in jobs if j["status"] != OK] or ["(none)"]
     return "\n".join(lines + ["", "## Plots", ""] + [f"- {n}" for n in notes]) + "\n"
 
 
@@ -155,9 +216,10 @@ def plot_metric_vs_lr(finished: list[dict], metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     batches, _ = _grid(finished)
     for batch in batches:
-        points = sorted((j["lr"], j["metrics"][metric]) for j in finished if j["batch_size"] == batch)
+        points = sorted((j["lr"], j["valid"][metric]) for j in finished if j["batch_size"] == batch)
         ax.plot(*zip(*points), marker="o", label=f"batch {batch}")
-    ax.set(xscale="log", xlabel="optimizer.lr (configured)", ylabel=f"test {metric}", title=f"{metric} vs learning rate")
+    ax.set(xscale="log", xlabel="optimizer.lr (configured)", ylabel=f"valid {metric}",
+           title=f"validation {metric} vs learning rate")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -191,7 +253,7 @@ def plot_heatmap(finished: list[dict], metric: str, path: Path) -> None:
     batches, lrs = _grid(finished)
     grid = np.full((len(batches), len(lrs)), np.nan)
     for job in finished:
-        grid[batches.index(job["batch_size"]), lrs.index(job["lr"])] = job["metrics"][metric]
+        grid[batches.index(job["batch_size"]), lrs.index(job["lr"])] = job["valid"][metric]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
     for (i, k), value in np.ndenumerate(grid):
@@ -200,7 +262,7 @@ def plot_heatmap(finished: list[dict], metric: str, path: Path) -> None:
             ax.text(k, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="k" if bright else "w")
     ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_yticks(range(len(batches)), [str(b) for b in batches])
-    ax.set(xlabel="optimizer.lr", ylabel="train.batch_size", title=f"test {metric}")
+    ax.set(xlabel="optimizer.lr", ylabel="train.batch_size", title=f"validation {metric}")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -209,7 +271,7 @@ def plot_heatmap(finished: list[dict], metric: str, path: Path) -> None:
 
 def make_plots(jobs: list[dict], keys: list[str], metric: str, out: Path) -> list[str]:
     """Draws the plots the swept keys allow; returns one note per plot, made or skipped."""
-    finished = [j for j in jobs if j["status"] == OK and metric in j["metrics"]]
+    finished = [j for j in jobs if j["status"] == OK and metric in j["valid"]]
     has_lr, has_batch = LR in keys and len(finished) > 1, BATCH in keys and len(finished) > 1
     plots = [("metric_vs_lr.png", has_lr, f"needs {LR} swept", lambda p: plot_metric_vs_lr(finished, metric, p)),
              ("throughput_vs_batch.png", has_batch, f"needs {BATCH} swept", lambda p: plot_throughput(finished, p)),
@@ -229,25 +291,30 @@ def write_report(root: Path, metric: str = "ndcg@10", out: Path | None = None) -
     """Writes summary.csv, summary.md and the plots to `out` (default: root); returns their paths."""
     root, out = Path(root), Path(out or root)
     jobs = collect_jobs(root)
-    metrics, keys = check_metric(jobs, metric), swept_keys(jobs)
-    jobs = sort_by_metric(jobs, metric)
+    valid_names, keys = check_metric(jobs, metric), swept_keys(jobs)
+    jobs = rank_jobs(jobs, metric)
+    selected = selected_job(jobs, metric)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "summary.csv", jobs, keys, metrics, metric)
+    write_csv(out / "summary.csv", jobs, keys, valid_names, metric, selected)
     notes = make_plots(jobs, keys, metric, out)
-    (out / "summary.md").write_text(markdown(jobs, keys, metric, notes))
+    (out / "summary.md").write_text(markdown(jobs, keys, metric, notes, selected))
     return {"csv": out / "summary.csv", "md": out / "summary.md", "jobs": len(jobs),
-            "failed": sum(j["status"] != OK for j in jobs)}
+            "failed": sum(j["status"] == FAILED for j in jobs),
+            "unfinished": sum(j["status"] == UNFINISHED for j in jobs),
+            "selected": selected["job"] if selected else None}
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxrec.report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", type=Path, help="a Hydra multirun dir (multirun/<date>/<time>)")
-    parser.add_argument("--metric", default="ndcg@10", help="test metric to sort by and plot (default ndcg@10)")
+    parser.add_argument("--metric", default="ndcg@10",
+                        help="metric whose VALIDATION value ranks the jobs and picks the best (default ndcg@10)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: the multirun dir)")
     args = parser.parse_args(argv)
     written = write_report(args.multirun_dir, args.metric, args.out)
-    print(f"{written['jobs']} jobs ({written['failed']} failed or unfinished): {written['md']}, {written['csv']}")
+    print(f"{written['jobs']} jobs ({written['failed']} failed, {written['unfinished']} unfinished), "
+          f"selected by validation {args.metric}: job {written['selected']}; {written['md']}, {written['csv']}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxrec import distributed
 from jaxrec.checkpoint import Checkpointer
-from jaxrec.config import Config, to_dict
+from jaxrec.config import Config, scaled_lr, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.data.pipeline import make_train_dataset, train_examples
 from jaxrec.errors import JaxrecError
@@ -167,8 +167,8 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
     names, step_fn = finite_names(engine), make_train_step(engine)
     evaluate, sharding = make_evaluator(engine, dataset), engine.batch_sharding()
     main = distributed.is_main()
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
-    progress = Progress(total, cfg.train.progress and main, start)
+    progress = Progress(total, cfg.train.progress and main, start, eval_metric=cfg.train.select_metric)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=main, on_write=progress.show)
     timing, pending, window_start = _Timing(), [], time.perf_counter()
     for step in range(start + 1, total + 1):
         state, out = step_fn(state, distributed.global_batch(next(iterator), sharding, batch_size))
@@ -203,6 +203,7 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
         window_start = time.perf_counter() if step % cfg.train.log_every == 0 else window_start
         progress.update(step)
     metrics_log.close()
+    progress.close()
     return state, timing
 
 
@@ -224,10 +225,20 @@ def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, s
                   "batch_size_auto": cfg.train.batch_size == "auto", "wall_s": train_s,
                   "compile_s": timing.compile_s, "examples_per_sec": rate,
                   "examples_per_sec_per_device": rate / engine.num_devices},
+        "lr_scaling": lr_scaling_summary(cfg),
         "data": dataset.summary(),
         "sharding": sharding_summary(engine),
         "config": to_dict(cfg),
     }
+
+
+def lr_scaling_summary(cfg: Config) -> dict:
+    """The learning rates the run trained with, after optimizer.lr_scaling (the config holds the
+    lr as given, at optimizer.base_batch_size)."""
+    table_lr = cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr
+    return {"rule": cfg.optimizer.lr_scaling, "base_batch_size": cfg.optimizer.base_batch_size,
+            "lr": cfg.optimizer.lr, "effective_lr": scaled_lr(cfg, cfg.optimizer.lr),
+            "effective_table_lr": scaled_lr(cfg, table_lr)}
 
 
 def sharding_summary(engine: Engine) -> dict:

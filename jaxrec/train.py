@@ -6,20 +6,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import platform
 import subprocess
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from jaxrec.config import CONF_DIR, register_configs, simulate_cpu_devices, to_config
 from jaxrec.errors import cli_errors
-from jaxrec.progress import write_json_atomic
+from jaxrec.progress import FAILURE_FILE, quiet_backend_probe, stop_live_bar, write_json_atomic
 
 log = logging.getLogger("jaxrec.train")
 
@@ -41,11 +44,38 @@ def write_run_info(run_dir: Path) -> None:
     write_json_atomic(run_dir / "run_info.json", info)
 
 
+def keep_sweeping(job):
+    """In a multirun, a failing job writes its reason to failure.json in its dir and returns None
+    (the Optuna sweeper records that as a failed trial; NaN would crash it), so the other jobs
+    still run. Ctrl-C and SIGTERM still stop the sweep; JAXREC_DEBUG=1 re-raises."""
+
+    @functools.wraps(job)
+    def wrapped(dict_cfg: DictConfig):
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN or os.environ.get("JAXREC_DEBUG") == "1":
+            return job(dict_cfg)
+        try:
+            return job(dict_cfg)
+        except Exception as err:
+            stop_live_bar()
+            job_dir = Path(hydra_cfg.runtime.output_dir)
+            job_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(job_dir / FAILURE_FILE, {
+                "error": type(err).__name__, "reason": str(err), "overrides": list(hydra_cfg.overrides.task),
+                "traceback": traceback.format_exc()})
+            log.error("job %s failed, the sweep goes on: %s: %s", hydra_cfg.job.num, type(err).__name__, err)
+            return None
+
+    return wrapped
+
+
 register_configs()
+quiet_backend_probe()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 @cli_errors
+@keep_sweeping
 def main(dict_cfg: DictConfig) -> float | None:
     """Returns the validation value of train.select_metric, the objective of Hydra sweepers."""
     cfg = to_config(dict_cfg)

@@ -1,4 +1,5 @@
-"""jaxrec.report on a hand-built multirun dir (3 finished jobs, 1 failed) and on a real tiny sweep."""
+"""jaxrec.report on a hand-built multirun dir (3 finished jobs, 1 failed, 1 unfinished) and on a
+real tiny sweep whose first job fails."""
 
 import csv
 import json
@@ -15,49 +16,72 @@ from jaxrec.config import CONF_DIR, register_configs, to_config
 from jaxrec.errors import JaxrecError
 from jaxrec.report import main, write_report
 
-FINISHED = {"0": (64, 1e-3, 0.10), "1": (64, 1e-2, 0.30), "2": (128, 1e-3, 0.20)}
+# job: (batch, lr, valid ndcg@10, test ndcg@10); the best by test (job 1) is not the best by validation (job 2)
+FINISHED = {"0": (64, 1e-3, 0.11, 0.10), "1": (64, 1e-2, 0.20, 0.30), "2": (128, 1e-3, 0.25, 0.20)}
 
 
-def _job(root, name, overrides, results=None):
+def _job(root, name, overrides, results=None, failure=None):
     hydra_dir = root / name / ".hydra"
     hydra_dir.mkdir(parents=True)
     (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if results is not None:
         (root / name / "results.json").write_text(json.dumps(results))
+    if failure is not None:
+        (root / name / "failure.json").write_text(json.dumps(failure))
 
 
-def _results(batch, lr, ndcg):
-    return {"metrics": {"ndcg@10": ndcg, "hr@10": 2 * ndcg}, "valid_metrics": {"ndcg@10": ndcg + 0.01},
+def _results(batch, lr, valid, test):
+    return {"metrics": {"ndcg@10": test, "hr@10": 2 * test}, "valid_metrics": {"ndcg@10": valid, "hr@10": 2 * valid},
             "train": {"batch_size": batch, "wall_s": 1.5, "examples_per_sec_per_device": 100.0 * batch},
-            "config": {"optimizer": {"lr": lr}}}
+            "config": {"optimizer": {"lr": lr}},
+            "lr_scaling": {"rule": "sqrt", "lr": lr, "effective_lr": lr * (batch / 64) ** 0.5}}
 
 
 @pytest.fixture
 def fake_multirun(tmp_path):
     root = tmp_path / "multirun"
-    for name, (batch, lr, ndcg) in FINISHED.items():
+    for name, (batch, lr, valid, test) in FINISHED.items():
         _job(root, name, [f"train.batch_size={batch}", f"optimizer.lr={lr}", "data=synthetic"],
-             _results(batch, lr, ndcg))
-    _job(root, "3", ["train.batch_size=128", "optimizer.lr=0.01", "data=synthetic"])
+             _results(batch, lr, valid, test))
+    _job(root, "3", ["train.batch_size=128", "optimizer.lr=1e30", "data=synthetic"],
+         failure={"error": "JaxrecError", "reason": "non-finite value at step 2 in loss"})
+    _job(root, "4", ["train.batch_size=128", "optimizer.lr=0.01", "data=synthetic"])
     return root
 
 
-def test_report_lists_every_job_and_marks_the_best(fake_multirun, tmp_path):
+def test_report_selects_by_validation_and_shows_test_only_for_the_selected_job(fake_multirun, tmp_path):
     out = tmp_path / "report"
     main([str(fake_multirun), "--out", str(out)])
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert [r["job"] for r in rows] == ["1", "2", "0", "3"]
-    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed_or_unfinished"]
-    assert rows[0]["train.batch_size"] == "64" and float(rows[0]["optimizer.lr"]) == 1e-2
-    assert float(rows[0]["ndcg@10"]) == 0.30 and float(rows[0]["valid_ndcg@10"]) == pytest.approx(0.31)
-    assert float(rows[0]["examples_per_sec_per_device"]) == 6400.0 and rows[3]["ndcg@10"] == ""
+    assert [r["job"] for r in rows] == ["2", "1", "0", "3", "4"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "unfinished"]
+    assert [r["selected"] for r in rows] == ["yes", "", "", "", ""]
+    assert rows[0]["train.batch_size"] == "128" and float(rows[0]["optimizer.lr"]) == 1e-3
+    assert float(rows[0]["valid_ndcg@10"]) == 0.25 and float(rows[0]["test_ndcg@10"]) == 0.20
+    assert float(rows[0]["effective_lr"]) == pytest.approx(1e-3 * 2**0.5)
+    assert all(r["test_ndcg@10"] == "" and r["test_hr@10"] == "" for r in rows[1:])
+    assert float(rows[0]["examples_per_sec_per_device"]) == 12800.0 and rows[3]["valid_ndcg@10"] == ""
+    assert rows[3]["reason"] == "JaxrecError: non-finite value at step 2 in loss" and rows[4]["reason"] == ""
     assert "data=synthetic" not in rows[0] and "data" not in rows[0]  # constant overrides are not columns
     md = (out / "summary.md").read_text()
-    assert "**1 (best)**" in md and md.count("(best)") == 1
+    assert "**2 (selected)**" in md and md.count("(selected)") == 1 and "ranked by validation ndcg@10" in md
+    assert "test ndcg@10 0.2000" in md and "0.3000" not in md  # job 1's better test value stays hidden
+    assert "python -m jaxrec.train train.batch_size=128 optimizer.lr=0.001 data=synthetic" in md
     failed = md.split("## Failed or unfinished")[1]
-    assert "job 3: train.batch_size=128 optimizer.lr=0.01 data=synthetic" in failed
+    assert "- job 3 failed (JaxrecError: non-finite value at step 2 in loss): train.batch_size=128" in failed
+    assert "- job 4 unfinished (no results.json): train.batch_size=128 optimizer.lr=0.01 data=synthetic" in failed
     for png in ("metric_vs_lr.png", "throughput_vs_batch.png", "heatmap_batch_lr.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_lower_is_better_metrics_select_the_smallest(tmp_path):
+    root = tmp_path / "multirun"
+    for name, rmse in (("0", 0.95), ("1", 0.90), ("2", 0.99)):
+        _job(root, name, [f"model.dim={8 * (int(name) + 1)}"],
+             {"metrics": {"rmse": rmse}, "valid_metrics": {"rmse": rmse}, "train": {}, "config": {}})
+    written = write_report(root, metric="rmse")
+    assert written["selected"] == "1"
+    assert "lower is better" in written["md"].read_text()
 
 
 def test_report_errors_are_jaxrec_errors(tmp_path, fake_multirun):
@@ -68,6 +92,9 @@ def test_report_errors_are_jaxrec_errors(tmp_path, fake_multirun):
         write_report(tmp_path / "empty")
     with pytest.raises(JaxrecError, match="available: hr@10, ndcg@10"):
         write_report(fake_multirun, metric="auc")
+    _job(tmp_path / "no_valid", "0", ["model.dim=8"], {"metrics": {"ndcg@10": 0.1}, "valid_metrics": {}})
+    with pytest.raises(JaxrecError, match="no finished job has validation metrics"):
+        write_report(tmp_path / "no_valid")
 
 
 def test_report_cli_error_is_one_line(tmp_path):
@@ -76,23 +103,27 @@ def test_report_cli_error_is_one_line(tmp_path):
     assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_tiny_sweep_end_to_end_then_report(tmp_path):
+def test_sweep_goes_on_past_a_failing_job_and_the_report_lists_it(tmp_path):
     sweep = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     args = ["-m", "data=synthetic", "data.num_users=100", "data.num_items=50", "data.num_interactions=2000",
-            "train.epochs=1", "train.batch_size=64,128", "train.progress=false", "model.dim=8",
-            f"hydra.sweep.dir={sweep}"]
+            "train.epochs=1", "train.batch_size=64", "optimizer.lr=1e30,1e-3", "train.progress=false",
+            "model.dim=8", f"hydra.sweep.dir={sweep}"]
     out = subprocess.run([sys.executable, "-m", "jaxrec.train", *args], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    assert failure["error"] == "JaxrecError" and "non-finite value at step" in failure["reason"]
+    assert "optimizer.lr=1e+30" in failure["overrides"]
+    assert (sweep / "1" / "results.json").exists()
+    assert "Unable to initialize backend" not in out.stdout + out.stderr  # JAX's TPU probe line is hidden
     written = write_report(sweep)
-    assert written["jobs"] == 2 and written["failed"] == 0
+    assert written["jobs"] == 2 and written["failed"] == 1 and written["selected"] == "1"
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
-    assert sorted(r["train.batch_size"] for r in rows) == ["128", "64"]
-    assert all(0.0 <= float(r["ndcg@10"]) <= 1.0 for r in rows)
-    assert (sweep / "throughput_vs_batch.png").exists() and not (sweep / "heatmap_batch_lr.png").exists()
-    assert "heatmap_batch_lr.png skipped" in (sweep / "summary.md").read_text()
-
+    assert [(r["job"], r["status"]) for r in rows] == [("1", "ok"), ("0", "failed")]
+    assert 0.0 <= float(rows[0]["valid_ndcg@10"]) <= 1.0 and 0.0 <= float(rows[0]["test_ndcg@10"]) <= 1.0
+    assert "non-finite value at step" in rows[1]["reason"]
+    assert "metric_vs_lr.png skipped" in (sweep / "summary.md").read_text()
 
 
 def _compose(overrides):
