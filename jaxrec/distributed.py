@@ -24,6 +24,17 @@ def detected_cluster() -> bool:
     return any(int(os.environ.get(var, "1") or 1) > 1 for var in CLUSTER_SIZE_VARS)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def coordinator_bind_address(address: str) -> str | None:
+    """Where process 0's coordinator listens: on loopback only when the group is local (JAX's
+    default, [::]:port, would accept connections on every interface); None (JAX's default) for a
+    cluster, whose other hosts must reach it."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{port}" if host in LOOPBACK_HOSTS or host.startswith("127.") else None
+
+
 def initialize(cfg: DistributedConfig) -> None:
     """jax.distributed.initialize once, before any other JAX call, when the config asks for
     several processes or a cluster launcher started several tasks; otherwise nothing."""
@@ -40,7 +51,8 @@ def initialize(cfg: DistributedConfig) -> None:
     else:
         jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id,
                                    heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
-                                   initialization_timeout=max(60, cfg.heartbeat_timeout_s))
+                                   initialization_timeout=max(60, cfg.heartbeat_timeout_s),
+                                   coordinator_bind_address=coordinator_bind_address(cfg.coordinator_address))
     log.info("process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
 
@@ -80,3 +92,16 @@ def gathered(x):
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(x, tiled=True)
+
+
+def any_process(flag: bool) -> bool:
+    """`flag` OR-ed over every process: one tiny host collective, so that all processes take the
+    same decision (e.g. stop at the same step); the flag itself in a one-process run."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))).any())

@@ -14,15 +14,15 @@ import jax
 import numpy as np
 
 from jaxrec import distributed
-from jaxrec.checkpoint import Checkpointer
+from jaxrec.checkpoint import Checkpointer, data_fingerprint
 from jaxrec.config import Config, scaled_lr, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.data.pipeline import make_train_dataset, train_examples
 from jaxrec.errors import JaxrecError
 from jaxrec.progress import MetricsLog, Progress, write_json_atomic
 from jaxrec.train_lib import (
-    Engine, build_engine, candidates_per_example, finite_names, init_state, make_evaluator, make_train_step,
-    resolve_batch_size, warm_start,
+    Engine, build_engine, candidates_per_example, check_before_data, check_data_fits, finite_names, init_state,
+    make_evaluator, make_train_step, resolve_batch_size, warm_start,
 )
 
 log = logging.getLogger("jaxrec.train")
@@ -60,6 +60,7 @@ class _Timing:
     loop_start: float = dataclasses.field(default_factory=time.perf_counter)
     compile_s: float = 0.0
     paused_s: float = 0.0  # evaluation and checkpointing
+    overflow_steps: int = 0  # steps whose row exchange overflowed its buckets (took more rounds)
 
     def train_seconds(self) -> float:
         return time.perf_counter() - self.loop_start - self.paused_s
@@ -103,8 +104,10 @@ def _drain(pending: list, names: list[str], on_nonfinite: str, ckpt: Checkpointe
     bad = [(s, [n for n, ok in zip(names, finite) if not ok]) for s, _, finite in steps if not finite.all()]
     if bad and on_nonfinite == "stop":
         step, where = bad[0]
-        last = ckpt.latest_step()
-        kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint was saved yet"
+        ckpt.wait()
+        last = ckpt.good_step
+        kept = (f"the last good checkpoint is step {last}" if last is not None
+                else "no verified checkpoint exists yet")
         raise JaxrecError(f"non-finite value at step {step} in {', '.join(where)}; stopped ({kept}); "
                           "train.on_nonfinite=skip skips such batches instead")
     losses = [loss for _, loss, finite in steps if finite.all()]
@@ -112,7 +115,8 @@ def _drain(pending: list, names: list[str], on_nonfinite: str, ckpt: Checkpointe
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records the interrupted run wrote after its last checkpoint."""
+    """Drop records after `step` (the restored checkpoint's, or 0 for a fresh start), so an
+    interrupted run's later records never appear twice."""
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
@@ -121,37 +125,38 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
-def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing) -> None:
+def _run_identity(cfg: Config, dataset, batch_size: int) -> dict:
+    """What a checkpoint must share with the run that resumes it (checkpoint.check_same_run)."""
+    return {"config": to_dict(cfg), "batch_size": batch_size, "data_fingerprint": data_fingerprint(dataset)}
+
+
+def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing, identity: dict) -> None:
     tick = time.perf_counter()
-    ckpt.save(engine, state, iterator, {"config": to_dict(engine.cfg), "best": dataclasses.asdict(best),
-                                        "dense_optimizer": engine.cfg.optimizer.name})
+    ckpt.save(engine, state, iterator, identity | {"best": dataclasses.asdict(best),
+                                                   "dense_optimizer": engine.cfg.optimizer.name})
     timing.paused_s += time.perf_counter() - tick
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
     """Train (resuming from the run dir's latest checkpoint), evaluate, and write the outputs."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_before_data(cfg)
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.schema)
     batch_size = resolve_batch_size(engine, max_batch=train_examples(engine.model, dataset))
+    check_data_fits(engine, dataset, batch_size)
     loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
                                            loss=cfg.model.loss, batch_size=batch_size, epochs=cfg.train.epochs,
                                            seed=cfg.train.data_seed,
                                            rows=distributed.process_rows(engine.batch_sharding(), batch_size))
     total = min(len(loader), cfg.train.max_steps or len(loader))
     iterator = iter(loader.to_iter_dataset())
-    state, best = init_state(engine, cfg.train.seed), Best()
+    identity = _run_identity(cfg, dataset, batch_size)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
     try:
-        if cfg.train.resume and ckpt.latest_step() is not None:
-            state, meta = ckpt.restore(engine, state, iterator)
-            best = Best(**meta["best"])
-            if distributed.is_main():
-                _truncate_metrics(run_dir / "metrics.jsonl", int(state.step))
-        elif cfg.model.init_from:
-            state = warm_start(engine, state, cfg.model.init_from)
         with StopSignals() as signals:
-            state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals,
+            state, best = _start_state(engine, ckpt, iterator, identity, run_dir)
+            state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals, identity,
                                    total=total, per_epoch=per_epoch, batch_size=batch_size)
     finally:
         ckpt.close()
@@ -161,8 +166,50 @@ def run(cfg: Config, run_dir: Path) -> dict:
     return results
 
 
+def _start_state(engine: Engine, ckpt: Checkpointer, iterator, identity: dict, run_dir: Path):
+    """(state, best): restored from the newest verified checkpoint (or train.resume_step), or
+    initialised; metrics.jsonl is cut back to the starting step either way."""
+    cfg = engine.cfg
+    steps = ckpt.all_steps()
+    if steps and not cfg.train.resume:
+        raise JaxrecError(f"train.resume=false, but {ckpt.directory} holds checkpoints (steps {steps}) of an "
+                          "earlier run; choose a new hydra.run.dir, or resume it with train.resume=true")
+    if steps:
+        state, meta, step = ckpt.restore(engine, iterator, cfg.train.resume_step, identity)
+        best = Best(**meta["best"])
+    else:
+        if cfg.train.resume_step is not None:
+            raise JaxrecError(f"train.resume_step={cfg.train.resume_step}: {ckpt.directory} holds no checkpoints")
+        state, best, step = init_state(engine, cfg.train.seed), Best(), 0
+        if cfg.model.init_from:
+            state = warm_start(engine, state, cfg.model.init_from)
+    if distributed.is_main():
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
+    return state, best
+
+
+def _stop_requested(signals: StopSignals) -> bool:
+    """Whether any process received a stop signal: every process must stop at the same step,
+    since the checkpoint that follows is a collective."""
+    return distributed.any_process(signals.received is not None)
+
+
+def _exit_on_signal(signals: StopSignals, ckpt: Checkpointer, step: int) -> None:
+    """Waits for the save of `step` to commit, then exits saying plainly what is on disk."""
+    name = signal.Signals(signals.received or signal.SIGTERM).name
+    committed = ckpt.wait()
+    if committed == step:
+        log.warning("received %s at step %d: checkpoint of step %d saved in %s; exiting", name, step, step,
+                    ckpt.directory)
+    else:
+        log.warning("received %s at step %d: NO checkpoint of step %d was written (latest on disk: %s); exiting",
+                    name, step, step, committed)
+    ckpt.close()
+    raise SystemExit(128 + (signals.received or signal.SIGTERM))
+
+
 def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer, best: Best, run_dir: Path,
-           signals: StopSignals, *, total: int, per_epoch: int, batch_size: int):
+           signals: StopSignals, identity: dict, *, total: int, per_epoch: int, batch_size: int):
     cfg, start = engine.cfg, int(state.step)
     names, step_fn = finite_names(engine), make_train_step(engine)
     evaluate, sharding = make_evaluator(engine, dataset), engine.batch_sharding()
@@ -178,13 +225,16 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
             timing.compile_s = time.perf_counter() - timing.loop_start
             window_start = time.perf_counter()
         eval_due = _eval_due(cfg, step, per_epoch, total)
-        save_due = ckpt.due(step) or step == total or signals.received
-        if step % cfg.train.log_every == 0 or eval_due or save_due:
+        stop = _stop_requested(signals)
+        if step % cfg.train.log_every == 0 or eval_due or ckpt.due(step) or step == total or stop:
+            overflow = int(sum(out["sharding/overflow"] for _, out in jax.device_get(pending)))
+            timing.overflow_steps += overflow
             loss, steps, skipped = _drain(pending, names, cfg.train.on_nonfinite, ckpt)
             seconds = time.perf_counter() - window_start
             rate = steps * batch_size / max(seconds, 1e-9)
             metrics_log.write({"step": step, "epoch": step / per_epoch, "train/loss": loss,
-                               "train/skipped_nonfinite": skipped, "perf/examples_per_sec": rate,
+                               "train/skipped_nonfinite": skipped, "sharding/overflow_steps": overflow,
+                               "perf/examples_per_sec": rate,
                                "perf/examples_per_sec_per_device": rate / engine.num_devices})
             progress.update(step, loss=loss)
             pending = []
@@ -192,14 +242,13 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
             tick = time.perf_counter()
             _evaluate(evaluate, state, step / per_epoch, best, metrics_log)
             timing.paused_s += time.perf_counter() - tick
-        if save_due:
-            _checkpoint(ckpt, engine, state, iterator, best, timing)
-        if signals.received:
-            name = signal.Signals(signals.received).name
-            log.warning("received %s at step %d: checkpoint saved in %s; exiting", name, step, ckpt.manager.directory)
+        stop = stop or (eval_due and _stop_requested(signals))  # a signal during the evaluation
+        if ckpt.due(step) or step == total or stop:
+            _checkpoint(ckpt, engine, state, iterator, best, timing, identity)
+        if stop:
             metrics_log.close()
-            ckpt.close()
-            raise SystemExit(128 + signals.received)
+            progress.close()
+            _exit_on_signal(signals, ckpt, step)
         window_start = time.perf_counter() if step % cfg.train.log_every == 0 else window_start
         progress.update(step)
     metrics_log.close()
@@ -227,7 +276,7 @@ def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, s
                   "examples_per_sec_per_device": rate / engine.num_devices},
         "lr_scaling": lr_scaling_summary(cfg),
         "data": dataset.summary(),
-        "sharding": sharding_summary(engine),
+        "sharding": sharding_summary(engine) | {"overflow_steps": timing.overflow_steps},
         "config": to_dict(cfg),
     }
 

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.embedding.specs import TableSpec
-from jaxrec.sharding import strategies
+from jaxrec.sharding import layout, strategies
 from jaxrec.sharding.planner import EmbeddingPlan
 
 
@@ -86,19 +86,18 @@ class EmbeddingCollection:
         return EmbeddingState(tables, slots)
 
     def init(self, rng: jax.Array) -> EmbeddingState:
-        """Initialises every table from its own key, so values do not depend on the plan."""
+        """Every table initialised already sharded: each device draws only its own rows, and a
+        row's value depends on the table, the seed and the logical row, never on the plan
+        (sharding.layout)."""
         return jax.jit(self._init, out_shardings=self.shardings())(rng)
 
     def _init(self, rng):
         state = self._empty_state()
         tables = dict(state.tables)
         for name, group in self.plan.groups.items():
-            for table in group.tables:
-                spec = self.specs[table]
-                key = jax.random.fold_in(rng, _stable_hash(table))
-                values = spec.init_std * jax.random.normal(key, (spec.rows, spec.dim), jnp.float32)
-                keys = self.plan.group_keys(table, jnp.arange(spec.rows))
-                tables[name] = tables[name].at[keys, : spec.dim].set(values.astype(group.dtype))
+            keys = jnp.stack([jax.random.key_data(jax.random.fold_in(rng, _stable_hash(t))) for t in group.tables])
+            stds = jnp.asarray([self.specs[t].init_std for t in group.tables], jnp.float32)
+            tables[name] = layout.init_group(self.plan, self.mesh, group, keys, stds)
         return state.replace(tables=tables)
 
     def _group_batches(self, ids: dict[str, jax.Array]):
@@ -110,19 +109,26 @@ class EmbeddingCollection:
             keys = [self.plan.group_keys(self.features[f], ids[f].reshape(ids[f].shape[0], -1)) for f in feats]
             yield group, feats, jnp.concatenate(keys, axis=1)
 
-    def lookup(self, state: EmbeddingState, ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """ids: feature -> int array [B, ...] -> activations [B, ..., d] of the feature's table."""
-        out = {}
+    def lookup(self, state: EmbeddingState, ids: dict[str, jax.Array], with_overflow: bool = False):
+        """ids: feature -> int array [B, ...] -> activations [B, ..., d] of the feature's table.
+
+        with_overflow: also return whether any row group's all_to_all buckets overflowed their
+        capacity this step (it then took more rounds; no id is ever dropped)."""
+        out, overflowed = {}, jnp.zeros((), bool)
         for group, feats, keys_bs in self._group_batches(ids):
             layout = self.plan.groups[group]
-            rows = strategies.lookup(self.mesh, layout.kind, layout.block_rows, state.tables[group], keys_bs)
+            capacity = self.plan.bucket_capacity(group, keys_bs.size // self.plan.num_devices) \
+                if layout.kind == "row" else 0
+            rows, group_overflowed = strategies.lookup(self.mesh, layout.kind, layout.block_rows, capacity,
+                                                       state.tables[group], keys_bs)
+            overflowed = overflowed | group_overflowed
             rows = rows[..., : layout.dim]
             offset = 0
             for feature in feats:
                 width = int(np.prod(ids[feature].shape[1:], dtype=int))
                 out[feature] = rows[:, offset : offset + width].reshape(*ids[feature].shape, layout.dim)
                 offset += width
-        return out
+        return (out, overflowed) if with_overflow else out
 
     def pool(self, acts: dict[str, jax.Array], ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Bag features pooled over their last id axis ([B, ..., S, d] -> [B, ..., d]); padding
@@ -152,9 +158,11 @@ class EmbeddingCollection:
             pad = layout.padded_dim - layout.dim
             if pad:
                 grads_bsd = jnp.pad(grads_bsd, ((0, 0), (0, 0), (0, pad)))
+            capacity = self.plan.bucket_capacity(group, keys_bs.size // self.plan.num_devices) \
+                if layout.kind == "row" else 0
             tables[group], slots[group] = strategies.update(
-                self.mesh, layout.kind, layout.block_rows, self._optimizer(group), layout.lr, layout.dim,
-                tables[group], slots[group], step, keys_bs, grads_bsd,
+                self.mesh, layout.kind, layout.block_rows, capacity, layout.exchange, self._optimizer(group),
+                layout.lr, layout.dim, tables[group], slots[group], step, keys_bs, grads_bsd,
             )
         return EmbeddingState(tables, slots)
 
@@ -177,36 +185,42 @@ class EmbeddingCollection:
         return {name: spec.dim if kind == "element" else 1 for name, (kind, _) in slots.items()}
 
     def to_logical(self, state: EmbeddingState) -> dict:
-        """Plan-independent copy: {"tables": {t: [rows, dim]}, "slots": {t: {slot: [rows, w]}}}.
+        """Plan-independent form: {"tables": {t: [rows_pad, dim]}, "slots": {t: {slot: [rows_pad, w]}}},
+        rows in logical order, padded (layout.padded_rows) and sharded by rows over the mesh.
 
         Checkpoints hold this form, so a run saved under one plan restores under any other."""
         tables, slots = {}, {}
         for name, spec in self.specs.items():
             group = self.plan.placements[name].group
-            keys = self.plan.group_keys(name, jnp.arange(spec.rows))
-            tables[name] = state.tables[group][keys, : spec.dim]
-            slots[name] = {slot: state.slots[group][slot][keys, :width]
+            tables[name] = layout.to_logical(self.plan, self.mesh, name, state.tables[group], spec.dim)
+            slots[name] = {slot: layout.to_logical(self.plan, self.mesh, name, state.slots[group][slot], width)
                            for slot, width in self._slot_shapes(name).items()}
         return {"tables": tables, "slots": slots}
 
+    def logical_shardings(self, logical_shapes: dict) -> dict:
+        """Shardings of a logical form with the given shapes (those of a checkpoint, which may
+        predate the padding): rows split over the mesh where they divide."""
+        return jax.tree.map(lambda shape: NamedSharding(self.mesh, layout.logical_spec(self.mesh, shape[0])),
+                            logical_shapes, is_leaf=lambda x: isinstance(x, tuple))
+
     def from_logical(self, logical: dict) -> EmbeddingState:
-        """The inverse of to_logical, laid out by this collection's plan."""
+        """The inverse of to_logical, laid out by this collection's plan (any padded row count)."""
         state = self._empty_state()
         tables, slots = dict(state.tables), {name: dict(group) for name, group in state.slots.items()}
         for name, group in self.plan.groups.items():
             for table in group.tables:
-                keys = self.plan.group_keys(table, jnp.arange(self.specs[table].rows))
-                tables[name] = tables[name].at[keys, : self.specs[table].dim].set(logical["tables"][table])
+                tables[name] = layout.write_logical(self.plan, self.mesh, table, tables[name],
+                                                    logical["tables"][table])
                 for slot, value in logical["slots"][table].items():
-                    slots[name][slot] = slots[name][slot].at[keys, : value.shape[1]].set(value)
+                    slots[name][slot] = layout.write_logical(self.plan, self.mesh, table, slots[name][slot], value)
         return EmbeddingState(tables, slots)
 
     def table(self, state: EmbeddingState, name: str) -> jax.Array:
-        """The logical [rows, dim] table (gathered from its shards): for evaluation and export."""
-        spec = self.specs[name]
-        group = self.plan.groups[self.plan.placements[name].group]
-        keys = self.plan.group_keys(name, jnp.arange(spec.rows))
-        return state.tables[group.name][keys, : spec.dim]
+        """The logical [rows, dim] table, for export and peers: sharded by rows where the row
+        count divides the mesh, so it can stay on device; np.asarray() brings it to the host."""
+        group = self.plan.placements[name].group
+        return layout.to_logical(self.plan, self.mesh, name, state.tables[group], self.specs[name].dim)[
+            : self.specs[name].rows]
 
 
 def _stable_hash(name: str) -> int:

@@ -41,7 +41,7 @@ def _restored_metrics(run_dir, cfg, devices):
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.schema, devices=devices)
     ckpt = Checkpointer(run_dir / "checkpoints", every=0, keep=10, async_save=False)
-    state, _ = ckpt.restore(engine, init_state(engine, 0), None)
+    state, _, _ = ckpt.restore(engine, None)
     ckpt.close()
     return RankingEvaluator(engine, dataset)(state, "test")
 
@@ -73,7 +73,7 @@ def test_incompatible_checkpoint_names_the_table_and_shapes(saved_run):
     engine = build_engine(cfg, dataset.schema)
     ckpt = Checkpointer(saved_run / "checkpoints", every=0, keep=10, async_save=False)
     with pytest.raises(JaxrecError, match=r"table 'item' is 70 x 6 there but 70 x 12 in the current config"):
-        ckpt.restore(engine, init_state(engine, 0), None)
+        ckpt.restore(engine, None)
     ckpt.close()
 
 
@@ -92,7 +92,7 @@ def _exploding(on_nonfinite: str) -> Config:
 
 
 def test_nonfinite_stops_naming_the_step(tmp_path):
-    with pytest.raises(JaxrecError, match=r"non-finite value at step 2 in loss.*no checkpoint was saved yet"):
+    with pytest.raises(JaxrecError, match=r"non-finite value at step 2 in loss.*no verified checkpoint exists yet"):
         run(_exploding("stop"), tmp_path)
     assert not (tmp_path / "results.json").exists()
 
