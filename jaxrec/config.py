@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from jaxrec.errors import JaxrecError
@@ -112,6 +115,7 @@ class ShardingConfig:
     memory_budget_gb: float = 16.0  # per-device memory the planner may use
     tables: dict[str, str] = dataclasses.field(default_factory=dict)  # per-table strategy overrides
     num_devices: int | None = None  # simulate this many CPU devices (planning, CPU runs); None: real devices
+    capacity_factor: float = 1.5  # row exchange: all_to_all bucket size over a balanced share (overflow takes more rounds)
 
 
 @dataclasses.dataclass
@@ -140,6 +144,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end); always at the end
     keep_checkpoints: int = 3  # most recent checkpoints kept
     resume: bool = True  # continue from the latest checkpoint in the run dir, if there is one
+    resume_step: int | None = None  # resume from this checkpoint step (None: the newest that verifies)
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (naming step and table) or skip the batch
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)  # multi-process runs
 
@@ -157,6 +162,70 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+# Every numeric key's allowed values: (test, what the message says is expected). None-able keys are
+# only checked when set; a list's elements are checked one by one. Checked before any data loads.
+_POSITIVE = (lambda v: v > 0, "a positive number")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+_AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+_SHARE = (lambda v: 0 <= v < 1, "a share in [0, 1)")
+_MESH_AXIS = (lambda v: v == -1 or v >= 1, "-1 (all remaining devices) or an integer >= 1")
+_ZERO_MEANS = (lambda v: v >= 0, "an integer >= 0 (0: only at the end)")
+NUMERIC_RANGES = {
+    "data.num_users": _AT_LEAST_1, "data.num_items": _AT_LEAST_1, "data.num_interactions": _AT_LEAST_1,
+    "data.zipf_a": _NON_NEGATIVE, "data.num_examples": _AT_LEAST_1, "data.num_dense": _AT_LEAST_0,
+    "data.num_sparse": _AT_LEAST_1, "data.vocab_size": _AT_LEAST_1, "data.vocab_sizes": _AT_LEAST_1,
+    "data.k_core": _AT_LEAST_0, "data.valid_ratio": _SHARE, "data.test_ratio": _SHARE,
+    "data.num_negatives": _AT_LEAST_0, "data.cold_users": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
+    "data.cold_max_train": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.split_seed": _AT_LEAST_0,
+    "train.seed": _AT_LEAST_0, "train.data_seed": _AT_LEAST_0,
+    "model.dim": _AT_LEAST_1, "model.init_std": _NON_NEGATIVE, "model.l2": _NON_NEGATIVE,
+    "model.hidden": _AT_LEAST_1, "model.dropout": _SHARE, "model.bottom_mlp": _AT_LEAST_1,
+    "model.cross_layers": _AT_LEAST_0, "model.max_len": _AT_LEAST_1, "model.num_layers": _AT_LEAST_1,
+    "model.num_heads": _AT_LEAST_1, "model.mask_prob": (lambda v: 0 < v <= 1, "a share in (0, 1]"),
+    "model.max_history": _AT_LEAST_1,
+    "optimizer.lr": _POSITIVE, "optimizer.table_lr": _POSITIVE, "optimizer.base_batch_size": _AT_LEAST_1,
+    "sharding.memory_budget_gb": _POSITIVE, "sharding.num_devices": _AT_LEAST_1,
+    "sharding.mesh.data": _MESH_AXIS, "sharding.mesh.model": _MESH_AXIS, "sharding.capacity_factor": _POSITIVE,
+    "train.epochs": _AT_LEAST_1, "train.max_steps": _AT_LEAST_1, "train.eval_every": _ZERO_MEANS,
+    "train.eval_batch_size": _AT_LEAST_1, "train.ks": _AT_LEAST_1, "train.sampled_negatives": _AT_LEAST_0,
+    "train.log_every": _AT_LEAST_1, "train.checkpoint_every": _ZERO_MEANS, "train.resume_step": _AT_LEAST_0,
+    "train.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1 (the last checkpoint is what resume and "
+                               "export read)"),
+    "train.distributed.num_processes": _AT_LEAST_1, "train.distributed.heartbeat_timeout_s": _AT_LEAST_1,
+}  # fmt: skip
+
+
+def _numeric_values(node, prefix: str = ""):
+    """(dotted key, value) of every int or float leaf, list elements included, in field order."""
+    for field in dataclasses.fields(node):
+        key, value = f"{prefix}{field.name}", getattr(node, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numeric_values(value, f"{key}.")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                yield key, item
+
+
+def check_numeric_ranges(cfg: Config) -> None:
+    """Every number finite and inside its key's range (NUMERIC_RANGES), named in one line."""
+    for key, value in _numeric_values(cfg):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise JaxrecError(f"config key {key}={value}: expected a finite number")
+        test, expected = NUMERIC_RANGES.get(key, (lambda v: True, ""))
+        if not test(value):
+            raise JaxrecError(f"config key {key}={value}: expected {expected}")
+    if cfg.data.split in ("random", "temporal") and cfg.data.valid_ratio + cfg.data.test_ratio >= 1:
+        raise JaxrecError(f"config keys data.valid_ratio={cfg.data.valid_ratio} and data.test_ratio="
+                          f"{cfg.data.test_ratio} leave no training data: their sum must be below 1")
+    samples = cfg.model.loss != "mse" and cfg.model.negatives == "sampled"
+    if samples and cfg.data.num_negatives < 1:
+        raise JaxrecError(f"config key data.num_negatives={cfg.data.num_negatives}: model.loss={cfg.model.loss} "
+                          "trains against sampled negatives; expected an integer >= 1")
+    if not cfg.train.ks:
+        raise JaxrecError("config key train.ks is empty: expected at least one metric cutoff")
+
+
 def _check_choice(key: str, value, choices) -> None:
     if value not in choices:
         raise JaxrecError(f"config key {key}={value!r} is not valid; expected one of {', '.join(choices)}")
@@ -164,6 +233,7 @@ def _check_choice(key: str, value, choices) -> None:
 
 def validate(cfg: Config) -> Config:
     """Checks the values Hydra's types cannot express, with the key and valid choices named."""
+    check_numeric_ranges(cfg)
     _check_choice("data.name", cfg.data.name, DATASETS)
     _check_choice("data.split", cfg.data.split, SPLITS)
     if cfg.data.split == "kfold" and cfg.data.num_folds < 2:
@@ -227,12 +297,44 @@ def table_optimizer_name(cfg: OptimizerConfig) -> str:
     return {"adam": "lazy_adam", "adagrad": "adagrad", "sgd": "sgd"}[cfg.name]
 
 
+def accept_table_overrides(argv: list[str] = sys.argv) -> list[str]:
+    """`sharding.tables.<table>=<strategy>` (the README's spelling) as Hydra's `++` form, in place
+    in `argv` (default: this process's command line, before Hydra reads it): the tables dict
+    starts empty, and Hydra only adds a key to a struct config when told to."""
+    argv[:] = [f"++{arg}" if arg.startswith("sharding.tables.") and "=" in arg else arg for arg in argv]
+    return argv
+
+
+class RunDirCheck(Callback):
+    """Hydra callback (conf/config.yaml): a run or sweep directory that cannot be written fails in
+    one line before anything runs, instead of in a traceback from Hydra's own mkdir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable_dir(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable_dir(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def check_writable_dir(path: Path, key: str) -> None:
+    """Create `path` and write a probe file in it, or exit 2 with one line (cli_errors' format:
+    Hydra would turn a raised error into a traceback here)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        if os.environ.get("JAXREC_DEBUG") == "1":
+            raise
+        print(f"jaxrec: error: cannot write the run directory {path} ({key}): {err.strerror or err}",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def simulate_cpu_devices(cfg: Config) -> None:
     """Honour sharding.num_devices by simulating CPU devices; must run before jax starts."""
     if cfg.sharding.num_devices is None:
         return
-    import sys
-
     if "jax" in sys.modules and sys.modules["jax"].config.jax_platforms not in (None, "", "cpu"):
         raise JaxrecError("sharding.num_devices simulates CPU devices; unset it on an accelerator")
     flag = f"--xla_force_host_platform_device_count={cfg.sharding.num_devices}"
