@@ -178,7 +178,7 @@ def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str], s
     metrics given), then the failed and unfinished ones with their reason."""
     finished = [j for j in jobs if j["status"] == OK]
     direction = "lower" if lower_is_better(metric) else "higher"
-    shown = list(dict.fromkeys([metric, "hr@10"]))
+    shown = [m for m in dict.fromkeys([metric, "hr@10"]) if m == metric or any(m in j["valid"] for j in finished)]
     scaled = any(j["effective_lr"] != j["lr"] for j in finished)
     cols = [f"valid {m}" for m in shown] + (["lr (effective)"] if scaled else []) + ["examples/s/device", "wall s"]
     lines = [f"# Sweep summary: {len(finished)} of {len(jobs)} jobs finished, ranked by validation {metric}", "",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -143,6 +144,8 @@ def test_sweep_experiment_composes_with_its_grid():
     assert len(str(sweeper.params["optimizer.lr"]).split(",")) == 4
     assert cfg.data.name == "ml100k" and cfg.model.name == "mf"
     assert cfg.optimizer.lr_scaling == "sqrt" and cfg.optimizer.base_batch_size == 256
+    readme = (Path(CONF_DIR).parent / "experiments" / "sweep_bs_lr" / "README.md").read_text()
+    assert f"the full grid, {cfg.train.epochs} epochs" in readme  # the README's claim follows the config
 
 
 def test_optuna_experiment_composes_when_the_plugin_is_installed():
