@@ -29,7 +29,8 @@ for _digit, _char in enumerate(b"0123456789abcdef"):
 _POW10 = 10 ** np.arange(INT_WIDTH, dtype=np.int64)
 _HIGH_BITS = np.uint64(0x8080808080808080)
 _LOW_NIBBLES, _LOW_BYTES = np.uint64(0x000F000F000F000F), np.uint64(0x000000FF000000FF)
-_U4, _U8, _U16 = np.uint64(4), np.uint64(8), np.uint64(16)
+_ONES, _LOW4 = np.uint64(0x0101010101010101), np.uint64(0x0F0F0F0F0F0F0F0F)
+_U4, _U5, _U6, _U7, _U8, _U16 = (np.uint64(k) for k in (4, 5, 6, 7, 8, 16))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +98,19 @@ def _parse_ints(data, starts_ni, ends_ni):
 def _parse_cats(data, starts_nc, ends_nc):
     """(uint32 [n, C] values, bool [n, C] missing, bool [n] every field empty or 8 hex digits).
 
-    The bytes become nibbles through a table (255 where not a hex digit) and each field's 8 are
-    read as one little-endian uint64, then packed into 32 bits by shifts and masks."""
-    nibbles = _HEX[data]
-    packed = np.ndarray((len(nibbles) - 7,), np.dtype("<u8"), nibbles.data, 0, (1,))[starts_nc]  # [n, C]
+    Each field's 8 bytes are read as one little-endian uint64 and decoded in place (SWAR: every
+    step works on all 8 bytes at once): a byte's nibble is its low 4 bits, plus 9 for letters
+    (bit 6 set). A field is valid when every nibble is below 16 and rendering the nibbles back
+    as hex gives the field's bytes again (letters in either case)."""
+    raw = np.ndarray((len(data) - 7,), np.dtype("<u8"), data.data, 0, (1,))[starts_nc]  # [n, C]
+    letter = (raw >> _U6) & _ONES
+    nibbles = (raw & _LOW4) + letter * np.uint64(9)
+    at_least_10 = ((nibbles + _ONES * np.uint64(0x76)) >> _U7) & _ONES
+    rendered = nibbles + _ONES * np.uint64(0x30) + at_least_10 * np.uint64(0x27)
     missing = ends_nc == starts_nc
-    fields_ok = missing | ((ends_nc - starts_nc == CAT_WIDTH) & (packed & _HIGH_BITS == 0))
-    x = ((packed & _LOW_NIBBLES) << _U4) | ((packed >> _U8) & _LOW_NIBBLES)  # 16-bit lanes: 2 digits
+    valid = ((nibbles + _ONES * np.uint64(0x70)) & _HIGH_BITS == 0) & ((raw | (at_least_10 << _U5)) == rendered)
+    fields_ok = missing | ((ends_nc - starts_nc == CAT_WIDTH) & valid)
+    x = ((nibbles & _LOW_NIBBLES) << _U4) | ((nibbles >> _U8) & _LOW_NIBBLES)  # 16-bit lanes: 2 digits
     x = ((x & _LOW_BYTES) << _U8) | ((x >> _U16) & _LOW_BYTES)  # 32-bit lanes: 4 digits
     values = ((x & np.uint64(0xFFFF)) << _U16) | ((x >> np.uint64(32)) & np.uint64(0xFFFF))
     return np.where(missing, 0, values).astype(np.uint32), missing, np.all(fields_ok, axis=1)
