@@ -29,12 +29,14 @@ from jaxrec.data.types import Interactions
 
 
 class _PairBatch(grain.transforms.RandomMap):
-    """Batch `step` of the run: the permuted training pairs, negatives, and every model input
-    gathered from the per-user / per-item arrays (ids, side features)."""
+    """Rows `rows` of batch `step` of the run: the permuted training pairs, negatives, and every
+    model input gathered from the per-user / per-item arrays (ids, side features). Negatives are
+    drawn for the whole global batch, so a row's data does not depend on which process reads it;
+    only this process's rows are gathered."""
 
     def __init__(self, train: Interactions, user_side: dict, item_side: dict, num_negatives: int, loss: str,
-                 batch_size: int, seed: int):
-        self.batch_size, self.seed = batch_size, seed
+                 batch_size: int, seed: int, rows: slice):
+        self.batch_size, self.seed, self.rows = batch_size, seed, rows
         self.steps_per_epoch = len(train) // batch_size
         self.user, self.item, self.rating = train.user, train.item, train.rating
         self.user_side, self.item_side = user_side, item_side
@@ -44,11 +46,10 @@ class _PairBatch(grain.transforms.RandomMap):
 
     def random_map(self, step: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         epoch, position = divmod(step, self.steps_per_epoch)
-        index_b = _permutation(self.seed, epoch, len(self.user))[position * self.batch_size:][: self.batch_size]
-        batch = len(index_b)
-        positives = self.item[index_b][:, None]
-        negatives = rng.integers(0, self.num_items, (batch, self.num_negatives), dtype=np.int32)
-        items_bc = np.concatenate([positives, negatives], axis=1)
+        negatives = rng.integers(0, self.num_items, (self.batch_size, self.num_negatives), dtype=np.int32)[self.rows]
+        start = position * self.batch_size
+        index_b = _permutation(self.seed, epoch, len(self.user))[start + self.rows.start : start + self.rows.stop]
+        items_bc = np.concatenate([self.item[index_b][:, None], negatives], axis=1)
         if self.loss == "mse":
             labels = self.rating[index_b][:, None].astype(np.float32)
         else:
@@ -79,45 +80,35 @@ def train_examples(model, dataset) -> int:
     return len(dataset.split.train)
 
 
-class _Rows(grain.transforms.Map):
-    """Keeps this process's rows of each global batch (multi-process runs)."""
-
-    def __init__(self, rows: slice):
-        self.rows = rows
-
-    def map(self, batch: dict) -> dict:
-        return {name: values[self.rows] for name, values in batch.items()}
-
-
 def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_size: int, epochs: int,
                        seed: int, rows: slice | None = None) -> tuple[grain.MapDataset, int]:
     """The model's training pipeline (one element per step) and its steps per epoch. `rows`: the
-    rows of every global batch this process feeds (all when None); every process draws the same
-    global batch from the seeds, so a step sees the same data whatever the process count."""
+    rows of every global batch this process feeds (all when None). Every process derives the
+    global batch's order and random draws from the seeds but reads and gathers only its rows,
+    so a step sees the same data whatever the process count."""
     per_epoch = steps_per_epoch(train_examples(model, dataset), batch_size)
+    rows = rows or slice(0, batch_size)
     if model.batches == "sequences":
         from jaxrec.data.sequences import make_sequence_dataset
 
         loader = make_sequence_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
-                                       num_negatives=num_negatives, seed=seed)
+                                       num_negatives=num_negatives, seed=seed, rows=rows)
     elif model.batches == "ctr":
         from jaxrec.data.ctr import make_ctr_dataset
 
         loader = make_ctr_dataset(dataset, batch_size=batch_size, epochs=epochs, seed=seed, rows=rows)
-        rows = None  # only this process's rows were read
     else:
         loader = make_pair_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
-                                   num_negatives=num_negatives, loss=loss, seed=seed)
-    if rows is not None and (rows.start, rows.stop) != (0, batch_size):
-        loader = loader.map(_Rows(rows))
+                                   num_negatives=num_negatives, loss=loss, seed=seed, rows=rows)
     return loader, per_epoch
 
 
 def make_pair_dataset(model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int, loss: str,
-                      seed: int) -> grain.MapDataset:
-    """One element per train step: epochs x (len(train) // batch_size) batches."""
+                      seed: int, rows: slice | None = None) -> grain.MapDataset:
+    """One element per train step: epochs x (len(train) // batch_size) batches (with `rows`,
+    only those rows of each)."""
     train = dataset.split.train
     steps = epochs * steps_per_epoch(len(train), batch_size)
     transform = _PairBatch(train, model.user_inputs(dataset, "train"), model.item_inputs(dataset), num_negatives,
-                           loss, batch_size, seed)
+                           loss, batch_size, seed, rows or slice(0, batch_size))
     return grain.MapDataset.range(steps).random_map(transform, seed=seed)

@@ -90,58 +90,68 @@ def eval_histories(dataset: Dataset, part: str, width: int) -> np.ndarray:
     return last_items(user_runs(parts, dataset.num_users), np.arange(dataset.num_users), width)
 
 
-def candidates(targets_bl: np.ndarray, num_items: int, num_negatives: int, rng: np.random.Generator):
-    """(negative [B, K], label [B, L, 1 + K], weight [B, L]) for targets with -1 where there is none."""
-    negatives_bk = rng.integers(0, num_items, (targets_bl.shape[0], num_negatives), dtype=np.int32)
+def candidates(targets_bl: np.ndarray, num_items: int, num_negatives: int, rng: np.random.Generator,
+               batch_size: int, rows: slice):
+    """(negative [B, K], label [B, L, 1 + K], weight [B, L]) for targets with -1 where there is
+    none: rows `rows` of the global batch's negatives (drawn for all batch_size rows)."""
+    negatives_bk = rng.integers(0, num_items, (batch_size, num_negatives), dtype=np.int32)[rows]
     labels_blc = np.zeros((*targets_bl.shape, 1 + num_negatives), np.float32)
     labels_blc[..., 0] = 1.0
     return negatives_bk, labels_blc, (targets_bl >= 0).astype(np.float32)
 
 
-def mask_items(seq_bl: np.ndarray, mask_prob: float, rng: np.random.Generator) -> np.ndarray:
-    """bool [B, L]: BERT4Rec's cloze positions. Each real item is masked with mask_prob; a share
-    LAST_ONLY_SHARE of sequences masks only the last item; a sequence left with no mask gets
-    its last item masked (the last column is always real)."""
-    real_bl = seq_bl >= 0
-    masked_bl = real_bl & (rng.random(seq_bl.shape) < mask_prob)
-    last_only_b = rng.random(seq_bl.shape[0]) < LAST_ONLY_SHARE
+def mask_items(real_bl: np.ndarray, mask_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """bool [B, L]: BERT4Rec's cloze positions among the real items `real_bl`. Each is masked
+    with mask_prob; a share LAST_ONLY_SHARE of sequences masks only the last item; a sequence
+    left with no mask gets its last item masked (the last column is always real)."""
+    masked_bl = real_bl & (rng.random(real_bl.shape) < mask_prob)
+    last_only_b = rng.random(real_bl.shape[0]) < LAST_ONLY_SHARE
     masked_bl[last_only_b] = False
     masked_bl[:, -1] |= last_only_b | ~masked_bl.any(axis=1)
     return masked_bl
 
 
 class _SequenceBatch(grain.transforms.RandomMap):
-    """Batch `step` of the run: the permuted users' sequences as inputs, targets and negatives."""
+    """Rows `rows` of batch `step` of the run: the permuted users' sequences as inputs, targets
+    and negatives. Windows, masks and negatives are drawn for the whole global batch (from run
+    lengths alone), so a row does not depend on which process reads it; only this process's
+    rows gather their items."""
 
     def __init__(self, runs, users: np.ndarray, *, num_items: int, max_len: int, objective: str, mask_token: int,
-                 mask_prob: float, num_negatives: int, batch_size: int, seed: int):
+                 mask_prob: float, num_negatives: int, batch_size: int, seed: int, rows: slice):
         self.runs, self.users = runs, users
         self.num_items, self.max_len = num_items, max_len
         self.objective, self.mask_token, self.mask_prob = objective, mask_token, mask_prob
-        self.num_negatives, self.batch_size, self.seed = num_negatives, batch_size, seed
+        self.num_negatives, self.batch_size, self.seed, self.rows = num_negatives, batch_size, seed, rows
         self.steps_per_epoch = len(users) // batch_size
 
     def random_map(self, step: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         epoch, position = divmod(step, self.steps_per_epoch)
-        users_b = self.users[_permutation(self.seed, epoch, len(self.users))[position * self.batch_size:]
-                             [: self.batch_size]]
-        skip_b = window_offsets(self.runs, users_b, self.max_len + (self.objective == "next_item"), rng)
+        batch_users = self.users[_permutation(self.seed, epoch, len(self.users))[position * self.batch_size:]
+                                 [: self.batch_size]]
+        skip_b = window_offsets(self.runs, batch_users, self.max_len + (self.objective == "next_item"), rng)
+        mine, users_b = self.rows, batch_users[self.rows]
         if self.objective == "next_item":
-            history_bl = last_items(self.runs, users_b, self.max_len, drop=1 + skip_b)
-            targets_bl = np.where(history_bl >= 0, last_items(self.runs, users_b, self.max_len, drop=skip_b), -1)
+            history_bl = last_items(self.runs, users_b, self.max_len, drop=1 + skip_b[mine])
+            targets_bl = np.where(history_bl >= 0, last_items(self.runs, users_b, self.max_len, drop=skip_b[mine]), -1)
         else:
-            seq_bl = last_items(self.runs, users_b, self.max_len, drop=skip_b)
-            masked_bl = mask_items(seq_bl, self.mask_prob, rng)
+            indptr = self.runs[0]
+            kept_b = indptr[batch_users + 1] - indptr[batch_users] - skip_b  # items in each window
+            real_bl = np.arange(self.max_len) >= self.max_len - np.minimum(kept_b, self.max_len)[:, None]
+            masked_bl = mask_items(real_bl, self.mask_prob, rng)[mine]
+            seq_bl = last_items(self.runs, users_b, self.max_len, drop=skip_b[mine])
             history_bl = np.where(masked_bl, self.mask_token, seq_bl).astype(np.int32)
             targets_bl = np.where(masked_bl, seq_bl, -1)
-        negatives_bk, labels_blc, weight_bl = candidates(targets_bl, self.num_items, self.num_negatives, rng)
+        negatives_bk, labels_blc, weight_bl = candidates(targets_bl, self.num_items, self.num_negatives, rng,
+                                                         self.batch_size, mine)
         return {"history": history_bl, "item": targets_bl.astype(np.int32), "negative": negatives_bk,
                 "label": labels_blc, "weight": weight_bl}
 
 
 def make_sequence_dataset(model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int,
-                          seed: int) -> grain.MapDataset:
-    """One element per train step: epochs x (len(sequence_users) // batch_size) batches."""
+                          seed: int, rows: slice | None = None) -> grain.MapDataset:
+    """One element per train step: epochs x (len(sequence_users) // batch_size) batches (with
+    `rows`, only those rows of each)."""
     users = sequence_users(dataset)
     if batch_size > len(users):
         raise JaxrecError(f"train.batch_size={batch_size} exceeds the {len(users)} users with >= 2 training items "
@@ -152,6 +162,7 @@ def make_sequence_dataset(model, dataset: Dataset, *, batch_size: int, epochs: i
         user_runs([dataset.split.train], dataset.num_users), users, num_items=dataset.num_items,
         max_len=model.max_len, objective=model.objective, mask_token=dataset.num_items,
         mask_prob=getattr(model, "mask_prob", 0.0), num_negatives=num_negatives, batch_size=batch_size, seed=seed,
+        rows=rows or slice(0, batch_size),
     )
     steps = epochs * (len(users) // batch_size)
     return grain.MapDataset.range(steps).random_map(transform, seed=seed)
