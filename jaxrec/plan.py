@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from jaxrec.config import CONF_DIR, Config, register_configs, simulate_cpu_devices, to_config
+from jaxrec.config import CONF_DIR, Config, accept_table_overrides, register_configs, simulate_cpu_devices, to_config
 from jaxrec.errors import cli_errors
 from jaxrec.progress import quiet_backend_probe, write_json_atomic
 
@@ -52,12 +52,13 @@ def format_plan(plan_json: dict) -> str:
 def make_plan_json(cfg: Config, with_xla: bool = True) -> dict:
     from jaxrec.data.dataset import data_schema
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
-    from jaxrec.train_lib import build_engine, compiled_step_bytes, dense_bytes
+    from jaxrec.train_lib import build_engine, check_batch_size, compiled_step_bytes, dense_bytes
 
     engine = build_engine(cfg, data_schema(cfg.data))
     plan, budget, dense = engine.plan, cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
     auto = cfg.train.batch_size == "auto"
     batch = largest_batch_that_fits(plan, budget, dense) if auto else int(cfg.train.batch_size)
+    check_batch_size(batch, plan.num_devices, plan.mesh_shape)
     estimate = estimate_memory(plan, batch, dense)
     check_fits(plan, estimate, budget)
     xla = compiled_step_bytes(engine, batch) if with_xla else None
@@ -97,4 +98,5 @@ def main(dict_cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    accept_table_overrides()
     main()

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from jaxrec.config import CONF_DIR, register_configs, simulate_cpu_devices, to_config
+from jaxrec.config import CONF_DIR, accept_table_overrides, register_configs, simulate_cpu_devices, to_config
 from jaxrec.errors import cli_errors
 from jaxrec.progress import FAILURE_FILE, quiet_backend_probe, stop_live_bar, write_json_atomic
 
@@ -93,5 +93,6 @@ def main(dict_cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    accept_table_overrides()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     main()

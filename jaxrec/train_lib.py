@@ -370,3 +370,64 @@ def check_batch_size(batch_size: int, num_devices: int, mesh_shape) -> None:
             f"(data x model = {mesh_shape[0]}x{mesh_shape[1]}; every device takes an equal slice); "
             f"use a multiple of {num_devices}"
         )
+
+
+def check_before_data(cfg: Config, num_devices: int | None = None) -> None:
+    """Every shape the run needs, checked against the mesh before any data loads: the train batch
+    and the evaluation batch (users per full-ranking or sampled batch) split evenly over the
+    mesh's devices; where the config alone gives the data's size (synthetic, MovieLens without
+    filters), the batch and the metric cutoffs also fit the data."""
+    from jaxrec.data.dataset import data_schema
+
+    shape = resolve_mesh_shape(cfg.sharding.mesh, len(jax.devices()) if num_devices is None else num_devices)
+    devices = shape[0] * shape[1]
+    if isinstance(cfg.train.batch_size, int):
+        check_batch_size(cfg.train.batch_size, devices, shape)
+    if cfg.train.eval_batch_size % devices:
+        raise JaxrecError(
+            f"train.eval_batch_size={cfg.train.eval_batch_size} does not divide across the mesh's {devices} "
+            f"devices (data x model = {shape[0]}x{shape[1]}; evaluation splits its users over every device); "
+            f"use a multiple of {devices}"
+        )
+    if cfg.data.name == "synthetic" and isinstance(cfg.train.batch_size, int):
+        check_split_fits_batch(cfg.train.batch_size, cfg.data.num_interactions, "data.num_interactions")
+    try:
+        schema = data_schema(cfg.data)
+    except JaxrecError:  # a file's size is known once it is read: check_data_fits then
+        return
+    if not schema.example_fields:  # CTR data is scored per example, not ranked
+        check_catalogue(cfg, schema.num_items)
+
+
+def check_split_fits_batch(batch_size: int, examples: int, what: str) -> None:
+    if examples < batch_size:
+        raise JaxrecError(f"train.batch_size={batch_size} is larger than the training split ({what}: {examples} "
+                          f"examples), so an epoch would have no step; use a batch of at most {examples}")
+
+
+def check_catalogue(cfg: Config, num_items: int) -> None:
+    """Cutoffs and sampled negatives need that many items to rank."""
+    if cfg.train.ranking_metrics and max(cfg.train.ks) > num_items:
+        raise JaxrecError(f"config key train.ks={list(cfg.train.ks)}: cutoff {max(cfg.train.ks)} exceeds the "
+                          f"catalogue's {num_items} items; use cutoffs of at most {num_items}")
+    if cfg.train.sampled_negatives >= num_items:
+        raise JaxrecError(f"config key train.sampled_negatives={cfg.train.sampled_negatives}: the catalogue has "
+                          f"{num_items} items; use fewer negatives than that")
+
+
+def check_data_fits(engine: Engine, dataset, batch_size: int) -> None:
+    """After the data loads and before anything compiles: an epoch has at least one batch, and
+    evaluation has enough items to rank (cutoffs, and sampled negatives every user can draw)."""
+    from jaxrec.data.pipeline import train_examples
+
+    cfg = engine.cfg
+    check_split_fits_batch(batch_size, train_examples(engine.model, dataset), "after preprocessing and the split")
+    if engine.model.batches == "ctr":
+        return
+    check_catalogue(cfg, dataset.num_items)
+    inter = dataset.interactions
+    most_seen = int(np.bincount(inter.user, minlength=inter.num_users).max(initial=0))
+    if cfg.train.sampled_negatives > dataset.num_items - most_seen:
+        raise JaxrecError(f"config key train.sampled_negatives={cfg.train.sampled_negatives}: a user has "
+                          f"interacted with {most_seen} of the {dataset.num_items} items, leaving "
+                          f"{dataset.num_items - most_seen} to sample; use at most that many")

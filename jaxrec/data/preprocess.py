@@ -27,19 +27,22 @@ def _log_dropped(source: str, step: str, lines: pd.Series) -> int:
 
 
 INVALID_REASONS = ("", "missing user id", "missing item id", "rating is not a number",
-                   "timestamp is not a number")  # fmt: skip
+                   "timestamp is not a number or a date", "timestamp out of range")  # fmt: skip
+MAX_TIMESTAMP = 2.0**62  # |seconds| beyond this would wrap around when stored as int64
 
 
 def _invalid_reasons(df: pd.DataFrame, has_rating: bool, has_time: bool) -> np.ndarray:
     """Per row, an index into INVALID_REASONS (0: fine). Ratings and timestamps only count when
-    the data set has them at all (a column that is entirely NaN means the format has none)."""
+    the data set has them at all."""
+    time = df["timestamp"].to_numpy(np.float64)
     conditions = [
         df["user_id"].fillna("").eq("").to_numpy(),
         df["item_id"].fillna("").eq("").to_numpy(),
         has_rating & ~np.isfinite(df["rating"].to_numpy()),
-        has_time & ~np.isfinite(df["timestamp"].to_numpy()),
+        has_time & np.isnan(time),
+        has_time & ~(np.abs(time) <= MAX_TIMESTAMP),
     ]
-    return np.select(conditions, [1, 2, 3, 4], default=0)
+    return np.select(conditions, [1, 2, 3, 4, 5], default=0)
 
 
 def _drop_invalid(df, source, has_rating, has_time, strict) -> tuple[pd.DataFrame, int]:
@@ -51,6 +54,10 @@ def _drop_invalid(df, source, has_rating, has_time, strict) -> tuple[pd.DataFram
             f"{source}: line {df['line'].iloc[first]}: {INVALID_REASONS[reasons[first]]} "
             f"({int(bad.sum())} bad rows in all; strict mode is on)"
         )
+    if bad.any():
+        by_reason = np.bincount(reasons[bad], minlength=len(INVALID_REASONS))
+        log.info("%s: invalid rows by reason: %s", source,
+                 ", ".join(f"{INVALID_REASONS[r]} {n}" for r, n in enumerate(by_reason) if n))
     return df[~bad], _log_dropped(source, "invalid ids/ratings/timestamps", df.loc[bad, "line"])
 
 
@@ -133,7 +140,10 @@ def preprocess(raw: RawData, *, min_rating: float | None = None, k_core: int = 0
     invalid row into an error instead of a logged drop.
     """
     df, source = raw.interactions, raw.source
-    has_rating, has_time = bool(df["rating"].notna().any()), bool(df["timestamp"].notna().any())
+    if raw.columns is None:  # the reader did not say: a column with any value is one the source has
+        has_rating, has_time = bool(df["rating"].notna().any()), bool(df["timestamp"].notna().any())
+    else:
+        has_rating, has_time = "rating" in raw.columns, "timestamp" in raw.columns
     counts = {}
     df, counts["invalid"] = _drop_invalid(df, source, has_rating, has_time, strict)
     df, counts["below_min_rating"] = _drop_below(df, source, min_rating, has_rating)

@@ -9,12 +9,14 @@ can drop and count it, pointing at the source line.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxrec.data.types import RawData
@@ -31,6 +33,38 @@ _SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _UNIT_SEP = "\x1f"  # stands in for "::" so the fast C parser can read ml-1m files
 _PARSER_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _YEAR_IN_TITLE = r"\((\d{4})\)\s*$"
+_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed",
+          b"\x28\xb5\x2f\xfd": "zstd-compressed", b"PK\x03\x04": "a zip archive", b"PAR1": "a Parquet file"}
+
+
+def _text_encoding(encoding: str) -> str:
+    """UTF-8 files may start with a byte-order mark (Excel writes one); it is not part of a name."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding
+
+
+def _check_plain_text(path: Path) -> None:
+    """A compressed or binary file is named as such, instead of showing its bytes as column names."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            hint = "decompress it first" if "compressed" in kind or "zip" in kind else "name it .parquet"
+            raise JaxrecError(f"{path}: is {kind}, not a text file of fields; {hint}")
+
+
+def _file_errors(read):
+    """A reader whose files cannot be opened (no permission, a directory, ...) fails in one line
+    naming the file, like every other structural problem."""
+
+    @functools.wraps(read)
+    def wrapped(*args, **kwargs):
+        try:
+            return read(*args, **kwargs)
+        except OSError as err:
+            where = err.filename or (args[0] if args else "data file")
+            raise JaxrecError(f"{where}: cannot read: {err.strerror or err}") from None
+
+    return wrapped
 
 
 # ---------------------------------------------------------------------------- low-level parsing
@@ -47,7 +81,7 @@ def _require_files(root: Path, fmt: str, needed: tuple[str, ...]) -> None:
 
 def _read_text(path: Path, encoding: str) -> str:
     try:
-        return path.read_text(encoding=encoding)
+        return path.read_text(encoding=_text_encoding(encoding))
     except UnicodeDecodeError as err:
         raise JaxrecError(
             f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})"
@@ -56,7 +90,8 @@ def _read_text(path: Path, encoding: str) -> str:
 
 def _read_header(path: Path, sep: str, encoding: str) -> list[str]:
     """The header fields; an empty file is an error here because nothing else could explain it."""
-    with open(path, encoding=encoding, errors="replace", newline="") as file:
+    _check_plain_text(path)
+    with open(path, encoding=_text_encoding(encoding), errors="replace", newline="") as file:
         first = file.readline().rstrip("\r\n")
     if not first.strip():
         raise JaxrecError(f"{path}: file is empty (expected a header line)")
@@ -78,7 +113,7 @@ def _field_error(path: Path, line: int, names: list[str], sep: str, found: int) 
 def _lines_at(path: Path, encoding: str, wanted: set[int]) -> dict[int, str]:
     """The raw text of a few lines, read lazily: only needed when a row looks short."""
     found = {}
-    with open(path, encoding=encoding, errors="replace") as file:
+    with open(path, encoding=_text_encoding(encoding), errors="replace") as file:
         for number, text in enumerate(file, start=1):
             if number in wanted:
                 found[number] = text.rstrip("\r\n").replace("::", _UNIT_SEP)
@@ -108,13 +143,14 @@ def _drop_blank_lines(df, path, names, sep, encoding, quoted) -> pd.DataFrame:
 def _read_rows(path: Path, sep: str, names: list[str], *, header: bool = False,
                encoding: str = "utf-8", quoted: bool = False) -> pd.DataFrame:
     """All fields as str columns named `names`, plus `line`: the 1-based line in `path`."""
+    _check_plain_text(path)
     source: Path | io.StringIO = path
     if sep == "::":
         source, sep = io.StringIO(_read_text(path, encoding).replace("::", _UNIT_SEP)), _UNIT_SEP
     try:
         df = pd.read_csv(
             source, sep=sep, header=None, names=names, skiprows=int(header), dtype=str,
-            keep_default_na=False, skip_blank_lines=False, encoding=encoding,
+            keep_default_na=False, skip_blank_lines=False, encoding=_text_encoding(encoding),
             quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
         )  # fmt: skip
     except pd.errors.EmptyDataError:
@@ -212,6 +248,7 @@ def _ml100k_genres(root: Path) -> tuple[str, ...]:
     return tuple(table.sort_values("index", key=_numeric)["genre"].str.strip())
 
 
+@_file_errors
 def read_ml100k(root: Path) -> RawData:
     """MovieLens 100K as GroupLens ships it: u.data, u.user, u.item (+ optional u.genre)."""
     root = Path(root)
@@ -227,11 +264,13 @@ def read_ml100k(root: Path) -> RawData:
     return RawData(
         interactions=_interactions(data, "user_id", "item_id", "rating", "timestamp"),
         source=str(root / "u.data"),
+        columns=("rating", "timestamp"),
         users=_users(user_df),
         items=_items(item_df["item_id"], item_df["title"].str.strip(), genre_lists, years),
     )
 
 
+@_file_errors
 def read_ml1m(root: Path) -> RawData:
     """MovieLens 1M: `::`-separated ratings.dat, users.dat, movies.dat (latin-1).
 
@@ -249,6 +288,7 @@ def read_ml1m(root: Path) -> RawData:
     return RawData(
         interactions=_interactions(data, "user_id", "item_id", "rating", "timestamp"),
         source=str(root / "ratings.dat"),
+        columns=("rating", "timestamp"),
         users=_users(user_df),
         items=_items(movies["item_id"], titles, _split_genres(movies["genres"], "|"),
                      _year_from_title(titles)),
@@ -261,6 +301,7 @@ def _read_csv_with_header(path: Path, required: list[str], sep: str = ",") -> pd
     return _read_rows(path, sep, header, header=True, quoted=True)
 
 
+@_file_errors
 def read_ml_csv(root: Path) -> RawData:
     """MovieLens 20M / 25M / latest: ratings.csv and movies.csv, both with a header."""
     root = Path(root)
@@ -271,6 +312,7 @@ def read_ml_csv(root: Path) -> RawData:
     return RawData(
         interactions=_interactions(data, "userId", "movieId", "rating", "timestamp"),
         source=str(root / "ratings.csv"),
+        columns=("rating", "timestamp"),
         items=_items(movies["movieId"], titles, _split_genres(movies["genres"], "|"),
                      _year_from_title(titles)),
     )  # fmt: skip
@@ -317,6 +359,7 @@ def _recbole_items(path: Path) -> pd.DataFrame | None:
     )
 
 
+@_file_errors
 def read_recbole(root: Path, name: str) -> RawData:
     """RecBole atomic files `{name}.inter` (+ optional `.user`, `.item`), tab-separated.
 
@@ -332,6 +375,7 @@ def read_recbole(root: Path, name: str) -> RawData:
             "timestamp" if "timestamp" in inter else None,
         ),
         source=str(root / f"{name}.inter"),
+        columns=tuple(c for c in ("rating", "timestamp") if c in inter),
         users=_recbole_users(root / f"{name}.user"),
         items=_recbole_items(root / f"{name}.item"),
     )  # fmt: skip
@@ -340,10 +384,25 @@ def read_recbole(root: Path, name: str) -> RawData:
 # ---------------------------------------------------------------------------- generic files
 
 
+def _check_parquet_types(path: Path, schema: pa.Schema, columns: list[str]) -> None:
+    """Ids, ratings and timestamps are scalars: a list, struct or bool column is not one of them."""
+    for name in columns:
+        kind = schema.field(name).type
+        nested = pa.types.is_nested(kind) or pa.types.is_dictionary(kind) and pa.types.is_nested(kind.value_type)
+        if nested or pa.types.is_boolean(kind):
+            raise JaxrecError(f"{path}: column '{name}' holds {kind} values; ids, ratings and timestamps must be "
+                              "scalar strings or numbers")
+
+
 def _parquet_rows(path: Path, columns: list[str]) -> pd.DataFrame:
     """Parquet columns as str, like the text readers give them; `line` is the 1-based row."""
-    _require_columns(path, pq.read_schema(path).names, columns)
-    df = pd.read_parquet(path, columns=columns)
+    try:
+        schema = pq.read_schema(path)
+        _require_columns(path, schema.names, columns)
+        _check_parquet_types(path, schema, columns)
+        df = pd.read_parquet(path, columns=columns)
+    except pa.ArrowException as err:
+        raise JaxrecError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     if df.empty:
         raise JaxrecError(f"{path}: no data rows")
     out = pd.DataFrame({name: _as_str(df[name]) for name in columns})
@@ -358,6 +417,7 @@ def _as_str(values: pd.Series) -> pd.Series:
     return values.astype(str).where(values.notna(), "")
 
 
+@_file_errors
 def read_interactions(path: Path, *, sep: str | None = None, user_col: str = "user_id",
                       item_col: str = "item_id", rating_col: str | None = None,
                       timestamp_col: str | None = None) -> RawData:
@@ -376,7 +436,8 @@ def read_interactions(path: Path, *, sep: str | None = None, user_col: str = "us
                 "(use .csv, .tsv, .txt, .parquet or pass sep)"
             )
         df = _read_csv_with_header(path, columns, sep)
-    return RawData(_interactions(df, user_col, item_col, rating_col, timestamp_col), str(path))
+    given = tuple(name for name, column in (("rating", rating_col), ("timestamp", timestamp_col)) if column)
+    return RawData(_interactions(df, user_col, item_col, rating_col, timestamp_col), str(path), columns=given)
 
 
 def read_dataset(name: str, root: Path) -> RawData:

@@ -28,6 +28,7 @@ class RawData:
     source: str
     users: pd.DataFrame | None = None
     items: pd.DataFrame | None = None
+    columns: tuple[str, ...] | None = None  # of rating, timestamp: those the source has (None: any with a value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ batch, at the price of one metric-step compile per power of two (none with leave
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -138,7 +139,8 @@ def evaluate_ranking(
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     result = {name: float(total) / len(users) for name, total in sums.items()}
     best_pos_n = np.asarray(best_pos_n)
-    result.update({f"coverage@{k}": float(np.mean(best_pos_n < k)) for k in ks})
+    broken = math.isnan(result["mrr"])  # some user's scores were NaN or +inf: no coverage either
+    result.update({f"coverage@{k}": math.nan if broken else float(np.mean(best_pos_n < k)) for k in ks})
     return result
 
 
@@ -214,7 +216,9 @@ def _sampled_step(scores_bn, targets_bt, negatives_bm, real_b, ks):
         hit_bt = rank_bt < k
         per_target |= {f"hr@{k}": hit_bt.astype(jnp.float32), f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0)}
     count_b = jnp.maximum(valid_bt.sum(axis=1), 1)
-    return {name: jnp.sum(jnp.where(valid_bt, value, 0).sum(axis=1) / count_b) for name, value in per_target.items()}
+    broken_b = real_b & metrics.broken_scores(scores_bn)  # NaN metrics, as in metrics.rank_metrics
+    return {name: jnp.sum(jnp.where(broken_b, jnp.nan, jnp.where(valid_bt, value, 0).sum(axis=1) / count_b))
+            for name, value in per_target.items()}
 
 
 def evaluate_sampled(

@@ -14,7 +14,10 @@ Tie rule (pessimistic, so a constant model earns nothing): a target's rank is
       + (non-excluded non-target items scoring equal)
       + (targets scoring equal that sit in an earlier slot of targets_bt).
 The last term gives tied targets distinct ranks, so the ranks form a permutation and NDCG <= 1.
-AUC counts ties between a target and a non-target as 1/2. NaN scores are not supported.
+AUC counts ties between a target and a non-target as 1/2. A user with any NaN or +inf score (a
+diverged model) gets NaN for every metric, so the mean over users is NaN too: a NaN compares false
+to everything and would otherwise rank its target first. -inf is a score like any other (ranked
+last; retrieval marks items it did not return with it).
 """
 
 from __future__ import annotations
@@ -132,7 +135,13 @@ def rank_metrics(scores_bn, exclude_bn, targets_bt, ks: tuple[int, ...]) -> dict
         out.update(_cutoff_metrics(ranks_bt, c.valid_bt, k))
     out["mrr"] = jnp.where(c.valid_bt, 1.0 / ranks_bt, 0.0).max(axis=1, initial=0.0)
     out["auc"] = _auc(c)
-    return {name: value.astype(jnp.float32) for name, value in out.items()}
+    broken_b = broken_scores(scores_bn)
+    return {name: jnp.where(broken_b, jnp.nan, value).astype(jnp.float32) for name, value in out.items()}
+
+
+def broken_scores(scores_bn):
+    """bool [B]: rows holding a NaN or +inf score, whose metrics are NaN (module docstring)."""
+    return (jnp.isnan(scores_bn) | (scores_bn == jnp.inf)).any(axis=1)
 
 
 def top_k_items(scores_bn, exclude_bn, k: int):

@@ -81,8 +81,12 @@ def test_a_dead_process_stops_the_group(tmp_path):
     while not (log_1.exists() and "epoch" not in log_1.read_text() and "process 1 of 2" in log_1.read_text()):
         assert launcher.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    worker = subprocess.run(["pgrep", "-f", "train.distributed.process_id=1"], capture_output=True, text=True)
-    os.kill(int(worker.stdout.split()[0]), signal.SIGKILL)
+    # only this test's launcher's child: a sibling test's group may be running the same command line
+    worker = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "train.distributed.process_id=1"],
+                            capture_output=True, text=True)
+    pids = [int(pid) for pid in worker.stdout.split()]
+    assert len(pids) == 1, worker.stdout
+    os.kill(pids[0], signal.SIGKILL)
     killed_at = time.monotonic()
     output, _ = launcher.communicate(timeout=120)
     assert launcher.returncode != 0
