@@ -192,7 +192,8 @@ NUMERIC_RANGES = {
     "train.log_every": _AT_LEAST_1, "train.checkpoint_every": _ZERO_MEANS, "train.resume_step": _AT_LEAST_0,
     "train.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1 (the last checkpoint is what resume and "
                                "export read)"),
-    "train.distributed.num_processes": _AT_LEAST_1, "train.distributed.heartbeat_timeout_s": _AT_LEAST_1,
+    "train.distributed.num_processes": _AT_LEAST_1, "train.distributed.process_id": _AT_LEAST_0,
+    "train.distributed.heartbeat_timeout_s": _AT_LEAST_1,
 }  # fmt: skip
 
 

@@ -59,6 +59,8 @@ def _compose(overrides: list[str]):
     (["sharding.memory_budget_gb=0"], "sharding.memory_budget_gb=0.0: expected a positive number"),
     (["data.split=random", "data.valid_ratio=0.5", "data.test_ratio=0.5"], "leave no training data"),
     (["train.checkpoint_every=-5"], "train.checkpoint_every=-5: expected an integer >= 0"),
+    (["train.distributed.process_id=-1"], "train.distributed.process_id=-1: expected an integer >= 0"),
+    (["data.min_rating=inf"], "data.min_rating=inf: expected a finite number"),
 ])
 def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, message):
     with pytest.raises(JaxrecError, match="config key") as err:
