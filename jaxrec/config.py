@@ -277,8 +277,34 @@ def validate(cfg: Config) -> Config:
 def to_config(cfg: DictConfig | Config) -> Config:
     """Hydra's DictConfig -> the typed, validated Config that library code sees."""
     if isinstance(cfg, DictConfig):
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            check_bool_overrides(list(HydraConfig.get().overrides.task))
         cfg = OmegaConf.to_object(cfg)
     return validate(cfg)
+
+
+def _field_type(key: str) -> str | None:
+    """The annotation of a dotted config key (e.g. 'bool'), None if it names no field."""
+    node, annotation = Config, None
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return None
+        annotation = fields[part].type
+        node = globals().get(annotation) if isinstance(annotation, str) else annotation
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+
+
+def check_bool_overrides(overrides: list[str]) -> None:
+    """A boolean key set on the command line takes true or false only: OmegaConf would turn
+    'no', 'off', 0 or 2 into a bool silently (a sweep 'true,false' lists each)."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and _field_type(key) == "bool":
+            if any(part.strip().lower() not in ("true", "false") for part in value.split(",")):
+                raise JaxrecError(f"config key {key}={value!r}: expected true or false")
 
 
 def to_dict(cfg: Config) -> dict:

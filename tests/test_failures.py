@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, Config, accept_table_overrides, register_configs, to_config
+from jaxrec.config import CONF_DIR, Config, accept_table_overrides, check_bool_overrides, register_configs, to_config
 from jaxrec.data import readers
 from jaxrec.data.preprocess import preprocess
 from jaxrec.data.types import Interactions
@@ -68,6 +68,21 @@ def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, mes
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("override,ok", [
+    ("train.resume=false", True), ("+data.strict=True", True), ("train.progress=true,false", True),
+    ("model.dim=0", True), ("train.resume=no", False), ("data.strict=0", False), ("train.progress=2", False),
+    ("model.use_bias=off", False), ("train.distributed.process_id=1", True),
+])
+def test_boolean_overrides_are_strict(override, ok):
+    """OmegaConf turns 'no', 'off', 0 or 2 into a bool without a word; a bool key takes true/false."""
+    if ok:
+        check_bool_overrides([override])
+    else:
+        key, value = override.split("=")
+        with pytest.raises(JaxrecError, match=f"config key {key}='{value}': expected true or false"):
+            check_bool_overrides([override])
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"sharding.strategy": "row_wise", "sharding.mesh.model": 3, "train.batch_size": 1023},
      "train.eval_batch_size=256 does not divide across the mesh's 3 devices"),
@@ -98,7 +113,8 @@ def test_every_shape_is_checked_before_data_loads(changes, message):
 @pytest.mark.parametrize("overrides,message", [
     (["train.batch_size=1024"], "train.batch_size=1024 is larger than the training split"),
     (["train.batch_size=8", "train.ks=[5,10]"], "train.ks=[5, 10]: cutoff 10 exceeds the catalogue's 6 items"),
-    (["train.batch_size=8", "train.ks=[2]", "train.sampled_negatives=3"], "a user has interacted with 4 of the 6 items"),
+    (["train.batch_size=8", "train.ks=[2]", "train.sampled_negatives=3"],
+     "a user has interacted with 4 of the 6 items"),
 ])
 def test_data_too_small_for_the_run_fails_before_training(tmp_path, overrides, message):
     """Found once the file is read (its size is not in the config), before anything compiles or
@@ -291,20 +307,24 @@ def _cli(module: str, args: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("case", ["unwritable run dir", "epochs 0 with README table override", "plan batch 60",
-                                  "evaluate missing step", "gzip data"])
+                                  "evaluate missing step", "gzip data", "bool no"])
 def test_command_lines_fail_in_one_line_with_status_2(tmp_path, case):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     run_dir = f"hydra.run.dir={tmp_path / 'run'}"
     if case == "unwritable run dir":
-        module, args, message = "jaxrec.train", [*TINY, f"hydra.run.dir={blocker}/run"], "cannot write the run directory"
+        module, args = "jaxrec.train", [*TINY, f"hydra.run.dir={blocker}/run"]
+        message = "cannot write the run directory"
     elif case == "epochs 0 with README table override":
-        module, args = "jaxrec.train", [*TINY, "sharding=auto", "sharding.tables.item=row_wise", "train.epochs=0", run_dir]
+        module = "jaxrec.train"
+        args = [*TINY, "sharding=auto", "sharding.tables.item=row_wise", "train.epochs=0", run_dir]
         message = "train.epochs=0: expected an integer >= 1"
     elif case == "plan batch 60":
         module, args = "jaxrec.plan", [*TINY, "sharding=row_wise", "sharding.num_devices=8", "train.batch_size=60",
                                        run_dir]
         message = "train.batch_size=60 does not divide across the mesh's 8 devices"
+    elif case == "bool no":
+        module, args, message = "jaxrec.train", [*TINY, "train.resume=no", run_dir], "train.resume='no': expected true"
     elif case == "evaluate missing step":
         (tmp_path / "checkpoints" / "10").mkdir(parents=True)
         module, args, message = "jaxrec.evaluate", [str(tmp_path), "--step", "5"], "has no checkpoint of step 5"
