@@ -27,12 +27,13 @@ from jaxrec.data.types import Schema
 from jaxrec.distributed import gathered
 from jaxrec.embedding import EmbeddingCollection, EmbeddingState
 from jaxrec.errors import JaxrecError
-from jaxrec.eval import evaluate_ranking, evaluate_ratings, evaluate_sampled
+from jaxrec.eval import evaluate_ranking_sweeps, evaluate_ratings, evaluate_sampled_picks
 from jaxrec.models import feature_ids, make_model
 from jaxrec.models.losses import LOSSES
 from jaxrec.sharding import strategies
 from jaxrec.sharding.mesh import make_mesh, resolve_mesh_shape
 from jaxrec.sharding.planner import EmbeddingPlan, make_plan
+from jaxrec.sharding.topk import pick_sharded, sweep_sharded
 
 log = logging.getLogger("jaxrec.train")
 
@@ -92,7 +93,9 @@ def build_engine(cfg: Config, schema: Schema, devices=None) -> Engine:
     table_opt = table_optimizer_name(cfg.optimizer) if cfg.optimizer.sparse else "sgd"
     table_lr = scaled_lr(cfg, cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr)
     specs = model.tables(table_opt, table_lr, candidates_per_example(cfg))
-    plan = make_plan(specs, shape, cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.memory_budget_gb * 1e9)
+    per_device = cfg.train.batch_size // (shape[0] * shape[1]) if isinstance(cfg.train.batch_size, int) else 1024
+    plan = make_plan(specs, shape, cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.memory_budget_gb * 1e9,
+                     cfg.sharding.capacity_factor, max(per_device, 1))
     mesh = make_mesh(shape, devices)
     collection = EmbeddingCollection(plan, mesh, model.features(), model.bags())
     return Engine(cfg, model, collection, make_dense_optimizer(cfg), mesh)
@@ -211,7 +214,7 @@ def make_train_step(engine: Engine):
 
     def train_step(state: TrainState, batch: dict):
         ids = feature_ids(model, batch)
-        rows = collection.lookup(state.emb, ids)
+        rows, overflowed = collection.lookup(state.emb, ids, with_overflow=True)
         rng = jax.random.fold_in(dropout_key, state.step)
         loss_fn = lambda p, r: _loss(engine, p, r, batch, ids, rng)  # noqa: E731
         loss, (g_params, g_acts) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.params, rows)
@@ -219,7 +222,7 @@ def make_train_step(engine: Engine):
         finite = jnp.stack(list(checks.values()))
         new_state = jax.lax.cond(jnp.all(finite), apply_gradients,
                                  lambda s, *_: s.replace(step=s.step + 1), state, g_params, g_acts, ids)
-        return new_state, {"loss": loss, "finite": finite}
+        return new_state, {"loss": loss, "finite": finite, "sharding/overflow": overflowed}
 
     shardings = state_shardings(engine, engine.abstract_state)
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, engine.replicated()))
@@ -229,30 +232,43 @@ class RankingEvaluator:
     """Full-ranking (and rating) evaluation of a train state; its jitted pieces compile once per run.
 
     Queries and items go through the same collection lookups as training. The item inputs are
-    padded (with repeats of the last item) to a multiple of the device count, so the catalogue's
-    lookups split evenly over the mesh; the padding columns are cut from the scores."""
+    padded (with repeats of the last item) to a multiple of the device count and their
+    activations stay split over the mesh: each device scores its own block of the catalogue for a
+    chunk of users, and only per-target counts and top-K ids come back (sharding/topk.py). Users
+    go in chunks of eval_chunk_users (a multiple of the device count, capped by the memory
+    budget)."""
 
     def __init__(self, engine: Engine, dataset: Dataset):
         self.engine, self.dataset = engine, dataset
-        model, collection = engine.model, engine.collection
-        num_items = dataset.num_items
+        model, collection, mesh = engine.model, engine.collection, engine.mesh
+        num_items, k = dataset.num_items, max(engine.cfg.train.ks)
         pad = -num_items % engine.num_devices
-        self._items = {name: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
-                       for name, v in model.item_inputs(dataset).items()}
+        self._items_host = {name: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
+                            for name, v in model.item_inputs(dataset).items()}
+        self._items = jax.device_put(self._items_host, engine.batch_sharding())
         self._user_inputs: dict[str, dict] = {}
+        self.chunk = eval_chunk_users(engine, num_items + pad)
 
         def acts(emb, inputs):
             ids = feature_ids(model, inputs)
             return collection.pool(collection.lookup(emb, ids), ids)
 
-        def score(params, emb, item_acts, items, query):
-            scores = model.apply(params, acts(emb, query), query, item_acts, items, method=model.score_all)
-            return scores[:, :num_items]
+        def score_block(query, item_block):
+            params, query_acts, query_inputs = query
+            return model.apply(params, query_acts, query_inputs, *item_block, method=model.score_all)
+
+        def sweep(params, emb, item_acts, items, query, exclude_bx, targets_bt):
+            return sweep_sharded(mesh, score_block, num_items, k, (params, acts(emb, query), query),
+                                 (item_acts, items), exclude_bx, targets_bt)
+
+        def pick(params, emb, item_acts, items, query, items_bm):
+            return pick_sharded(mesh, score_block, (params, acts(emb, query), query), (item_acts, items), items_bm)
 
         def predict(params, emb, batch):
             return model.apply(params, acts(emb, batch), batch)[:, 0]
 
-        self._item_acts, self._score, self._predict = jax.jit(acts), jax.jit(score), jax.jit(predict)
+        self._item_acts, self._sweep, self._pick = jax.jit(acts), jax.jit(sweep), jax.jit(pick)
+        self._predict = jax.jit(predict)
 
     @property
     def has_valid(self) -> bool:
@@ -263,17 +279,27 @@ class RankingEvaluator:
             self._user_inputs[part] = self.engine.model.user_inputs(self.dataset, part)
         return self._user_inputs[part]
 
-    def score_fn(self, state: TrainState, part: str):
-        """users_b -> scores_bn over every item, for evaluate_ranking (in a multi-process run
-        gathered to every process, which then all rank every user)."""
+    def _query(self, part: str, users_b) -> dict[str, np.ndarray]:
         users = self.user_inputs(part)
+        return {name: values[np.asarray(users_b)] for name, values in users.items()}
+
+    def sweep_fn(self, state: TrainState, part: str):
+        """(users_b, exclude_bx, targets_bt) -> Sweep, for evaluate_ranking_sweeps (replicated,
+        so in a multi-process run every process holds it)."""
         item_acts = self._item_acts(state.emb, self._items)
 
-        def score(users_b):
-            query = {name: values[np.asarray(users_b)] for name, values in users.items()}
-            return gathered(self._score(state.params, state.emb, item_acts, self._items, query))
+        def sweep(users_b, exclude_bx, targets_bt):
+            out = self._sweep(state.params, state.emb, item_acts, self._items, self._query(part, users_b),
+                              exclude_bx, targets_bt)
+            return jax.tree.map(gathered, out)
 
-        return score
+        return sweep
+
+    def pick_fn(self, state: TrainState, part: str):
+        """(users_b, items_bm) -> scores_bm, for evaluate_sampled_picks."""
+        item_acts = self._item_acts(state.emb, self._items)
+        return lambda users_b, items_bm: gathered(self._pick(state.params, state.emb, item_acts, self._items,
+                                                             self._query(part, users_b), items_bm))
 
     def predict_fn(self, state: TrainState, part: str):
         """(users_b, items_b) -> predicted ratings, for evaluate_ratings."""
@@ -282,7 +308,7 @@ class RankingEvaluator:
         def predict(users_b, items_b):
             users_b, items_b = np.asarray(users_b), np.asarray(items_b)[:, None]
             batch = ({name: values[users_b] for name, values in users.items()}
-                     | {name: values[items_b] for name, values in self._items.items()})
+                     | {name: values[items_b] for name, values in self._items_host.items()})
             return gathered(self._predict(state.params, state.emb, batch))
 
         return predict
@@ -294,22 +320,36 @@ class RankingEvaluator:
         if not cfg.train.ranking_metrics:  # a rating run: skips the ranking's compiles (~8 s per part on 2 cores)
             return evaluate_ratings(self.predict_fn(state, part), targets)
         exclude = [split.valid] if part == "test" else []
-        score_fn = self.score_fn(state, part)
-        metrics = evaluate_ranking(score_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,
-                                   batch_size=cfg.train.eval_batch_size)
+        sweep_fn = self.sweep_fn(state, part)
+        metrics = evaluate_ranking_sweeps(sweep_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,
+                                          batch_size=self.chunk)
         cold_u = np.bincount(split.train.user, minlength=split.train.num_users) <= cfg.data.cold_max_train
         if cold_u[targets.user].any():  # the cold-start slice, when the data has one
-            cold = evaluate_ranking(score_fn, split.train, targets.subset(np.flatnonzero(cold_u[targets.user])),
-                                    exclude=exclude, ks=cfg.train.ks, batch_size=cfg.train.eval_batch_size)
+            cold = evaluate_ranking_sweeps(sweep_fn, split.train, targets.subset(np.flatnonzero(cold_u[targets.user])),
+                                           exclude=exclude, ks=cfg.train.ks, batch_size=self.chunk)
             metrics |= {f"cold/{name}": value for name, value in cold.items()}
         if cfg.train.sampled_negatives:  # NCF's protocol, next to full ranking (Krichene & Rendle, 2020)
-            sampled = evaluate_sampled(score_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,
-                                       num_negatives=cfg.train.sampled_negatives, seed=cfg.train.data_seed,
-                                       batch_size=cfg.train.eval_batch_size)
+            sampled = evaluate_sampled_picks(self.pick_fn(state, part), split.train, targets, exclude=exclude,
+                                             ks=cfg.train.ks, num_negatives=cfg.train.sampled_negatives,
+                                             seed=cfg.train.data_seed, batch_size=self.chunk)
             metrics |= {f"sampled/{name}": value for name, value in sampled.items()}
         if cfg.model.loss == "mse":
             metrics |= evaluate_ratings(self.predict_fn(state, part), targets)
         return metrics
+
+
+def eval_chunk_users(engine: Engine, padded_items: int) -> int:
+    """Users per evaluation chunk: train.eval_batch_size rounded up to a multiple of the device
+    count (the query lookups split a chunk over every device), lowered while one chunk's
+    [users, items per device] float32 scores would take more than an eighth of the memory budget."""
+    devices, budget = engine.num_devices, engine.cfg.sharding.memory_budget_gb * 1e9
+    requested = -(-engine.cfg.train.eval_batch_size // devices) * devices
+    per_user = padded_items // devices * 4 * EVAL_TEMPORARIES_PER_SCORE
+    fits = int(budget / 8 // max(per_user, 1)) // devices * devices
+    return max(devices, min(requested, fits))
+
+
+EVAL_TEMPORARIES_PER_SCORE = 4  # a score, its masked copy, the exclusion mask, one comparison temporary
 
 
 def make_evaluator(engine: Engine, dataset):
@@ -338,9 +378,14 @@ def dense_bytes(engine: Engine) -> int:
     return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
 
 
-def compiled_step_bytes(engine: Engine, batch_size: int) -> int:
+def compile_step(engine: Engine, batch_size: int):
+    """The train step compiled on abstract inputs (nothing allocated), for its memory and HLO."""
+    return make_train_step(engine).lower(*abstract_inputs(engine, batch_size)).compile()
+
+
+def compiled_step_bytes(engine: Engine, batch_size: int, compiled=None) -> int:
     """XLA's per-device memory for the train step: argument + output - alias + temp bytes."""
-    stats = make_train_step(engine).lower(*abstract_inputs(engine, batch_size)).compile().memory_analysis()
+    stats = (compiled or compile_step(engine, batch_size)).memory_analysis()
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
                + stats.temp_size_in_bytes)
 

@@ -24,8 +24,11 @@ import numpy as np
 from jaxrec.data.types import Interactions
 from jaxrec.errors import JaxrecError
 from jaxrec.eval import metrics
+from jaxrec.eval.sweep import Sweep, sweep_block
 
 ScoreFn = Callable[[jax.Array], jax.Array]  # user_ids_b int32 [B] -> scores_bn float32 [B, N]
+SweepFn = Callable[[jax.Array, np.ndarray, np.ndarray], Sweep]  # (users_b, exclude_bx, targets_bt) -> Sweep
+PickFn = Callable[[jax.Array, jax.Array], jax.Array]  # (users_b, items_bm) -> scores_bm
 PredictFn = Callable[[jax.Array, jax.Array], jax.Array]  # (user_b, item_b) -> rating_b
 
 
@@ -61,23 +64,24 @@ def _pad_rows(csr, users_b: np.ndarray, width: int, fill: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames="ks")
-def _batch_step(scores_bn, exclude_be, targets_bt, real_b, best_pos_n, ks):
-    """Metric sums over the real users of one batch, and the updated best top-K position per item.
+def _batch_sums(sweep: Sweep, targets_bt, real_b, ks):
+    """Metric sums over the real users of one batch (padding rows repeat a real user)."""
+    per_user = metrics.sweep_metrics(sweep, targets_bt, ks)
+    return {name: jnp.where(real_b, value_b, 0.0).sum() for name, value_b in per_user.items()}
 
-    best_pos_n[i] = smallest position at which item i appears in any top-K list (max(ks) if
-    never), so coverage@k for every k is one comparison at the end.
-    """
-    batch, num_items = scores_bn.shape
-    rows_b1 = jnp.arange(batch)[:, None]
-    # Padding slots hold N, one past the last column: mode="drop" discards them.
-    exclude_bn = jnp.zeros((batch, num_items), bool).at[rows_b1, exclude_be].set(True, mode="drop")
-    per_user = metrics.rank_metrics(scores_bn, exclude_bn, targets_bt, ks)
-    sums = {name: jnp.where(real_b, value_b, 0.0).sum() for name, value_b in per_user.items()}
-    # Padding rows repeat a real user, so their lists add nothing new to coverage.
-    ids_bk = metrics.top_k_items(scores_bn, exclude_bn, max(ks))
-    ids_bk = jnp.where(ids_bk >= 0, ids_bk, num_items)
-    pos_bk = jnp.broadcast_to(jnp.arange(max(ks)), ids_bk.shape)
-    return sums, best_pos_n.at[ids_bk].min(pos_bk, mode="drop")
+
+def dense_sweep_fn(score_fn: ScoreFn, num_items: int, k: int) -> SweepFn:
+    """A SweepFn over a score_fn that returns every item's score ([B, N] on one device): for
+    baselines and small catalogues. Sharded models use sharding.topk.sweep_sharded instead."""
+    sweep = jax.jit(sweep_block, static_argnames=("num_items", "k"))
+
+    def fn(users_b, exclude_bx, targets_bt):
+        scores_bn = score_fn(users_b)
+        if scores_bn.shape != (users_b.shape[0], num_items):
+            raise JaxrecError(f"score_fn returned shape {scores_bn.shape}, expected {(users_b.shape[0], num_items)}")
+        return sweep(scores_bn, 0, num_items, exclude_bx, targets_bt, k)
+
+    return fn
 
 
 def _check_ranking_args(train: Interactions, targets: Interactions, ks, batch_size: int) -> None:
@@ -98,13 +102,29 @@ def evaluate_ranking(
     ks: Sequence[int] = (10, 20),
     batch_size: int = 256,
 ) -> dict[str, float]:
+    """Mean full-ranking metrics over users with at least one target, from a score_fn that
+    returns every item's score (see evaluate_ranking_sweeps for the rules and keys)."""
+    return evaluate_ranking_sweeps(dense_sweep_fn(score_fn, train.num_items, max(ks)), train, targets,
+                                   exclude=exclude, ks=ks, batch_size=batch_size)
+
+
+def evaluate_ranking_sweeps(
+    sweep_fn: SweepFn,
+    train: Interactions,
+    targets: Interactions,
+    *,
+    exclude: Sequence[Interactions] = (),
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Mean full-ranking metrics over users with at least one target.
 
     Items in `train` and in every `exclude` set (e.g. validation items when testing) are
     removed from each user's ranking; a target that is also excluded is dropped. Keys:
     hr@k, ndcg@k, recall@k, precision@k, coverage@k for each k in ks, plus mrr and auc.
     See `metrics` for the pessimistic tie rule (tied targets are ordered by item id here).
-    Returns {} when no user has a target.
+    Only per-target counts and top-K ids come back per batch (eval/sweep.py). Returns {} when no
+    user has a target.
     """
     ks = tuple(sorted(set(int(k) for k in ks)))
     _check_ranking_args(train, targets, ks, batch_size)
@@ -117,28 +137,20 @@ def evaluate_ranking(
     if len(users) == 0:
         return {}
     exclude_width = max(int(np.diff(seen[0])[users].max()), 1)
-    sums, best_pos_n = None, jnp.full(num_items, max(ks), jnp.int32)
+    sums, best_pos_n = None, np.full(num_items, max(ks), np.int32)
     for start in range(0, len(users), batch_size):
         users_b = users[start : start + batch_size]
         target_width = 1 << (int(np.diff(wanted[0])[users_b[0]]) - 1).bit_length()
         real_b = np.arange(batch_size) < len(users_b)
         users_b = np.pad(users_b, (0, batch_size - len(users_b)), mode="edge").astype(np.int32)
-        scores_bn = score_fn(jnp.asarray(users_b))
-        if scores_bn.shape != (batch_size, num_items):
-            raise JaxrecError(
-                f"score_fn returned shape {scores_bn.shape}, expected {(batch_size, num_items)}"
-            )
-        batch_sums, best_pos_n = _batch_step(
-            scores_bn,
-            _pad_rows(seen, users_b, exclude_width, fill=num_items),
-            _pad_rows(wanted, users_b, target_width, fill=-1),
-            real_b,
-            best_pos_n,
-            ks,
-        )
+        targets_bt = _pad_rows(wanted, users_b, target_width, fill=-1)
+        sweep = sweep_fn(jnp.asarray(users_b), _pad_rows(seen, users_b, exclude_width, fill=num_items), targets_bt)
+        batch_sums = _batch_sums(sweep, targets_bt, real_b, ks)
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+        ids_bk = np.asarray(sweep.top_ids_bk)[real_b]
+        position_bk = np.broadcast_to(np.arange(ids_bk.shape[1]), ids_bk.shape)
+        np.minimum.at(best_pos_n, ids_bk[ids_bk >= 0], position_bk[ids_bk >= 0])
     result = {name: float(total) / len(users) for name, total in sums.items()}
-    best_pos_n = np.asarray(best_pos_n)
     broken = math.isnan(result["mrr"])  # some user's scores were NaN or +inf: no coverage either
     result.update({f"coverage@{k}": math.nan if broken else float(np.mean(best_pos_n < k)) for k in ks})
     return result
@@ -204,25 +216,33 @@ def sample_negatives(users: np.ndarray, seen_keys: np.ndarray, num_items: int, c
 
 
 @functools.partial(jax.jit, static_argnames="ks")
-def _sampled_step(scores_bn, targets_bt, negatives_bm, real_b, ks):
+def _sampled_step(target_scores_bt, negative_scores_bm, targets_bt, real_b, ks):
     """Metric sums of each target ranked against the user's sampled negatives only."""
-    rows_b1 = jnp.arange(scores_bn.shape[0])[:, None]
-    target_bt = scores_bn[rows_b1, jnp.maximum(targets_bt, 0)]
-    negative_bm = scores_bn[rows_b1, negatives_bm]
-    rank_bt = jnp.sum(negative_bm[:, None, :] >= target_bt[:, :, None], axis=-1)  # ties count against
+    rank_bt = jnp.sum(negative_scores_bm[:, None, :] >= target_scores_bt[:, :, None], axis=-1)  # ties count against
     valid_bt = (targets_bt >= 0) & real_b[:, None]
     per_target = {"mrr": 1.0 / (rank_bt + 1)}
     for k in ks:
         hit_bt = rank_bt < k
         per_target |= {f"hr@{k}": hit_bt.astype(jnp.float32), f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0)}
     count_b = jnp.maximum(valid_bt.sum(axis=1), 1)
-    broken_b = real_b & metrics.broken_scores(scores_bn)  # NaN metrics, as in metrics.rank_metrics
+    picked_bc = jnp.concatenate([jnp.where(targets_bt >= 0, target_scores_bt, 0.0), negative_scores_bm], axis=1)
+    broken_b = real_b & metrics.broken_scores(picked_bc)  # NaN metrics, as in metrics.rank_metrics
     return {name: jnp.sum(jnp.where(broken_b, jnp.nan, jnp.where(valid_bt, value, 0).sum(axis=1) / count_b))
             for name, value in per_target.items()}
 
 
-def evaluate_sampled(
-    score_fn: ScoreFn,
+def dense_pick_fn(score_fn: ScoreFn) -> PickFn:
+    """A PickFn over a score_fn that returns every item's score."""
+    return lambda users_b, items_bm: jnp.take_along_axis(score_fn(users_b), jnp.maximum(items_bm, 0), axis=1)
+
+
+def evaluate_sampled(score_fn: ScoreFn, train: Interactions, targets: Interactions, **kwargs) -> dict[str, float]:
+    """evaluate_sampled_picks over a score_fn that returns every item's score."""
+    return evaluate_sampled_picks(dense_pick_fn(score_fn), train, targets, **kwargs)
+
+
+def evaluate_sampled_picks(
+    pick_fn: PickFn,
     train: Interactions,
     targets: Interactions,
     *,
@@ -235,7 +255,8 @@ def evaluate_sampled(
     """The sampled protocol of NCF (He et al., 2017): each target ranked against `num_negatives`
     items the user never interacted with (in train, exclude or targets), drawn once per seed.
     Keys hr@k, ndcg@k, mrr (per target, averaged per user, then over users). Krichene & Rendle
-    (2020) show these can order models differently from full ranking; report both."""
+    (2020) show these can order models differently from full ranking; report both.
+    pick_fn(users_b, items_bm) -> scores_bm: only the targets' and negatives' scores are needed."""
     ks = tuple(sorted(set(int(k) for k in ks)))
     _check_ranking_args(train, targets, ks, batch_size)
     num_users, num_items = train.num_users, train.num_items
@@ -256,7 +277,9 @@ def evaluate_sampled(
         pad = batch_size - len(users_b)
         users_b = np.pad(users_b, (0, pad), mode="edge").astype(np.int32)
         negatives_bm = np.pad(negatives_bm, ((0, pad), (0, 0)), mode="edge")
-        batch_sums = _sampled_step(score_fn(jnp.asarray(users_b)), _pad_rows(wanted, users_b, target_width, fill=-1),
-                                   negatives_bm, real_b, ks)
+        targets_bt = _pad_rows(wanted, users_b, target_width, fill=-1)
+        picked_bc = pick_fn(jnp.asarray(users_b), jnp.concatenate([targets_bt, negatives_bm], axis=1))
+        batch_sums = _sampled_step(picked_bc[:, : targets_bt.shape[1]], picked_bc[:, targets_bt.shape[1]:],
+                                   targets_bt, real_b, ks)
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return {name: float(total) / len(users) for name, total in sums.items()}

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.eval.sweep import Sweep, block_counts, block_targets, broken_scores  # noqa: F401 (re-exported)
+
 
 class _TargetCounts(NamedTuple):
     """Per-target counts over non-excluded items; `all_*` include targets, `tgt_*` only targets."""
@@ -39,24 +41,6 @@ class _TargetCounts(NamedTuple):
     tgt_equal_bt: jax.Array  # includes the target itself
     tgt_equal_earlier_bt: jax.Array
     num_negatives_b: jax.Array  # non-excluded non-target items
-
-
-def _count_all_items(scores_bn, exclude_bn, target_scores_bt):
-    """Non-excluded items scoring above / equal to each target score.
-
-    A direct comparison costs O(B*T*N) but fuses into one reduction (no [B, T, N] array). On
-    CPU, XLA's sort is ~100x slower than this, and one two-output `lax.reduce` is ~10x faster
-    than two `jnp.sum`s (measured at B=64, T=16, N=10^5).
-    """
-    # NaN compares false to everything, which removes excluded items from both counts.
-    scores_b1n = jnp.where(exclude_bn, jnp.nan, scores_bn)[:, None, :]
-    target_bt1 = target_scores_bt[:, :, None]
-    greater_btn = (scores_b1n > target_bt1).astype(jnp.int32)
-    equal_btn = (scores_b1n == target_bt1).astype(jnp.int32)
-    zero = jnp.int32(0)
-    return jax.lax.reduce(
-        (greater_btn, equal_btn), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), (2,)
-    )
 
 
 def _count_targets(target_scores_bt, valid_bt):
@@ -71,23 +55,29 @@ def _count_targets(target_scores_bt, valid_bt):
     return greater_bt, equal_btt.sum(axis=-1), (equal_btt & earlier_tt).sum(axis=-1)
 
 
-def _count(scores_bn, exclude_bn, targets_bt) -> _TargetCounts:
-    """Everything the metrics need, in one pass over the batch."""
-    safe_bt = jnp.maximum(targets_bt, 0)
-    valid_bt = (targets_bt >= 0) & ~jnp.take_along_axis(exclude_bn, safe_bt, axis=1)
-    target_scores_bt = jnp.take_along_axis(scores_bn, safe_bt, axis=1)
-    all_greater_bt, all_equal_bt = _count_all_items(scores_bn, exclude_bn, target_scores_bt)
-    tgt_greater_bt, tgt_equal_bt, tgt_earlier_bt = _count_targets(target_scores_bt, valid_bt)
-    num_allowed_b = scores_bn.shape[1] - exclude_bn.sum(axis=1)
-    return _TargetCounts(
-        valid_bt, all_greater_bt, all_equal_bt, tgt_greater_bt, tgt_equal_bt, tgt_earlier_bt,
-        num_allowed_b - valid_bt.sum(axis=1),
-    )
+def _count(scores_bn, exclude_bn, targets_bt) -> tuple[_TargetCounts, jax.Array]:
+    """Everything the metrics need, in one pass over the batch: (counts, broken_b)."""
+    return _counts_from_sweep(sweep_mask(scores_bn, exclude_bn, targets_bt), targets_bt)
+
+
+def sweep_mask(scores_bn, exclude_bn, targets_bt) -> Sweep:
+    """The Sweep (without top-K ids) of a [B, N] score matrix and an exclusion mask."""
+    target_scores_bt, target_excluded_bt = block_targets(scores_bn, exclude_bn, 0, targets_bt)
+    greater_bt, equal_bt, allowed_b, broken_b = block_counts(scores_bn, exclude_bn, target_scores_bt)
+    return Sweep(target_scores_bt, target_excluded_bt, greater_bt, equal_bt, allowed_b, broken_b, None)
+
+
+def _counts_from_sweep(sweep: Sweep, targets_bt) -> tuple[_TargetCounts, jax.Array]:
+    valid_bt = (targets_bt >= 0) & ~sweep.target_excluded_bt
+    tgt_greater_bt, tgt_equal_bt, tgt_earlier_bt = _count_targets(sweep.target_scores_bt, valid_bt)
+    counts = _TargetCounts(valid_bt, sweep.greater_bt, sweep.equal_bt, tgt_greater_bt, tgt_equal_bt,
+                           tgt_earlier_bt, sweep.allowed_b - valid_bt.sum(axis=1))
+    return counts, sweep.broken_b
 
 
 def target_ranks(scores_bn, exclude_bn, targets_bt):
     """1-based pessimistic rank of each target (module docstring); 0 in padding/excluded slots."""
-    c = _count(scores_bn, exclude_bn, targets_bt)
+    c, _ = _count(scores_bn, exclude_bn, targets_bt)
     return jnp.where(c.valid_bt, _ranks(c), 0)
 
 
@@ -128,20 +118,19 @@ def rank_metrics(scores_bn, exclude_bn, targets_bt, ks: tuple[int, ...]) -> dict
     MRR uses the full ranking (1 / rank of the best-ranked target). A row without valid targets
     gets 0 everywhere (0.5 for AUC); callers average only over users that have targets.
     """
-    c = _count(scores_bn, exclude_bn, targets_bt)
+    return sweep_metrics(sweep_mask(scores_bn, exclude_bn, targets_bt), targets_bt, ks)
+
+
+def sweep_metrics(sweep: Sweep, targets_bt, ks: tuple[int, ...]) -> dict[str, jax.Array]:
+    """rank_metrics from a Sweep: what a sharded evaluation returns instead of scores."""
+    c, broken_b = _counts_from_sweep(sweep, targets_bt)
     ranks_bt = _ranks(c)
     out = {}
     for k in ks:
         out.update(_cutoff_metrics(ranks_bt, c.valid_bt, k))
     out["mrr"] = jnp.where(c.valid_bt, 1.0 / ranks_bt, 0.0).max(axis=1, initial=0.0)
     out["auc"] = _auc(c)
-    broken_b = broken_scores(scores_bn)
     return {name: jnp.where(broken_b, jnp.nan, value).astype(jnp.float32) for name, value in out.items()}
-
-
-def broken_scores(scores_bn):
-    """bool [B]: rows holding a NaN or +inf score, whose metrics are NaN (module docstring)."""
-    return (jnp.isnan(scores_bn) | (scores_bn == jnp.inf)).any(axis=1)
 
 
 def top_k_items(scores_bn, exclude_bn, k: int):

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrec.sharding.planner import EmbeddingPlan, GroupLayout
-from jaxrec.sharding.strategies import DATA, MODEL, TABLE_SPECS
+from jaxrec.sharding import strategies  # a module reference: strategies imports embedding, which imports us
 
 INIT_CHUNK_ROWS = 1 << 14  # rows drawn at once per device: bounds the init's temporaries
 PAD_UNIT_ROWS = 4096  # logical tables are padded to a multiple of min(this, next power of two)
@@ -41,7 +41,7 @@ def padded_rows(rows: int) -> int:
 
 def logical_spec(mesh, rows: int) -> P:
     """Rows split over the most mesh axes that divide them (all devices when they do)."""
-    for axes in ((DATA, MODEL), (MODEL,), (DATA,)):
+    for axes in ((strategies.DATA, strategies.MODEL), (strategies.MODEL,), (strategies.DATA,)):
         if rows % math.prod(mesh.shape[a] for a in axes) == 0:
             return P(axes, None)
     return P()
@@ -90,7 +90,7 @@ def init_group(plan: EmbeddingPlan, mesh, group: GroupLayout, table_keys, stds) 
     chunk = min(INIT_CHUNK_ROWS, local_rows)
 
     def local(table_keys, stds):
-        device = jax.lax.axis_index(MODEL)
+        device = jax.lax.axis_index(strategies.MODEL)
         col0 = device * local_width if group.kind == "column" else 0
 
         def body(c, block_rd):
@@ -105,7 +105,7 @@ def init_group(plan: EmbeddingPlan, mesh, group: GroupLayout, table_keys, stds) 
         block_rd = jnp.zeros((local_rows, local_width), group.dtype)
         return jax.lax.fori_loop(0, math.ceil(local_rows / chunk), body, block_rd)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=TABLE_SPECS[group.kind],
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=strategies.TABLE_SPECS[group.kind],
                          check_vma=False)(table_keys, stds)
 
 
@@ -125,7 +125,7 @@ def to_logical(plan: EmbeddingPlan, mesh, table: str, group_array, width: int):
     if group.kind == "row":
         model, q = plan.mesh_shape[1], math.ceil(spec.rows / place.shards)
         x = group_array.reshape(model, group.block_rows, group_array.shape[1])
-        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(MODEL, None, None)))
+        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
         x = x[place.owner : place.owner + place.shards, place.base : place.base + q, :width]
         x = x.transpose(1, 0, 2).reshape(q * place.shards, width)  # logical row i = j * shards + s
     else:
@@ -145,7 +145,7 @@ def write_logical(plan: EmbeddingPlan, mesh, table: str, group_array, logical_rw
     model, q = plan.mesh_shape[1], math.ceil(spec.rows / place.shards)
     x = _fit_rows(logical_rw[: spec.rows], q * place.shards).reshape(q, place.shards, width).transpose(1, 0, 2)
     if place.shards == model:  # row-wise: shard s's rows go to device s (XLA: an all-to-all)
-        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(MODEL, None, None)))
+        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
     stacked = group_array.reshape(model, group.block_rows, group_array.shape[1])
     stacked = stacked.at[place.owner : place.owner + place.shards, place.base : place.base + q, :width].set(
         x.astype(group_array.dtype))
