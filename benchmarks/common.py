@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -166,43 +165,13 @@ def plot_lines(path: Path, series: dict[str, tuple[Sequence[float], Sequence[flo
     tmp.replace(path)
 
 
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-                "f64": 8, "s64": 8, "u64": 8}
-_COLLECTIVE = re.compile(r"= (.+?) (" + "|".join(COLLECTIVES) + r")(-done)?\(")
-_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
-_LISTED_GROUP = re.compile(r"replica_groups=\{\{([\d,]*)\}")
-_IOTA_GROUPS = re.compile(r"replica_groups=\[\d+,(\d+)\]<=")
-_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
+def hlo_collective_bytes(hlo_text: str) -> dict[str, float]:
+    """Bytes one device receives per normal step from the compiled program's collectives, by
+    opcode: the single accounting of jaxrec.sharding.hlo (ring formulas; a while loop's body once,
+    a conditional's busiest branch), which jaxrec.plan and the planner's tests use too."""
+    from jaxrec.sharding.hlo import received_bytes_by_op
 
-
-def _group_size(line: str) -> int | None:
-    """Devices per replica group of a collective (listed, iota or mesh form); None when the line
-    names none (all devices)."""
-    if match := _LISTED_GROUP.search(line):
-        return len(match.group(1).split(","))
-    if match := _IOTA_GROUPS.search(line):
-        return int(match.group(1))
-    if match := _MESH_GROUPS.search(line):
-        sizes = dict(re.findall(r"'(\w+)'=(\d+)", match.group(1)))
-        return int(np.prod([int(sizes[axis]) for axis in re.findall(r"'(\w+)'", match.group(2))]))
-    return None
-
-
-def hlo_collective_bytes(hlo_text: str) -> dict[str, int]:
-    """Bytes the collectives of one device's compiled program write, by opcode: the sum of each
-    collective's result shapes (a combined collective's tuple counts every member). Collectives
-    over groups of one device (an axis of size 1) move nothing and are left out. Async pairs
-    count once, at their `-done`; collectives inside every computation count (the update runs in a
-    `conditional` branch), each once per step; none of jaxrec's sit inside a loop."""
-    totals = dict.fromkeys(COLLECTIVES, 0)
-    for line in hlo_text.splitlines():
-        match = _COLLECTIVE.search(line)
-        if not match or _group_size(line) == 1:
-            continue
-        for dtype, dims in _ARRAY.findall(match.group(1)):
-            totals[match.group(2)] += _DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
-    return totals
+    return received_bytes_by_op(hlo_text)
 
 
 def copy_bandwidth_gbps(devices: Sequence[Any], megabytes: int = 256, repeats: int = 10) -> float:

@@ -44,24 +44,33 @@ def format_plan(plan_json: dict) -> str:
         f"{max(mem['activations']) / 1e6:,.1f} MB, dense {mem['dense'] / 1e6:,.3f} MB",
         f"peak per device: planner {max(plan_json['peak_bytes_per_device']) / 1e6:,.1f} MB, "
         f"XLA {max(plan_json['xla_bytes_per_device']) / 1e6:,.1f} MB",
-        f"communication per step (all devices): {plan_json['comm_bytes_per_step'] / 1e6:,.2f} MB",
+        f"received per device per step: planner {plan_json['comm_bytes_received_per_device'] / 1e6:,.2f} MB, XLA "
+        f"{(plan_json['xla_comm_bytes_received_per_device'] or 0) / 1e6:,.2f} MB (train_step.hlo.txt)",
     ]
     return "\n".join(lines)
 
 
-def make_plan_json(cfg: Config, with_xla: bool = True) -> dict:
+def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = None) -> dict:
+    """hlo_path: where to write the compiled train step's HLO text (with_xla only)."""
+    import jax
+
     from jaxrec.data.dataset import data_schema
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
-    from jaxrec.train_lib import build_engine, check_batch_size, compiled_step_bytes, dense_bytes
+    from jaxrec.sharding.hlo import received_bytes_per_device
+    from jaxrec.train_lib import build_engine, check_batch_size, compile_step, compiled_step_bytes, dense_bytes
 
     engine = build_engine(cfg, data_schema(cfg.data))
     plan, budget, dense = engine.plan, cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
     auto = cfg.train.batch_size == "auto"
     batch = largest_batch_that_fits(plan, budget, dense) if auto else int(cfg.train.batch_size)
     check_batch_size(batch, plan.num_devices, plan.mesh_shape)
-    estimate = estimate_memory(plan, batch, dense)
+    dense_params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.abstract_state.params))
+    estimate = estimate_memory(plan, batch, dense, dense_param_bytes=dense_params)
     check_fits(plan, estimate, budget)
-    xla = compiled_step_bytes(engine, batch) if with_xla else None
+    compiled = compile_step(engine, batch) if with_xla else None
+    xla = compiled_step_bytes(engine, batch, compiled) if with_xla else None
+    if compiled is not None and hlo_path is not None:
+        hlo_path.write_text(compiled.as_text())
     return {
         "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
         "batch_size": batch,
@@ -69,13 +78,16 @@ def make_plan_json(cfg: Config, with_xla: bool = True) -> dict:
         "memory_budget_bytes": budget,
         "tables": {
             name: {"strategy": place.strategy, "rows": plan.specs[name].rows, "dim": plan.specs[name].dim,
-                   "group": place.group, "bytes_per_device": table_bytes_per_device(plan, name)}
+                   "group": place.group, "bytes_per_device": table_bytes_per_device(plan, name),
+                   "step_cost_by_strategy": plan.candidate_costs.get(name)}
             for name, place in plan.placements.items()
         },
         "memory_per_device": {"params": estimate.params, "slots": estimate.slots, "buffers": estimate.buffers,
                               "activations": estimate.activations, "dense": estimate.dense},
         "peak_bytes_per_device": estimate.peak,
         "comm_bytes_per_step": estimate.comm_bytes_per_step,
+        "comm_bytes_received_per_device": estimate.comm_bytes_received_per_device,
+        "xla_comm_bytes_received_per_device": received_bytes_per_device(compiled.as_text()) if with_xla else None,
         "xla_bytes_per_device": [xla] * plan.num_devices if with_xla else None,
     }
 
@@ -89,9 +101,9 @@ quiet_backend_probe()
 def main(dict_cfg: DictConfig) -> None:
     cfg = to_config(dict_cfg)
     simulate_cpu_devices(cfg)
-    plan_json = make_plan_json(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    plan_json = make_plan_json(cfg, hlo_path=run_dir / "train_step.hlo.txt")
     write_json_atomic(run_dir / "plan.json", plan_json)
     print(format_plan(plan_json))
     print(f"wrote {run_dir / 'plan.json'}")

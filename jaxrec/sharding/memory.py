@@ -3,10 +3,10 @@
 The estimate mirrors what the shard_map kernels allocate (sharding/strategies.py):
 params and slots are the group arrays as laid out (padding included); buffers are the largest
 group's working set (groups run one after another and XLA reuses their buffers): the lookup's
-gathered keys and rows, or the update's gathered keys, gradients, summed gradients, old rows and
-slots (new values are written in place); activations are the looked-up rows and their gradients.
-Calibrated against XLA's temp bytes on CPU: linear in the batch, within a few % for lazy Adam. Communication counts the bytes each
-device receives from collectives in one step, summed over devices.
+exchange buffers and rows, or the update's exchanged keys, gradients, summed gradients, old rows
+and slots (new values are written in place); activations are the looked-up rows and their
+gradients. Communication counts the bytes each device receives from collectives in one normal
+step, with the ring formulas of sharding.hlo, which reads the same figure from compiled HLO.
 
 Legend: N devices, M model-axis size, n ids per device per group, d (local) dim.
 """
@@ -18,6 +18,8 @@ import math
 
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.sharding.planner import FLOAT_BYTES, ID_BYTES, EmbeddingPlan, GroupLayout
+
+MEMORY_OVER_LINK = 10  # a device's memory is about this many times faster than its links (HBM vs NVLink/ICI)
 
 
 def _slot_width(optimizer: str, dim: int) -> int:
@@ -47,7 +49,8 @@ class MemoryEstimate:
     buffers: list[int]
     activations: list[int]
     dense: int  # dense parameters and their optimiser state, on every device
-    comm_bytes_per_step: int
+    comm_bytes_per_step: int  # received, summed over devices
+    comm_bytes_received_per_device: float  # embeddings, plus the dense gradients' all-reduce
 
     @property
     def peak(self) -> list[int]:
@@ -72,38 +75,100 @@ def _ids_per_device(plan: EmbeddingPlan, group: GroupLayout, batch_size: int) ->
     return math.ceil(batch_size / plan.num_devices) * per_example
 
 
-def _group_traffic(plan: EmbeddingPlan, group: GroupLayout, batch_size: int) -> tuple[int, int, int]:
-    """(buffer bytes per device, activation bytes per device, bytes received per device)."""
+def _scalar_all_reduce(devices: int) -> float:
+    """A 4-byte pmax / pmin over every device (the row exchange's round agreement)."""
+    return 2 * (devices - 1) / devices * ID_BYTES
+
+
+def _row_traffic(plan: EmbeddingPlan, group: GroupLayout, n: int, d: int, slot_width: int):
+    """Row kind, one round of the owner-routed exchange (strategies._lookup_rows, _update_rows):
+    (lookup buffers, update buffers, bytes received per device). The update holds the send and
+    receive buckets of keys and gradients, what was gathered over `data`, and per unique row its
+    summed gradient, old row and slots; it consumes the activations' gradients (n x d), which
+    the activation term already counts. Fitted to XLA's temp bytes on CPU (MF, dim 64, 8 and 64
+    devices, 1,024 and 16,384 examples per device): 5-6% above."""
+    data, model = plan.mesh_shape
+    c = plan.bucket_capacity(group.name, n)
+    bucket = model * c
+    gathered = data * bucket  # keys an owner applies per round
+    unique = min(gathered, group.block_rows + 1)
+    lookup = n * 6 * ID_BYTES + 2 * bucket * (ID_BYTES + d * group.itemsize)
+    update = (2 * bucket * (ID_BYTES + d * FLOAT_BYTES) + (data - 1) * bucket * (2 * ID_BYTES + d * FLOAT_BYTES)
+              + unique * (ID_BYTES + (2 * d + slot_width) * FLOAT_BYTES) - n * d * FLOAT_BYTES)
+    received = (model - 1) * c * (2 * ID_BYTES + d * (group.itemsize + FLOAT_BYTES))
+    received += (data - 1) * bucket * (ID_BYTES + d * FLOAT_BYTES)
+    received += 4 * _scalar_all_reduce(plan.num_devices)  # round counts and next rounds, lookup and update
+    return lookup, update, received
+
+
+def _group_traffic(plan: EmbeddingPlan, group: GroupLayout, batch_size: int) -> tuple[int, int, float]:
+    """(buffer bytes per device, activation bytes per device, bytes received per device per step)."""
     data, model = plan.mesh_shape
     n, devices = _ids_per_device(plan, group, batch_size), plan.num_devices
     d, full_d = _local_dim(group, model), group.padded_dim
     slots = ROW_OPTIMIZERS[group.optimizer].slots.values()
     slot_width = sum(d if kind == "element" else 1 for kind, _ in slots)
-    gathered = devices * n  # keys every device sees in the update
-    # per gathered key: the key, its position and its gradient; per unique local row (at most
-    # block_rows + 1: strategies._dedup marks rows once keys outnumber them): the row id, the
-    # summed gradient, the old row and its slots
+    activations = 2 * n * full_d * FLOAT_BYTES
+    if group.kind == "row":
+        lookup, update, received = _row_traffic(plan, group, n, d, slot_width)
+        return max(lookup, update), activations, received
+    if group.kind == "replicated" and group.exchange == "dense":
+        rows = group.block_rows
+        update = rows * (2 * (d + 1) + d + slot_width) * FLOAT_BYTES + n * (ID_BYTES + d * FLOAT_BYTES)
+        return update, activations, 2 * (devices - 1) / devices * rows * (d + 1) * FLOAT_BYTES
+    # replicated (sparse) and column: every device's unique keys and gradients are gathered
+    gathered = devices * n
     unique = min(gathered, group.block_rows + 1)
     update = gathered * (2 * ID_BYTES + d * FLOAT_BYTES) + unique * (ID_BYTES + (2 * d + slot_width) * FLOAT_BYTES)
-    lookup = 0 if group.kind == "replicated" else model * n * (ID_BYTES + d * group.itemsize)
-    activations = 2 * n * full_d * FLOAT_BYTES
-    received = (gathered - n) * (ID_BYTES + d * group.itemsize)
-    if group.kind != "replicated":
-        received += (model - 1) * n * (ID_BYTES + d * group.itemsize)
+    received = (gathered - n) * (ID_BYTES + d * FLOAT_BYTES)
+    lookup = 0
+    if group.kind == "column":
+        lookup = model * n * (ID_BYTES + d * group.itemsize)
+        received = (model - 1) * n * ID_BYTES * 2 + (data - 1) * model * n * ID_BYTES  # keys: lookup, update
+        received += (model - 1) / model * n * full_d * (group.itemsize + FLOAT_BYTES)  # rows back, grads out
+        received += (data - 1) * model * n * d * FLOAT_BYTES  # gradients over data
+        if group.optimizer == "rowwise_adagrad":  # the only optimiser that reads the row's square sum
+            received += 2 * (model - 1) / model * unique * FLOAT_BYTES
     return max(lookup, update), activations, received
 
 
-def estimate_memory(plan: EmbeddingPlan, batch_size: int, dense_bytes: int = 0) -> MemoryEstimate:
+def dense_all_reduce_bytes(num_devices: int, param_bytes: int) -> float:
+    """Bytes a device receives per step all-reducing the dense parameters' gradients."""
+    return 2 * (num_devices - 1) / num_devices * param_bytes
+
+
+def group_comm_bytes(plan: EmbeddingPlan, group: str, batch_size: int) -> float:
+    """Bytes one device receives per step for one group's lookup and update."""
+    return _group_traffic(plan, plan.groups[group], batch_size)[2]
+
+
+def step_cost(plan: EmbeddingPlan, batch_size: int) -> float:
+    """The planner's step cost of the embeddings, in bytes of link traffic: bytes received per
+    device plus the bytes of rows and slots a device reads and writes, discounted by how much
+    faster memory is than links (MEMORY_OVER_LINK)."""
+    data, model = plan.mesh_shape
+    cost = 0.0
+    for group in plan.groups.values():
+        buffers, _, received = _group_traffic(plan, group, batch_size)
+        cost += received + buffers / MEMORY_OVER_LINK
+    return cost
+
+
+def estimate_memory(plan: EmbeddingPlan, batch_size: int, dense_bytes: int = 0,
+                    dense_param_bytes: int = 0) -> MemoryEstimate:
+    """dense_param_bytes: the dense parameters alone, whose gradients are all-reduced each step."""
     devices = plan.num_devices
     model = plan.mesh_shape[1]
-    params, slots, buffers, activations, comm = [0] * devices, [0] * devices, 0, 0, 0
+    params, slots, buffers, activations = [0] * devices, [0] * devices, 0, 0
+    received = dense_all_reduce_bytes(devices, dense_param_bytes)
     for group in plan.groups.values():
         p, s = _group_arrays(group, model)
         params = [x + p for x in params]
         slots = [x + s for x in slots]
         b, a, r = _group_traffic(plan, group, batch_size)
-        buffers, activations, comm = max(buffers, b), activations + a, comm + r * devices
-    return MemoryEstimate(params, slots, [buffers] * devices, [activations] * devices, dense_bytes, comm)
+        buffers, activations, received = max(buffers, b), activations + a, received + r
+    return MemoryEstimate(params, slots, [buffers] * devices, [activations] * devices, dense_bytes,
+                          round(received * devices), received)
 
 
 def _gb(num_bytes: float) -> str:

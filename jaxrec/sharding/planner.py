@@ -32,6 +32,7 @@ KIND_OF_STRATEGY = {
 FLOAT_BYTES = 4
 ID_BYTES = 4
 REPLICATE_BELOW_BYTES = 4 << 20  # `auto` never replicates tables whose rows and slots take more
+DEFAULT_CAPACITY_FACTOR = 1.5  # conf/sharding/*.yaml sets sharding.capacity_factor; see README
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class GroupLayout:
     lr: float
     tables: tuple[str, ...]
     dtype: str = "float32"  # storage of the rows; optimiser slots are float32
+    exchange: str = "sparse"  # replicated kind: how gradients travel, "sparse" (all-gather) or "dense" (all-reduce)
 
     @property
     def itemsize(self) -> int:
@@ -70,10 +72,31 @@ class EmbeddingPlan:
     specs: dict[str, TableSpec]
     placements: dict[str, TablePlacement]
     groups: dict[str, GroupLayout]
+    capacity_factor: float = DEFAULT_CAPACITY_FACTOR  # row kind: bucket capacity over a balanced share
+    # `auto`: each table's estimated step cost (sharding.memory.step_cost, alone on this mesh) per candidate
+    candidate_costs: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_devices(self) -> int:
         return self.mesh_shape[0] * self.mesh_shape[1]
+
+    def owner_share(self, group: str) -> float:
+        """The largest fraction of a row group's keys that one model-axis device owns, from the
+        tables' ids per example and placements (1 / model for row-wise alone)."""
+        model = self.mesh_shape[1]
+        share = np.zeros(model)
+        tables = self.groups[group].tables
+        total = sum(self.specs[t].ids_per_example for t in tables)
+        for table in tables:
+            place = self.placements[table]
+            share[place.owner: place.owner + place.shards] += self.specs[table].ids_per_example / place.shards
+        return float(share.max() / total)
+
+    def bucket_capacity(self, group: str, keys_per_device: int) -> int:
+        """C of a row group's [model, C] all_to_all buckets: capacity_factor x the owner's share
+        of a device's keys, at least 2 (strategies' rounds need it) and at most all of them."""
+        wanted = math.ceil(self.capacity_factor * self.owner_share(group) * keys_per_device)
+        return max(2, min(wanted, keys_per_device))
 
     def group_keys(self, table: str, ids):
         """Logical row ids of `table` -> row indices in its group's stacked array (jnp or np).
@@ -90,8 +113,18 @@ class EmbeddingPlan:
         return where(ids < 0, -1, keys)
 
 
-def _group_key(spec: TableSpec, strategy: str) -> tuple:
-    return KIND_OF_STRATEGY[strategy], spec.dim, spec.optimizer, spec.lr, spec.dtype
+def _group_key(spec: TableSpec, strategy: str, exchange: str = "sparse") -> tuple:
+    return KIND_OF_STRATEGY[strategy], spec.dim, spec.optimizer, spec.lr, spec.dtype, exchange
+
+
+def replicated_exchange(spec: TableSpec, num_devices: int, batch_per_device: int) -> str:
+    """How a replicated table's gradients travel: "dense" when all-reducing a table-sized gradient
+    (and a touched-row count) receives fewer bytes than all-gathering every device's keys and
+    gradients, else "sparse"."""
+    keys = batch_per_device * spec.ids_per_example
+    sparse = (num_devices - 1) * keys * (ID_BYTES + spec.dim * FLOAT_BYTES)
+    dense = 2 * (num_devices - 1) / num_devices * spec.rows * (spec.dim + 1) * FLOAT_BYTES
+    return "dense" if dense < sparse else "sparse"
 
 
 def _table_bytes(spec: TableSpec) -> int:
@@ -164,22 +197,17 @@ def _layout_row_group(specs: list[TableSpec], strategies: dict[str, str], model:
     return placements, max(int(fill.max()), 1)
 
 
-def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str,
-              overrides: dict[str, str] | None = None, budget_bytes: float = 16e9) -> EmbeddingPlan:
-    unknown = set(overrides or {}) - {s.name for s in specs}
-    if unknown:
-        names = ", ".join(s.name for s in specs)
-        raise JaxrecError(f"sharding.tables names unknown table(s) {sorted(unknown)}; this model's tables: {names}")
-    model = mesh_shape[1]
-    strategies = choose_strategies(specs, strategy, overrides or {}, model, budget_bytes)
-    if mesh_shape != (1, 1) and "none" in strategies.values():
-        raise JaxrecError(f"sharding strategy 'none' needs a 1x1 mesh, got data x model = {mesh_shape}; "
-                          "use data_parallel to replicate tables on several devices")
+def _assemble(specs: list[TableSpec], mesh_shape: tuple[int, int], strategies: dict[str, str],
+              capacity_factor: float, batch_per_device: int) -> EmbeddingPlan:
+    model, devices = mesh_shape[1], mesh_shape[0] * mesh_shape[1]
     buckets: dict[tuple, list[TableSpec]] = {}
     for spec in specs:
-        buckets.setdefault(_group_key(spec, strategies[spec.name]), []).append(spec)
+        exchange = "sparse"
+        if KIND_OF_STRATEGY[strategies[spec.name]] == "replicated":
+            exchange = replicated_exchange(spec, devices, batch_per_device)
+        buckets.setdefault(_group_key(spec, strategies[spec.name], exchange), []).append(spec)
     placements, groups = {}, {}
-    for (kind, dim, optimizer, lr, dtype), members in buckets.items():
+    for (kind, dim, optimizer, lr, dtype, exchange), members in buckets.items():
         name = f"{kind}_{dim}d_{optimizer}_{len(groups)}"
         padded_dim = dim
         if kind == "row":
@@ -196,5 +224,59 @@ def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str
             owner, shards, base = layout[spec.name]
             placements[spec.name] = TablePlacement(strategies[spec.name], name, owner, shards, base)
         groups[name] = GroupLayout(name, kind, dim, padded_dim, block_rows, optimizer, lr,
-                                   tuple(s.name for s in members), dtype)
-    return EmbeddingPlan(tuple(mesh_shape), {s.name: s for s in specs}, placements, groups)
+                                   tuple(s.name for s in members), dtype, exchange)
+    return EmbeddingPlan(tuple(mesh_shape), {s.name: s for s in specs}, placements, groups, capacity_factor)
+
+
+def _cost(specs, mesh_shape, strategies, capacity_factor, batch_per_device) -> float:
+    from jaxrec.sharding.memory import step_cost
+
+    plan = _assemble(specs, mesh_shape, strategies, capacity_factor, batch_per_device)
+    return step_cost(plan, batch_per_device * plan.num_devices)
+
+
+def _mind_communication(specs, mesh_shape, chosen, fixed, capacity_factor, batch_per_device):
+    """`auto` after memory: a replicated table becomes row-wise when that costs less (its sparse
+    update grows with the device count), and a row group's table-wise packing gives way to
+    row-wise when that costs less (an owner of a hot table fills every device's buckets).
+    Returns the new choice and every table's cost alone under each candidate."""
+    model = mesh_shape[1]
+    costs, chosen = {}, dict(chosen)
+    for spec in specs:
+        candidates = ["row_wise", "table_wise", "column_wise"] if model > 1 else []
+        if chosen[spec.name] == "data_parallel":
+            candidates.append("data_parallel")
+        costs[spec.name] = {c: _cost([spec], mesh_shape, {spec.name: c}, capacity_factor, batch_per_device)
+                            for c in candidates}
+        if spec.name not in fixed and chosen[spec.name] == "data_parallel" and model > 1 \
+                and costs[spec.name]["row_wise"] < costs[spec.name]["data_parallel"]:
+            chosen[spec.name] = "row_wise"
+    packed = [s for s in specs if s.name not in fixed and chosen[s.name] == "table_wise"]
+    if packed:
+        rows = [s for s in specs if KIND_OF_STRATEGY[chosen[s.name]] == "row"]
+        split = chosen | {s.name: "row_wise" for s in packed}
+        if _cost(rows, mesh_shape, split, capacity_factor, batch_per_device) < 0.95 * _cost(
+                rows, mesh_shape, chosen, capacity_factor, batch_per_device):
+            chosen = split
+    return chosen, costs
+
+
+def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str,
+              overrides: dict[str, str] | None = None, budget_bytes: float = 16e9,
+              capacity_factor: float = DEFAULT_CAPACITY_FACTOR, batch_per_device: int = 1024) -> EmbeddingPlan:
+    """batch_per_device: examples per device that `auto` and the replicated exchange are costed at."""
+    unknown = set(overrides or {}) - {s.name for s in specs}
+    if unknown:
+        names = ", ".join(s.name for s in specs)
+        raise JaxrecError(f"sharding.tables names unknown table(s) {sorted(unknown)}; this model's tables: {names}")
+    model = mesh_shape[1]
+    strategies = choose_strategies(specs, strategy, overrides or {}, model, budget_bytes)
+    if mesh_shape != (1, 1) and "none" in strategies.values():
+        raise JaxrecError(f"sharding strategy 'none' needs a 1x1 mesh, got data x model = {mesh_shape}; "
+                          "use data_parallel to replicate tables on several devices")
+    costs = {}
+    if strategy == "auto":
+        strategies, costs = _mind_communication(specs, mesh_shape, strategies, set(overrides or {}),
+                                                capacity_factor, batch_per_device)
+    plan = _assemble(specs, mesh_shape, strategies, capacity_factor, batch_per_device)
+    return dataclasses.replace(plan, candidate_costs=costs)

@@ -1,6 +1,6 @@
 """Smoke test of the sharding benchmark at toy size, through its command line (a subprocess:
 the device count is fixed when jax starts). Timings are not asserted; the communication is:
-row-wise on two devices moves exactly the ids and rows its kernels exchange, the same program
+row-wise on two devices receives exactly the ids and rows its kernels exchange, the same program
 split over two processes moves the same bytes, and collectives over one device (an axis of
 size 1) count nothing."""
 
@@ -17,7 +17,7 @@ ISSUE_FIELDS = {"strategy", "num_devices", "rows", "dim", "batch", "examples_per
                 "roofline_gbps", "compile_s"}
 
 
-def test_collective_bytes_sum_result_shapes_and_skip_one_device_groups():
+def test_collective_bytes_are_received_bytes_and_skip_one_device_groups():
     hlo = """
   %all_gather.9 = f32[256,4]{1,0} all-gather(%x), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}
   %all-reduce.13 = (f32[1,4]{1,0}, pred[], s32[3]{0}) all-reduce(%a, %b, %c), replica_groups=mesh['axis_0'=4,'axis_1'=1] {'axis_0'}, to_apply=%add
@@ -28,8 +28,9 @@ def test_collective_bytes_sum_result_shapes_and_skip_one_device_groups():
   %all-gather-done = f32[16]{0} all-gather-done(%all-gather-start)
   %fusion.3 = f32[1024]{0} fusion(%all_gather.9), kind=kLoop
 """
-    # 256*4*4 + 16*4 (async: counted at -done); 1*4*4 + 1 + 3*4; 64*4*2; groups of one device: nothing
-    assert hlo_collective_bytes(hlo) == {"all-gather": 4096 + 64, "all-reduce": 16 + 1 + 12, "reduce-scatter": 512,
+    # received per device over groups of 4 (ring): all-gather 3/4 x (4096 + 64, async: at -done);
+    # all-reduce 2 x 3/4 x (16 + 1 + 12); reduce-scatter 3 x 512; groups of one device: nothing
+    assert hlo_collective_bytes(hlo) == {"all-gather": 3120, "all-reduce": 43.5, "reduce-scatter": 1536,
                                          "all-to-all": 0, "collective-permute": 0}
 
 
@@ -49,11 +50,13 @@ def test_sharding_cli_writes_results(tmp_path):
     assert r["step_ms_p90"] >= r["step_ms_p50"] > 0 and r["bytes_per_device"] > 0 and r["compile_s"] > 0
     assert r["examples_per_sec"] == 32 / (r["step_ms_p50"] / 1e3) == 2 * r["examples_per_sec_per_device"]
     assert 0 < r["embedding_gbps"] < r["roofline_gbps"]
-    # Per device: 16 examples x 4 features = 64 ids. Lookup: all-gather 2 x 64 keys (512 B),
-    # reduce-scatter 64 rows x 4 floats (1,024 B); update: all-gather 128 keys and their gradients
-    # (512 + 2,048 B). The rest is the dense gradients' all-reduce.
-    assert r["comm_bytes_by_op"]["all-gather"] == 512 + 512 + 2_048
-    assert r["comm_bytes_by_op"]["reduce-scatter"] == 1_024 and r["comm_bytes_by_op"]["all-reduce"] > 0
+    # Per device: 16 examples x 4 features = 64 ids, buckets of C = 1.5 x 64 / 2 = 48 per owner;
+    # each all-to-all receives half its [2, 48] buffer: keys (192 B) and rows of 4 floats (768 B)
+    # in the lookup, keys and gradients again in the update. The rest is all-reduces (dense
+    # gradients, the exchange's round agreement).
+    assert r["comm_bytes_by_op"]["all-to-all"] == 2 * (192 + 768)
+    assert r["comm_bytes_by_op"]["all-gather"] == r["comm_bytes_by_op"]["reduce-scatter"] == 0
+    assert r["comm_bytes_by_op"]["all-reduce"] > 0
     assert r["comm_bytes_per_step"] == 2 * sum(r["comm_bytes_by_op"].values())
     assert set(results["roofline_gbps"]) == {"2", "2x2proc"} and "cpu_count" in results["machine"]
     assert "| row_wise | 2 | 1 | 200 |" in (out / "results.md").read_text()

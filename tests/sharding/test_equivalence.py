@@ -47,12 +47,13 @@ def _train(cfg: Config):
     engine = build_engine(cfg, Schema(NUM_USERS, NUM_ITEMS))
     state = init_state(engine, seed=0)
     step = make_train_step(engine)
-    losses = []
+    losses, overflowed = [], []
     for batch in _batches():
         state, out = step(state, jax.device_put(batch, engine.batch_sharding()))
         losses.append(float(out["loss"]))
+        overflowed.append(bool(out["sharding/overflow"]))
     tables = {name: np.asarray(engine.collection.table(state.emb, name)) for name in engine.collection.specs}
-    return tables, jax.device_get(state.params), np.array(losses), step
+    return tables, jax.device_get(state.params), np.array(losses), step, np.array(overflowed)
 
 
 CASES = [
@@ -61,11 +62,13 @@ CASES = [
     ("adam", None, "table_wise", (2, 4)),
     ("adam", None, "row_wise", (1, 8)),
     ("adam", None, "row_wise", (4, 2)),
+    ("adam", None, "row_wise", (8, 1)),
     ("adam", None, "column_wise", (1, 8)),
     ("adam", None, "column_wise", (2, 4)),
     ("adam", None, "auto", (1, 8)),
     ("adam", None, "auto", (2, 4)),
     ("adagrad", "rowwise_adagrad", "row_wise", (1, 8)),
+    ("adagrad", "rowwise_adagrad", "row_wise", (2, 4)),
     ("adagrad", "rowwise_adagrad", "column_wise", (2, 4)),
     ("adagrad", "rowwise_adagrad", "auto", (4, 2)),
 ]
@@ -81,14 +84,33 @@ def _reference(optimizer, table_optimizer):
 
 @pytest.mark.parametrize("optimizer,table_optimizer,strategy,mesh", CASES)
 def test_strategy_matches_single_device(optimizer, table_optimizer, strategy, mesh):
-    """20 steps (lazy Adam or row-wise Adagrad tables, Adam/Adagrad dense) equal `none`."""
-    ref_tables, ref_params, ref_losses, _ = _reference(optimizer, table_optimizer)
-    tables, params, losses, step = _train(_config(strategy, mesh, optimizer, table_optimizer))
+    """20 steps (lazy Adam or row-wise Adagrad tables, Adam/Adagrad dense) equal `none`. Row-wise
+    exchanges over 4 or 8 shards take extra rounds whenever every id lies on one shard."""
+    ref_tables, ref_params, ref_losses, *_ = _reference(optimizer, table_optimizer)
+    tables, params, losses, step, overflowed = _train(_config(strategy, mesh, optimizer, table_optimizer))
+    if strategy == "row_wise" and mesh[1] >= 4:  # C = 1.5 x 20 keys / model: 4 or 8 keys a bucket
+        assert overflowed[2::3].all(), "batches with every id on one shard must overflow the buckets"
+    if mesh[1] == 1 or strategy in ("data_parallel", "column_wise"):
+        assert not overflowed.any()
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for name, ref in ref_tables.items():
         np.testing.assert_allclose(tables[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params)
     assert step._cache_size() == 1, "the train step compiled more than once"
+
+
+def test_a_capacity_so_small_that_every_step_overflows_still_trains_exactly():
+    """capacity_factor 0.01 leaves C = 2 keys per (owner, round) bucket: every step takes several
+    rounds (and, on the 2 x 4 mesh, gathers each round over `data`), with unchanged results."""
+    ref_tables, ref_params, ref_losses, *_ = _reference("adagrad", "rowwise_adagrad")
+    cfg = _config("row_wise", (2, 4), "adagrad", "rowwise_adagrad")
+    cfg.sharding.capacity_factor = 0.01
+    tables, params, losses, step, overflowed = _train(cfg)
+    assert overflowed.all() and step._cache_size() == 1
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for name, ref in ref_tables.items():
+        np.testing.assert_allclose(tables[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params)
 
 
 def test_auto_plan_replicates_small_and_splits_large_tables():
@@ -125,8 +147,8 @@ def test_bfloat16_tables_train_sharded_like_single_device():
         cfg.model.embedding_dtype = "bfloat16"
         return cfg
 
-    ref_tables, _, ref_losses, _ = _train(bf16("none", (1, 1)))
-    tables, _, losses, _ = _train(bf16("row_wise", (2, 4)))
+    ref_tables, _, ref_losses, *_ = _train(bf16("none", (1, 1)))
+    tables, _, losses, *_ = _train(bf16("row_wise", (2, 4)))
     assert {t.dtype for t in tables.values()} == {np.dtype(jax.numpy.bfloat16)}
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
     for name, ref in ref_tables.items():
