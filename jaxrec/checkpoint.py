@@ -48,7 +48,7 @@ class DamagedCheckpoint(Exception):
     """A checkpoint that cannot be read or does not match its checksums."""
 
 
-def _portable_state(engine, state) -> dict:
+def portable_state(engine, state) -> dict:
     """The train state with tables in logical form (plan-independent)."""
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
             "embeddings": engine.collection.to_logical(state.emb)}
@@ -112,7 +112,7 @@ class Checkpointer:
 
     def save(self, engine, state, iterator, meta: dict) -> None:
         """Starts an (asynchronous) save of `state`; committed() tells when it is on disk."""
-        portable = jax.jit(lambda s: _portable_state(engine, s))(state)
+        portable = jax.jit(lambda s: portable_state(engine, s))(state)
         step = int(state.step)
         meta = meta | {"tables": _table_meta(engine), "checksums": checksums(portable)}
         self.manager.save(step, args=ocp.args.Composite(
@@ -196,7 +196,7 @@ class Checkpointer:
     def _abstract_portable(self, engine, step: int):
         """The restore target: the current model's tree, with each table at the row count the
         checkpoint holds (checkpoints written before padding hold exactly `rows`)."""
-        abstract = jax.eval_shape(lambda s: _portable_state(engine, s), engine.abstract_state)
+        abstract = jax.eval_shape(lambda s: portable_state(engine, s), engine.abstract_state)
         saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")["embeddings"]
         shapes = jax.tree.map(lambda leaf: tuple(leaf.shape), saved, is_leaf=lambda x: hasattr(x, "shape"))
         embeddings = jax.tree.map(lambda leaf, shape, sharding: jax.ShapeDtypeStruct(shape, leaf.dtype,

@@ -25,6 +25,10 @@ def _row(cells, widths) -> str:
     return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
 
+STATE_PATHS = (("init", "xla_init_bytes_per_device"), ("checkpoint save", "xla_checkpoint_bytes_per_device"),
+               ("restore", "xla_restore_bytes_per_device"), ("eval chunk", "xla_eval_bytes_per_device"))
+
+
 def format_plan(plan_json: dict) -> str:
     """A readable per-table table: strategy, devices and bytes on the fullest device."""
     header = ("table", "rows", "dim", "strategy", "devices", "max MB/device")
@@ -44,6 +48,8 @@ def format_plan(plan_json: dict) -> str:
         f"{max(mem['activations']) / 1e6:,.1f} MB, dense {mem['dense'] / 1e6:,.3f} MB",
         f"peak per device: planner {max(plan_json['peak_bytes_per_device']) / 1e6:,.1f} MB, "
         f"XLA {max(plan_json['xla_bytes_per_device']) / 1e6:,.1f} MB",
+        "whole-state paths per device (XLA): " + ", ".join(
+            f"{name} {max(plan_json[key]) / 1e6:,.1f} MB" for name, key in STATE_PATHS if plan_json.get(key)),
         f"received per device per step: planner {plan_json['comm_bytes_received_per_device'] / 1e6:,.2f} MB, XLA "
         f"{(plan_json['xla_comm_bytes_received_per_device'] or 0) / 1e6:,.2f} MB (train_step.hlo.txt)",
     ]
@@ -54,6 +60,7 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
     """hlo_path: where to write the compiled train step's HLO text (with_xla only)."""
     import jax
 
+    from jaxrec import footprint
     from jaxrec.data.dataset import data_schema
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
     from jaxrec.sharding.hlo import received_bytes_per_device
@@ -71,6 +78,9 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
     xla = compiled_step_bytes(engine, batch, compiled) if with_xla else None
     if compiled is not None and hlo_path is not None:
         hlo_path.write_text(compiled.as_text())
+    schema = data_schema(cfg.data)
+    paths = footprint.state_path_bytes(engine, schema.num_users, schema.num_items) if with_xla else {}
+    footprint.check_state_paths_fit(paths, budget)
     return {
         "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
         "batch_size": batch,
@@ -89,7 +99,7 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
         "comm_bytes_received_per_device": estimate.comm_bytes_received_per_device,
         "xla_comm_bytes_received_per_device": received_bytes_per_device(compiled.as_text()) if with_xla else None,
         "xla_bytes_per_device": [xla] * plan.num_devices if with_xla else None,
-    }
+    } | {name: [value] * plan.num_devices if value is not None else None for name, value in paths.items()}
 
 
 register_configs()

@@ -228,6 +228,33 @@ def make_train_step(engine: Engine):
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, engine.replicated()))
 
 
+def ranking_fns(engine: Engine, num_items: int, k: int):
+    """(acts, sweep, pick, predict): the evaluator's pure functions, unjitted (the planner
+    compiles `sweep` on abstract inputs). Item inputs and activations arrive split over every
+    device; queries, params and id lists are replicated."""
+    model, collection, mesh = engine.model, engine.collection, engine.mesh
+
+    def acts(emb, inputs):
+        ids = feature_ids(model, inputs)
+        return collection.pool(collection.lookup(emb, ids), ids)
+
+    def score_block(query, item_block):
+        params, query_acts, query_inputs = query
+        return model.apply(params, query_acts, query_inputs, *item_block, method=model.score_all)
+
+    def sweep(params, emb, item_acts, items, query, exclude_bx, targets_bt):
+        return sweep_sharded(mesh, score_block, num_items, k, (params, acts(emb, query), query),
+                             (item_acts, items), exclude_bx, targets_bt)
+
+    def pick(params, emb, item_acts, items, query, items_bm):
+        return pick_sharded(mesh, score_block, (params, acts(emb, query), query), (item_acts, items), items_bm)
+
+    def predict(params, emb, batch):
+        return model.apply(params, acts(emb, batch), batch)[:, 0]
+
+    return acts, sweep, pick, predict
+
+
 class RankingEvaluator:
     """Full-ranking (and rating) evaluation of a train state; its jitted pieces compile once per run.
 
@@ -240,7 +267,7 @@ class RankingEvaluator:
 
     def __init__(self, engine: Engine, dataset: Dataset):
         self.engine, self.dataset = engine, dataset
-        model, collection, mesh = engine.model, engine.collection, engine.mesh
+        model = engine.model
         num_items, k = dataset.num_items, max(engine.cfg.train.ks)
         pad = -num_items % engine.num_devices
         self._items_host = {name: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
@@ -249,24 +276,7 @@ class RankingEvaluator:
         self._user_inputs: dict[str, dict] = {}
         self.chunk = eval_chunk_users(engine, num_items + pad)
 
-        def acts(emb, inputs):
-            ids = feature_ids(model, inputs)
-            return collection.pool(collection.lookup(emb, ids), ids)
-
-        def score_block(query, item_block):
-            params, query_acts, query_inputs = query
-            return model.apply(params, query_acts, query_inputs, *item_block, method=model.score_all)
-
-        def sweep(params, emb, item_acts, items, query, exclude_bx, targets_bt):
-            return sweep_sharded(mesh, score_block, num_items, k, (params, acts(emb, query), query),
-                                 (item_acts, items), exclude_bx, targets_bt)
-
-        def pick(params, emb, item_acts, items, query, items_bm):
-            return pick_sharded(mesh, score_block, (params, acts(emb, query), query), (item_acts, items), items_bm)
-
-        def predict(params, emb, batch):
-            return model.apply(params, acts(emb, batch), batch)[:, 0]
-
+        acts, sweep, pick, predict = ranking_fns(engine, num_items, k)
         self._item_acts, self._sweep, self._pick = jax.jit(acts), jax.jit(sweep), jax.jit(pick)
         self._predict = jax.jit(predict)
 

@@ -89,7 +89,11 @@ class EmbeddingCollection:
         """Every table initialised already sharded: each device draws only its own rows, and a
         row's value depends on the table, the seed and the logical row, never on the plan
         (sharding.layout)."""
-        return jax.jit(self._init, out_shardings=self.shardings())(rng)
+        return self.jitted_init()(rng)
+
+    def jitted_init(self):
+        """init's jitted function (rng -> state), for compiling on an abstract key."""
+        return jax.jit(self._init, out_shardings=self.shardings())
 
     def _init(self, rng):
         state = self._empty_state()
