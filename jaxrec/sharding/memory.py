@@ -20,6 +20,7 @@ from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.sharding.planner import FLOAT_BYTES, ID_BYTES, EmbeddingPlan, GroupLayout
 
 MEMORY_OVER_LINK = 10  # a device's memory is about this many times faster than its links (HBM vs NVLink/ICI)
+COLLECTIVE_LATENCY_BYTES = 1 << 18  # a collective's fixed latency (~5 us) in bytes at ~50 GB/s of link
 
 
 def _slot_width(optimizer: str, dim: int) -> int:
@@ -142,15 +143,26 @@ def group_comm_bytes(plan: EmbeddingPlan, group: str, batch_size: int) -> float:
     return _group_traffic(plan, plan.groups[group], batch_size)[2]
 
 
+def _collectives(plan: EmbeddingPlan, group: GroupLayout) -> int:
+    """Collectives a group's lookup and update issue per normal step (each pays a link latency)."""
+    data, model = plan.mesh_shape
+    if plan.num_devices == 1:
+        return 0
+    if group.kind == "row":  # keys and rows, keys and gradients; round agreement; gathers over data
+        return 4 + 4 + (2 if data > 1 else 0)
+    if group.kind == "column":
+        return 4 + (2 if data > 1 else 0) + (group.optimizer == "rowwise_adagrad")
+    return 1 if group.exchange == "dense" else 2
+
+
 def step_cost(plan: EmbeddingPlan, batch_size: int) -> float:
     """The planner's step cost of the embeddings, in bytes of link traffic: bytes received per
-    device plus the bytes of rows and slots a device reads and writes, discounted by how much
-    faster memory is than links (MEMORY_OVER_LINK)."""
-    data, model = plan.mesh_shape
+    device, plus COLLECTIVE_LATENCY_BYTES per collective, plus the bytes of rows and buffers a
+    device reads and writes, discounted by how much faster memory is than links."""
     cost = 0.0
     for group in plan.groups.values():
         buffers, _, received = _group_traffic(plan, group, batch_size)
-        cost += received + buffers / MEMORY_OVER_LINK
+        cost += received + buffers / MEMORY_OVER_LINK + _collectives(plan, group) * COLLECTIVE_LATENCY_BYTES
     return cost
 
 
