@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxrec.data.ctr import CtrDataset, batch_inputs
 from jaxrec.models import feature_ids
@@ -77,6 +78,8 @@ class CtrEvaluator:
             index_b = np.minimum(np.arange(start, start + self.batch_size), n - 1)
             batch = jax.device_put(batch_inputs(data, index_b, with_label=False), sharding)
             out.append(self._predict(state.params, state.emb, batch))
+        # A batch sharded over several processes' devices is gathered to every process.
+        out = [o if o.is_fully_addressable else multihost_utils.process_allgather(o, tiled=True) for o in out]
         return np.concatenate(jax.device_get(out))[:n] if out else np.zeros(0, np.float32)
 
     def __call__(self, state, part: str) -> dict[str, float]:
