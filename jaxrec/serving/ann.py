@@ -35,19 +35,29 @@ INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
 KINDS = ("hnsw", "ivf")
 INDEX_FILE = "index.faiss"
 OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
-# Defaults chosen by benchmarks.serving at 10^6 random dim-64 items (recall@10 >= 0.95 there).
-DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 128, "ef_search": 128},
+# hnsw: m and ef_construction from a sweep at 2 x 10^5 random dim-64 items; ef_search for recall@10
+# >= 0.95 at 10^6 (benchmarks.serving, README). ivf: the common rule of thumb.
+DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 64, "ef_search": 512},
                   "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
 AUTO_MIN_ITEMS = 50_000  # below this exact retrieval was as fast as the index (benchmarks.serving)
+# OpenMP threads per search call. A served batch is small (<= --max-batch queries), and on 2 shared
+# cores 2 threads made a batch of 16 take 40-50 ms instead of 1.2 ms (each barrier waits for a
+# descheduled peer). The setting is per calling thread, so builds keep every core.
+SEARCH_THREADS = 1
+BUILD_THREADS = None  # None: OpenMP's default when faiss was first imported (every core, or OMP_NUM_THREADS)
+_default_threads: list[int] = []
 
 
 def import_faiss(purpose: str):
     """The faiss module, or one line saying what to install."""
     try:
-        return importlib.import_module("faiss")
+        faiss = importlib.import_module("faiss")
     except ImportError as err:
         raise JaxrecError(f"{purpose} needs the faiss library, which is not installed ({err}): {INSTALL}") from None
+    if not _default_threads:
+        _default_threads.append(faiss.omp_get_max_threads())
+    return faiss
 
 
 def resolve_params(kind: str, num_items: int, params: dict | None = None) -> dict:
@@ -76,6 +86,7 @@ class AnnIndex:
     details: dict = dataclasses.field(default_factory=dict)  # build time, recall measured at export
     refills: int = 0  # queries fetched a second time, reported by /health
     exact_fallbacks: int = 0  # queries answered by exact search
+    threads: int = SEARCH_THREADS
 
     @property
     def name(self) -> str:
@@ -89,6 +100,7 @@ class AnnIndex:
 
     def raw_search(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores_bf, ids_bf) straight from FAISS; missing results have id -1."""
+        import_faiss("searching an ANN index").omp_set_num_threads(self.threads)
         return self.index.search(np.ascontiguousarray(query_be, np.float32), int(min(fetch, len(self.items_ne))))
 
     def search(self, query_be: np.ndarray, excludes: list[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -141,20 +153,30 @@ def exact_search(items_ne: np.ndarray, query_e: np.ndarray, exclude: np.ndarray,
     return top.astype(np.int32), scores_n[top].astype(np.float32)
 
 
-def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, seed: int = 0) -> AnnIndex:
-    """An index over `items_ne` (float32 [N, e]) by inner product."""
+def empty_index(kind: str, params: dict, dim: int, train_ne: np.ndarray | None = None):
+    """A FAISS index ready for `add`: IVF's lists are trained on `train_ne` (>= 39 rows a list)."""
     faiss = import_faiss(f"--index {kind}")
-    items_ne = np.ascontiguousarray(items_ne, np.float32)
-    num_items, dim = items_ne.shape
-    params = resolve_params(kind, num_items, params)
-    tick = time.perf_counter()
+    faiss.omp_set_num_threads(BUILD_THREADS or _default_threads[0])
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(params["ef_construction"])
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(train_ne, np.float32))
+    return index
+
+
+def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, seed: int = 0) -> AnnIndex:
+    """An index over `items_ne` (float32 [N, e]) by inner product."""
+    items_ne = np.ascontiguousarray(items_ne, np.float32)
+    num_items, dim = items_ne.shape
+    params = resolve_params(kind, num_items, params)
+    tick = time.perf_counter()
+    train_ne = None
+    if kind == "ivf":
         sample = np.random.default_rng(seed).choice(num_items, min(num_items, params["nlist"] * 64), replace=False)
-        index.train(items_ne[np.sort(sample)])
+        train_ne = items_ne[np.sort(sample)]
+    index = empty_index(kind, params, dim, train_ne)
     index.add(items_ne)
     ann = AnnIndex(kind, params, index, items_ne, {"build_seconds": round(time.perf_counter() - tick, 3)})
     ann.apply_search_params()
@@ -177,14 +199,17 @@ def load_index(path: Path, entry: dict, items_ne: np.ndarray) -> AnnIndex:
     return ann
 
 
-def recall_at_k(index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int) -> float:
+def recall_at_k(index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int,
+                exact: list[tuple[np.ndarray, np.ndarray]] | None = None) -> float:
     """Mean share of each query's exact top K (excluded ids removed) that the index returns. An
     item scoring as high as the exact K-th (to float rounding) counts as found: FAISS and numpy
-    sum in different orders, so tied items may swap places without any loss."""
+    sum in different orders, so tied items may swap places without any loss. `exact`: the
+    exact_search results of these queries, when already known."""
     found = index.search(queries_ue, excludes, k)
+    if exact is None:
+        exact = [exact_search(index.items_ne, q, e, k) for q, e in zip(queries_ue, excludes)]
     hits = []
-    for query_e, exclude, (ids, _) in zip(queries_ue, excludes, found):
-        exact_ids, exact_scores = exact_search(index.items_ne, query_e, exclude, k)
+    for query_e, (ids, _), (exact_ids, exact_scores) in zip(queries_ue, found, exact):
         if len(exact_ids) == 0:
             continue
         floor = exact_scores[-1] - 1e-5 * max(1.0, abs(float(exact_scores[-1])))
