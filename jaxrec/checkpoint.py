@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import grain
@@ -150,15 +151,31 @@ class Checkpointer:
                 if step is not None:
                     raise JaxrecError(f"checkpoint {where} is damaged ({err}); choose another train.resume_step "
                                       f"(steps: {self.all_steps()})") from None
-                log.warning("checkpoint %s is damaged (%s); trying the previous one", where, err)
+                log.warning("checkpoint %s is damaged (%s); trying the previous one (it is kept in %s)", where, err,
+                            self._set_aside(candidate))
                 continue
             self.good_step = candidate
+            newer = [s for s in self.all_steps() if s > candidate]
+            if step is not None and newer:  # an explicit older step: its later history is replaced
+                log.warning("train.resume_step=%d: later checkpoints %s moved to %s", step, newer,
+                            [str(self._set_aside(s, "checkpoints-superseded")) for s in newer][0].rsplit("/", 1)[0])
             if candidate != steps[0]:
                 log.warning("resumed from step %d, the newest checkpoint that verifies", candidate)
             log.info("restored checkpoint step %d from %s", candidate, self.directory)
             return state, meta, candidate
         raise JaxrecError(f"no checkpoint in {self.directory} verifies (steps tried: {steps}); "
                           "start afresh with train.resume=false in a new hydra.run.dir")
+
+    def _set_aside(self, step: int, folder: str = "checkpoints-damaged") -> Path:
+        """Moves a step out of the manager's sight, so that training can write that step again,
+        and keeps it (in <run_dir>/<folder>/) for inspection."""
+        target = self.directory.parent / folder / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        return target
 
     def _restore_verified(self, engine, iterator, step: int, expected: dict | None):
         try:
@@ -167,9 +184,9 @@ class Checkpointer:
         except Exception as err:  # any way metadata can be unreadable: empty, truncated, not JSON
             raise DamagedCheckpoint(f"metadata unreadable: {_reason(err)}") from None
         where = self.directory / str(step)
-        check_compatible(saved_tables, _table_meta(engine), where)
         if expected is not None:
             check_same_run(meta, expected, where)
+        check_compatible(saved_tables, _table_meta(engine), where)
         try:
             abstract = self._abstract_portable(engine, step)
             items = {"state": ocp.args.StandardRestore(abstract)}

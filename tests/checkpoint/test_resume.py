@@ -1,7 +1,13 @@
-"""Real processes killed mid-training resume exactly; saves are atomic; pre-emption checkpoints."""
+"""Real processes killed mid-training resume exactly; saves are atomic; a stop signal at any
+point ends with a committed checkpoint (or says plainly that none was written); a damaged
+checkpoint falls back to the newest one that verifies; resumes that would change the run are
+refused."""
 
 import json
 import os
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +21,12 @@ import pytest
 
 from jaxrec.checkpoint import Checkpointer
 
-# ~25 steps an epoch, evaluated every epoch: long enough (seconds) to be killed mid-run.
+# 43 steps an epoch, evaluated every epoch: long enough (seconds) to be killed mid-run. Saves
+# (every 9 steps) and logs (every 4) fall mostly off the evaluation steps, so a signal can land in
+# a step, an evaluation or a save.
 RUN = ["data=synthetic", "data.num_users=200", "data.num_items=100", "data.num_interactions=6000",
        "train.epochs=10", "train.batch_size=128", "train.progress=false", "model.dim=8",
-       "train.checkpoint_every=20", "train.log_every=20"]
+       "train.checkpoint_every=9", "train.log_every=4", "train.keep_checkpoints=4"]
 
 
 def _command(run_dir: Path, *extra: str) -> list[str]:
@@ -95,13 +103,118 @@ def test_sigkill_then_crash_during_save_then_restart_ends_bit_identical(tmp_path
     assert steps == sorted(steps), "records of the killed run after its checkpoint were not dropped"
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, uninterrupted):
-    proc = _start_and_wait_for_checkpoint(tmp_path, min_step=20)
-    before = _steps(tmp_path)[-1]
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert "received SIGTERM" in stdout + stderr and "Traceback" not in stdout + stderr
-    assert _steps(tmp_path)[-1] > before
+def _assert_no_step_twice(run_dir: Path) -> None:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for kind in ("train/loss", "eval/seconds"):
+        steps = [r["step"] for r in records if kind in r]
+        assert len(steps) == len(set(steps)), f"{kind}: a step logged twice: {steps}"
+
+
+def test_sigterm_at_random_points_always_tells_the_truth_and_resumes_exactly(tmp_path, uninterrupted):
+    """SIGTERM three times at random points of a resumed run (in a step, an evaluation or a save);
+    each time the log's claim matches checkpoints/, and the final run equals an uninterrupted one."""
+    rng = random.Random(0)
+    for attempt in range(3):
+        proc = _start_and_wait_for_checkpoint(tmp_path, min_step=9 * (attempt + 1))
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=180)
+        log = stdout + stderr
+        if proc.returncode == 0:  # finished before the signal landed
+            break
+        assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+        assert "Traceback" not in log
+        saved = re.search(r"received SIGTERM at step (\d+): checkpoint of step \1 saved", log)
+        unsaved = re.search(r"received SIGTERM at step (\d+): NO checkpoint of step \1 was written", log)
+        assert saved or unsaved, log[-3000:]
+        step = int((saved or unsaved).group(1))
+        assert (step in _steps(tmp_path)) == bool(saved)
     _train(tmp_path)
     _assert_same_run(tmp_path, uninterrupted)
+    _assert_no_step_twice(tmp_path)
+
+
+SHORT = [arg for arg in RUN if not arg.startswith("train.epochs")] + ["train.epochs=2"]
+
+
+def _short_train(run_dir: Path, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "jaxrec.train", *SHORT, *extra, f"hydra.run.dir={run_dir}"],
+                         capture_output=True, text=True, timeout=600, env=_env())
+    assert (out.returncode == 0) == ok, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def short_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """(an uninterrupted 2-epoch run, the same run stopped after step 27: checkpoints 9, 18, 27)."""
+    full, stopped = tmp_path_factory.mktemp("short_full"), tmp_path_factory.mktemp("short_stopped")
+    _short_train(full)
+    _short_train(stopped, "train.max_steps=27")
+    assert _steps(stopped) == [9, 18, 27]
+    return full, stopped
+
+
+def _largest_array_file(step_dir: Path) -> Path:
+    return max((p for p in (step_dir / "state").rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(step_dir: Path) -> None:
+    path = _largest_array_file(step_dir)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(step_dir: Path) -> None:
+    path = _largest_array_file(step_dir)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated array file": _truncate,
+    "flipped bytes in an array": _flip_bytes,
+    "empty meta/metadata": lambda step_dir: (step_dir / "meta" / "metadata").write_text(""),
+    "deleted manifest.ocdbt files": lambda step_dir: [p.unlink() for p in step_dir.rglob("manifest.ocdbt")],
+    "garbage data iterator state": lambda step_dir: [p.write_text("garbage{") for p in (step_dir / "data").glob("*.json")],
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, short_runs, corruption):
+    full, stopped = short_runs
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped, run_dir)
+    CORRUPTIONS[corruption](run_dir / "checkpoints" / "27")
+    out = _short_train(run_dir)
+    log = out.stdout + out.stderr
+    assert re.search(r"checkpoint \S+/27 is damaged \(.+\); trying the previous one", log), log[-3000:]
+    assert "resumed from step 18, the newest checkpoint that verifies" in log
+    assert "Traceback" not in log
+    _assert_same_run(run_dir, full)
+    _assert_no_step_twice(run_dir)
+
+
+def test_resume_step_picks_a_checkpoint_and_refuses_a_missing_one(tmp_path, short_runs):
+    full, stopped = short_runs
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped, run_dir)
+    out = _short_train(run_dir, "train.resume_step=5", ok=False)
+    assert out.returncode == 2 and "train.resume_step=5: no such checkpoint" in out.stderr
+    out = _short_train(run_dir, "train.resume_step=9")
+    assert "restored checkpoint step 9 " in out.stdout + out.stderr
+    _assert_same_run(run_dir, full)
+
+
+@pytest.mark.parametrize("override,named", [
+    ("train.batch_size=64", "train.batch_size (128 -> 64)"),
+    ("optimizer=sgd", "optimizer.name ('adam' -> 'sgd')"),
+    ("train.data_seed=3", "train.data_seed (0 -> 3)"),
+    ("train.resume=false", "train.resume=false, but"),
+])
+def test_a_resume_that_would_change_the_run_is_refused_in_one_line(tmp_path, short_runs, override, named):
+    run_dir = tmp_path / "run"
+    shutil.copytree(short_runs[1], run_dir)
+    out = _short_train(run_dir, override, ok=False)
+    assert out.returncode == 2 and named in out.stderr, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
