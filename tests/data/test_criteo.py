@@ -91,7 +91,8 @@ def test_days_split_one_file_and_day_files(tmp_path):
     (tmp_path / "one" / "train.txt").write_text(_numbered_lines(0, 30))  # days of 5, 5, 4, 4, 4, 4, 4 lines
     _prepare(tmp_path / "out1", tmp_path / "one")
     assert _line_numbers(tmp_path / "out1", "train") == list(range(26))
-    assert _line_numbers(tmp_path / "out1", "test") == [26, 27] and _line_numbers(tmp_path / "out1", "valid") == [28, 29]
+    assert _line_numbers(tmp_path / "out1", "test") == [26, 27]
+    assert _line_numbers(tmp_path / "out1", "valid") == [28, 29]
     (tmp_path / "days").mkdir()
     for day, (first, count) in enumerate([(0, 3), (3, 2), (5, 5)]):  # day_10 sorts after day_2 by number
         (tmp_path / "days" / f"day_{[0, 2, 10][day]}").write_text(_numbered_lines(first, count))

@@ -113,8 +113,9 @@ def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner
                               "use another --out, or delete the folder")
         return plan
     pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, int(options["piece_mb"] * 2**20))]
-    lines = run.tasks(_count_lines, [(files, p) for p in pieces], share=False)
-    hashes = run.tasks(_file_digest, [(f,) for f in files], share=False)
+    # One pool pass: each file's sha256 (long, so first) next to every piece's line count.
+    measured = run.tasks(_measure, [(files, i) for i in range(len(files))] + [(files, p) for p in pieces], share=False)
+    hashes, lines = measured[: len(files)], measured[len(files) :]
     line_of_file = {i: 0 for i in range(len(files))}
     for piece, n in zip(pieces, lines):
         piece.update(first_line=line_of_file[piece["file"]], lines=n)
@@ -148,13 +149,12 @@ def _cut_pieces(file_index: int, path: Path, piece_bytes: int) -> list[dict]:
     return [{"file": file_index, "start": a, "end": b} for a, b in zip(bounds, bounds[1:])]
 
 
-def _count_lines(files: list[Path], piece: dict) -> int:
-    return sum(block.count(b"\n") for block in _read_blocks(files[piece["file"]], piece))
-
-
-def _file_digest(path: Path) -> str:
+def _measure(files: list[Path], what: int | dict) -> str | int:
+    """The sha256 of file `what` (an index), or the line count of piece `what` (a dict)."""
+    if isinstance(what, dict):
+        return sum(block.count(b"\n") for block in _read_blocks(files[what["file"]], what))
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(files[what], "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -343,8 +343,8 @@ def _finish(out: Path, plan: dict) -> dict:
         "shard_path": "shards/{split}-{piece:05d}.{column}", "splits": splits, "split": plan["split"],
         "inputs": plan["inputs"], "options": options,
         "transforms": {"dense": "log(1 + max(x, 0)), missing as 0",
-                       "sparse": "id 0: missing or rare; 1..K: kept values by hex value" if options["hash_buckets"] is None
-                       else "id 0: missing; 1 + value mod (hash_buckets - 1)"},
+                       "sparse": "id 0: missing; 1 + value mod (hash_buckets - 1)" if options["hash_buckets"]
+                       else "id 0: missing or rare; 1..K: kept values by hex value"},
     }
     for stale in out.rglob("*.tmp"):  # left by a killed run; every task is done now
         stale.unlink()

@@ -38,8 +38,8 @@ def read_metadata(path: str | None) -> dict:
                           "`python -m jaxrec.data prepare criteo FILES --out DIR`")
     meta_path = Path(path) / "metadata.json"
     if not meta_path.is_file():
-        raise JaxrecError(f"data.path={path}: no metadata.json; prepare the logs first with "
-                          f"`python -m jaxrec.data prepare criteo FILES --out {path}` (a rerun finishes an interrupted one)")
+        raise JaxrecError(f"data.path={path}: no metadata.json; prepare the logs first with `python -m jaxrec.data "
+                          f"prepare criteo FILES --out {path}` (rerunning it finishes an interrupted one)")
     return json.loads(meta_path.read_text())
 
 
@@ -56,8 +56,9 @@ class BlockShuffle:
     def __call__(self, epoch: int, start: int, stop: int) -> np.ndarray:
         window_starts = self._window_starts(epoch)
         first, last = np.searchsorted(window_starts, [start, stop - 1], side="right") - 1
-        rows = [self._window_rows(epoch, w) for w in range(first, last + 1)]
-        return np.concatenate(rows)[start - window_starts[first] : stop - window_starts[first]]
+        parts = [self._window_rows(epoch, w)[max(start - window_starts[w], 0) : stop - window_starts[w]]
+                 for w in range(first, last + 1)]  # slices only: a window is never copied
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @functools.lru_cache(maxsize=2)
     def _block_order(self, epoch: int) -> np.ndarray:
@@ -101,19 +102,23 @@ class PreparedPart:
         return np.memmap(path, np.dtype(spec["dtype"]), "r", shape=(self.shards[shard]["rows"], *spec["shape"]))
 
     def rows(self, index_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(dense float32 [B, F], ids int32 [B, S], label float32 [B]) of rows `index_b`."""
+        """(dense float32 [B, F], ids int32 [B, S], label float32 [B]) of rows `index_b`.
+
+        Rows are read in ascending order, one contiguous run of the sorted indices per shard, so
+        each memory map is walked forwards."""
         index_b = np.asarray(index_b, np.int64)
-        shard_b = np.searchsorted(self.offsets, index_b, side="right") - 1
-        local_b = index_b - self.offsets[shard_b]
+        order = np.argsort(index_b)
+        sorted_b = index_b[order]
+        bounds = np.searchsorted(sorted_b, self.offsets)
         dense = np.empty((len(index_b), self.num_dense), np.float32)
         sparse = np.empty((len(index_b), self.num_sparse), np.int32)
         label = np.empty(len(index_b), np.float32)
-        for shard in np.unique(shard_b):
-            mine = shard_b == shard
-            local = local_b[mine]
-            dense[mine] = self._column(shard, "dense")[local]
-            sparse[mine] = self._column(shard, "sparse")[local]
-            label[mine] = self._column(shard, "label")[local]
+        for shard in np.flatnonzero(bounds[1:] > bounds[:-1]):
+            lo, hi = bounds[shard], bounds[shard + 1]
+            rows, local = order[lo:hi], sorted_b[lo:hi] - self.offsets[shard]
+            dense[rows] = self._column(shard, "dense")[local]
+            sparse[rows] = self._column(shard, "sparse")[local]
+            label[rows] = self._column(shard, "label")[local]
         return dense, sparse, label
 
     @property
