@@ -26,7 +26,8 @@ def _row(cells, widths) -> str:
 
 
 STATE_PATHS = (("init", "xla_init_bytes_per_device"), ("checkpoint save", "xla_checkpoint_bytes_per_device"),
-               ("restore", "xla_restore_bytes_per_device"), ("eval chunk", "xla_eval_bytes_per_device"))
+               ("restore", "xla_restore_bytes_per_device"), ("eval chunk", "xla_eval_bytes_per_device"),
+               ("reshard (restore onto another layout)", "xla_reshard_bytes_per_device"))
 
 
 def format_plan(plan_json: dict) -> str:

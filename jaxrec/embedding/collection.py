@@ -12,6 +12,7 @@ Legend: B global batch, S ids per example of a feature, d dim.
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import flax.struct
 import jax
@@ -22,7 +23,9 @@ from jax.sharding import NamedSharding
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.embedding.specs import TableSpec
 from jaxrec.sharding import layout, strategies
-from jaxrec.sharding.planner import EmbeddingPlan
+
+if TYPE_CHECKING:  # the planner imports the embedding package, which imports this module
+    from jaxrec.sharding.planner import EmbeddingPlan
 
 
 @flax.struct.dataclass
@@ -183,7 +186,7 @@ class EmbeddingCollection:
             dense[group] = zeros.at[keys_n, : layout.dim].add(grads_nd, mode="drop")
         return dense
 
-    def _slot_shapes(self, table: str) -> dict[str, int]:
+    def slot_widths(self, table: str) -> dict[str, int]:
         spec = self.specs[table]
         slots = self._optimizer(self.plan.placements[table].group).slots
         return {name: spec.dim if kind == "element" else 1 for name, (kind, _) in slots.items()}
@@ -198,7 +201,7 @@ class EmbeddingCollection:
             group = self.plan.placements[name].group
             tables[name] = layout.to_logical(self.plan, self.mesh, name, state.tables[group], spec.dim)
             slots[name] = {slot: layout.to_logical(self.plan, self.mesh, name, state.slots[group][slot], width)
-                           for slot, width in self._slot_shapes(name).items()}
+                           for slot, width in self.slot_widths(name).items()}
         return {"tables": tables, "slots": slots}
 
     def logical_shardings(self, logical_shapes: dict) -> dict:

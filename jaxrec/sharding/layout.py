@@ -19,14 +19,17 @@ Legend: M model-axis size, q rows of one table per shard, d dim, w slot width.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.sharding.planner import EmbeddingPlan, GroupLayout
 from jaxrec.sharding import strategies  # a module reference: strategies imports embedding, which imports us
+
+if TYPE_CHECKING:  # the planner imports the embedding package, which imports this module
+    from jaxrec.sharding.planner import EmbeddingPlan, GroupLayout
 
 INIT_CHUNK_ROWS = 1 << 14  # rows drawn at once per device: bounds the init's temporaries
 PAD_UNIT_ROWS = 4096  # logical tables are padded to a multiple of min(this, next power of two)
@@ -118,14 +121,16 @@ def _fit_rows(x_rd, rows: int):
 
 def to_logical(plan: EmbeddingPlan, mesh, table: str, group_array, width: int):
     """One table's rows (first `width` columns) out of its group array, in logical order, padded
-    to padded_rows and sharded by rows (logical_spec)."""
+    to padded_rows and sharded by rows (logical_spec). `plan` may be another mesh's (a
+    checkpoint's): the result is laid out on `mesh` either way."""
     spec, place = plan.specs[table], plan.placements[table]
     group = plan.groups[place.group]
     rows_pad = padded_rows(spec.rows)
     if group.kind == "row":
         model, q = plan.mesh_shape[1], math.ceil(spec.rows / place.shards)
         x = group_array.reshape(model, group.block_rows, group_array.shape[1])
-        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
+        if model == mesh.shape[strategies.MODEL]:  # laid out on this mesh: block m is on device m
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
         x = x[place.owner : place.owner + place.shards, place.base : place.base + q, :width]
         x = x.transpose(1, 0, 2).reshape(q * place.shards, width)  # logical row i = j * shards + s
     else:
