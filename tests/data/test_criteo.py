@@ -150,6 +150,26 @@ def test_killed_prepare_reruns_to_identical_output(tmp_path):
         _prepare(out, tmp_path / "train.txt", flags=["--min-count", "3", "--piece-mb", "0.1"])
 
 
+def test_job_array_passes_give_the_same_output(tmp_path):
+    write_fake_logs(tmp_path / "train.txt", 3000, seed=3, vocab=50)
+    flags = ["--min-count", "2", "--piece-mb", "0.1"]
+    _prepare(tmp_path / "whole", tmp_path / "train.txt", flags=flags)
+    out = tmp_path / "staged"
+
+    def stage(name, *more):
+        main(["prepare", "criteo", str(tmp_path / "train.txt"), "--out", str(out), *flags, "--stage", name, *more])
+
+    stage("plan")
+    with pytest.raises(SystemExit):  # merge before every count task has run: one line, exit 2
+        stage("merge")
+    for name in ("count", "merge", "encode"):
+        for task in ("1", "0"):
+            stage(name, "--task-index", task, "--num-tasks", "2")
+    _prepare(out, tmp_path / "train.txt", flags=flags)  # finds every task done, writes metadata.json
+    whole = {p.relative_to(tmp_path / "whole"): p.read_bytes() for p in (tmp_path / "whole").rglob("*") if p.is_file()}
+    assert whole == {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def learnable(tmp_path_factory):
     """Prepared fake logs whose click rate depends on C2 only (0.8 for its popular half, else 0.1)."""

@@ -55,29 +55,47 @@ def prepare(inputs: list[str], out: Path, options: dict, *, workers: int = 1, st
     plan = _load_or_make_plan(out, inputs, options, run)
     if stage == "plan":
         return None
+    pieces, features = run.share(range(len(plan["pieces"]))), run.share(range(NUM_CAT))
     if options["min_count"] is not None and stage in ("all", "count"):
-        run.tasks(_count_piece, [(out, plan, p) for p in _pending_counts(out, plan)])
+        done = all(_vocab_path(out, j).exists() for j in range(NUM_CAT))
+        run.tasks(_count_piece, [(out, plan, p) for p in pieces if not (done or _count_path(out, p).exists())])
     if options["min_count"] is not None and stage in ("all", "merge"):
-        todo = [j for j in range(NUM_CAT) if not _vocab_path(out, j).exists()]
+        todo = [j for j in features if not _vocab_path(out, j).exists()]
+        _require(stage, "count", [_count_path(out, p) for p in range(len(plan["pieces"]))] if todo else [])
         run.tasks(_merge_feature, [(out, plan, j) for j in todo])
     if stage in ("all", "encode"):
-        todo = [p for p in range(len(plan["pieces"])) if not _manifest_path(out, p).exists()]
-        run.tasks(_encode_piece, [(out, plan, p) for p in todo])
-    return _finish(out, plan) if stage == "all" else None
+        if options["min_count"] is not None:
+            _require(stage, "merge", [_vocab_path(out, j) for j in range(NUM_CAT)])
+        run.tasks(_encode_piece, [(out, plan, p) for p in pieces if not _manifest_path(out, p).exists()])
+    if stage != "all":
+        return None
+    _require(stage, "encode", [_manifest_path(out, p) for p in range(len(plan["pieces"]))])
+    return _finish(out, plan)
+
+
+def _require(stage: str, before: str, paths: list[Path]) -> None:
+    """Stop in one line when a pass's inputs are missing (a job array run out of order)."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise JaxrecError(f"--stage {stage} needs --stage {before} to finish first: {len(missing)} of its outputs "
+                          f"are missing, e.g. {missing[0]}")
 
 
 class _Runner:
-    """Runs this task's share (index i of n: every n-th task) inline or on a process pool."""
+    """Runs work inline or on a process pool; `share` picks this task's items (every n-th from i)."""
 
     def __init__(self, workers: int, task_index: int, num_tasks: int):
         self.workers, self.task_index, self.num_tasks = workers, task_index, num_tasks
 
-    def tasks(self, fn, args: list, share: bool = True) -> list:
-        mine = args[self.task_index :: self.num_tasks] if share else args
-        if self.workers <= 1 or len(mine) <= 1:
-            return [fn(*a) for a in mine]
-        with ProcessPoolExecutor(min(self.workers, len(mine)), mp_context=get_context("spawn")) as pool:
-            return list(pool.map(fn, *zip(*mine)))
+    def share(self, items) -> list:
+        """This task's share of a pass's full list of work items (the same list in every task)."""
+        return list(items)[self.task_index :: self.num_tasks]
+
+    def tasks(self, fn, args: list) -> list:
+        if self.workers <= 1 or len(args) <= 1:
+            return [fn(*a) for a in args]
+        with ProcessPoolExecutor(min(self.workers, len(args)), mp_context=get_context("spawn")) as pool:
+            return list(pool.map(fn, *zip(*args)))
 
 
 # ---- plan ----------------------------------------------------------------------------------
@@ -114,7 +132,7 @@ def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner
         return plan
     pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, int(options["piece_mb"] * 2**20))]
     # One pool pass: each file's sha256 (long, so first) next to every piece's line count.
-    measured = run.tasks(_measure, [(files, i) for i in range(len(files))] + [(files, p) for p in pieces], share=False)
+    measured = run.tasks(_measure, [(files, i) for i in range(len(files))] + [(files, p) for p in pieces])
     hashes, lines = measured[: len(files)], measured[len(files) :]
     line_of_file = {i: 0 for i in range(len(files))}
     for piece, n in zip(pieces, lines):
@@ -192,12 +210,6 @@ def _count_path(out: Path, piece: int) -> Path:
 
 def _vocab_path(out: Path, feature: int) -> Path:
     return out / "vocab" / f"C{feature + 1:02d}.npy"
-
-
-def _pending_counts(out: Path, plan: dict) -> list[int]:
-    if all(_vocab_path(out, j).exists() for j in range(NUM_CAT)):
-        return []
-    return [p for p in range(len(plan["pieces"])) if not _count_path(out, p).exists()]
 
 
 def _count_piece(out: Path, plan: dict, piece_index: int) -> None:
