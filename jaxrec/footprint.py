@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxrec.errors import JaxrecError
 
-from jaxrec.checkpoint import checksum_sums
+from jaxrec.checkpoint import checksum_fn
 from jaxrec.train_lib import Engine, eval_chunk_users, ranking_fns, state_shardings
 
 log = logging.getLogger("jaxrec.plan")
@@ -48,8 +48,12 @@ def init_bytes(engine: Engine) -> int:
 
 
 def save_bytes(engine: Engine) -> int:
-    """A save writes the state as laid out; on device it only computes the checksums."""
-    return compiled_bytes(jax.jit(checksum_sums).lower(_abstract_state(engine)).compile())
+    """A save writes the state as laid out; on device it only computes the checksums, one array
+    at a time: the state plus the largest array's checksum temporaries."""
+    state = _abstract_state(engine)
+    temps = [checksum_fn(leaf).lower(leaf).compile().memory_analysis().temp_size_in_bytes
+             for leaf in jax.tree.leaves(state)]
+    return restore_bytes(engine) + int(max(temps))
 
 
 def restore_bytes(engine: Engine) -> int:
