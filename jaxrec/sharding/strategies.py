@@ -115,8 +115,8 @@ def _bucket_positions(owner_n, hash_n, bits):
 
 
 def _route(uniq_n, block_rows: int, capacity: int):
-    """Owner, round and bucket position of every unique row key; the round count R (agreed over
-    the whole mesh) and whether this step overflowed (R > 1)."""
+    """Owner, round (its hash slice, with the slice width agreed over the whole mesh) and bucket
+    position of every unique row key, and whether this step overflowed (more than one slice)."""
     model = jax.lax.axis_size(MODEL)
     owner_n = jnp.where(uniq_n >= 0, uniq_n // block_rows, model)
     hash_n = _hash32(uniq_n)
@@ -213,7 +213,7 @@ def _apply_rows(optimizer: RowOptimizer, lr: float, dim: int, kind: str, step, t
 
 
 def _update_rows(apply, table_rd, slots, uniq_n, grads_nd, block_rows: int, capacity: int):
-    """Owner-routed update: R rounds of (keys, summed gradients) to their owners, who gather them
+    """Owner-routed update: rounds of (keys, summed gradients) to their owners, who gather them
     over `data`, sum per row and apply the optimiser (a row's gradients all arrive in one round)."""
     owner_n, round_n, pos_n, _ = _route(uniq_n, block_rows, capacity)
 
