@@ -9,13 +9,26 @@ For each catalogue size it writes a synthetic float32 bundle (random item and us
   approx     the binned approximate top-K (recall target --approx-recall): batch 1 latency,
              queries/s at --batch, and its recall@10 against the exact top 10 over
              --recall-queries users;
+  index      the bundle rewritten with a FAISS index (--index, default settings) and served from
+             it (`Recommender` as the server uses it: over-fetch, exact exclusion): batch 1 p50/p99,
+             queries/s at --batch, recall@10 against exact (seen items excluded), build time; and
+             index_x_jax_qps = its batch throughput over jax exact's, both from this run;
+  sweep      recall@10 and batch-1 p50 of the index at each --sweep setting (hnsw ef_search, and
+             ivf nprobe with --sweep-ivf), plotted as recall_vs_latency.png, one line per index;
   http       `python -m jaxrec.serve` in a subprocess on 127.0.0.1, called by a bare asyncio
              HTTP/1.1 keep-alive client in this process (see post_loop): single requests one
-             after another, then --concurrency clients at once; p50/p99 latency and requests/s.
-             Each phase is bounded by --requests and --seconds. Server and client share this
-             machine's cores (the load average before and after is recorded).
+             after another, then --concurrency clients at once; p50/p99 latency and requests/s;
+             once exact (--exact) and once from the index (http_index_*). Each phase is bounded
+             by --requests and --seconds. Server and client share this machine's cores (the load
+             average before and after is recorded).
+  --big      catalogue sizes built as an index only (no bundle, no exact server): vectors drawn in
+             chunks of 10^6 and added chunk by chunk, exact top 10 of --big-queries queries kept
+             chunk by chunk; build time, peak and resident memory, recall@10 and raw FAISS search
+             latency at each --big-sweep setting.
 
-Run:  python -m benchmarks.serving --out runs/bench/serving     # 10^3, 10^5, 10^6 items, ~3 min
+Run:  python -m benchmarks.serving --out runs/bench/serving     # 10^3, 10^5, 10^6 items
+      python -m benchmarks.serving --out runs/bench/serving_ann --sizes 1e4,1e5,1e6 --sweep-ivf \
+          --big 1e7 --big-index ivf --big-params nlist=4096   # the ANN run of the README
 """
 
 from __future__ import annotations
@@ -36,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_info, plot_lines, time_calls, write_results
-from jaxrec.serving import retrieval
+from jaxrec.export import parse_index_params
+from jaxrec.serving import ann, retrieval
 from jaxrec.serving.bundle import load_bundle, write_bundle
 from jaxrec.serving.recommender import Recommender
 
@@ -44,7 +58,13 @@ K = 10
 COLUMNS = ("items", "jax_b1_p50_ms", "jax_b1_p99_ms", "numpy_b1_p50_ms", "numpy_b1_p99_ms", "jax_batch_qps",
            "numpy_batch_qps", "approx_b1_p50_ms", "approx_batch_qps", "approx_recall@10", "http_single_p50_ms",
            "http_single_p99_ms", "http_single_rps", "http_concurrent_p50_ms", "http_concurrent_p99_ms",
-           "http_concurrent_rps", "http_mean_batch")
+           "http_concurrent_rps", "http_mean_batch", "index_build_s", "index_b1_p50_ms", "index_b1_p99_ms",
+           "index_batch_qps", "index_x_jax_qps", "index_recall@10", "http_index_single_p50_ms",
+           "http_index_single_p99_ms", "http_index_concurrent_p50_ms", "http_index_concurrent_rps",
+           "http_index_mean_batch")
+BIG_COLUMNS = ("items", "index", "params", "build_s", "peak_rss_gb", "rss_after_gb", "recall@10", "search_p50_ms",
+               "search_p99_ms")
+SWEEP_PARAM = {"hnsw": "ef_search", "ivf": "nprobe"}
 
 
 def percentiles(times_ms) -> dict[str, float]:
@@ -52,16 +72,21 @@ def percentiles(times_ms) -> dict[str, float]:
     return {"p50": float(np.median(values)), "p99": float(np.percentile(values, 99)), "n": int(values.size)}
 
 
-def make_bundle(path: Path, num_items: int, args) -> None:
-    """Random unit-variance scores: items and users ~ N(0, 1/dim) per coordinate."""
+def random_items(rng, num_items: int, dim: int) -> np.ndarray:
+    return (rng.standard_normal((num_items, dim), np.float32) / np.sqrt(dim)).astype(np.float32)
+
+
+def make_bundle(path: Path, num_items: int, args, index: ann.AnnIndex | None = None) -> None:
+    """Random unit-variance scores: items ~ N(0, 1/dim) and users ~ N(0, 1) per coordinate."""
     rng = np.random.default_rng(args.seed)
-    items_ne = (rng.standard_normal((num_items, args.dim), np.float32) / np.sqrt(args.dim)).astype(np.float32)
+    items_ne = random_items(rng, num_items, args.dim)
     users_ue = rng.standard_normal((args.users, args.dim), np.float32)
     seen = rng.integers(0, num_items, (args.users, args.seen))
     indptr = np.arange(0, args.users * args.seen + 1, args.seen, dtype=np.int64)
     write_bundle(path, manifest={"model": "synthetic", "dataset": {"name": f"random-{num_items}"}}, items_ne=items_ne,
                  users_ue=users_ue, user_tokens=[f"u{i}" for i in range(args.users)],
-                 item_tokens=[f"i{i}" for i in range(num_items)], seen=(indptr, np.sort(seen, axis=1).ravel()))
+                 item_tokens=[f"i{i}" for i in range(num_items)], seen=(indptr, np.sort(seen, axis=1).ravel()),
+                 index=index)
 
 
 def numpy_top_k(items_ne: np.ndarray, query_be: np.ndarray, seen_bx: np.ndarray, k: int) -> np.ndarray:
@@ -109,17 +134,118 @@ def in_process(bundle, args) -> dict:
     return out
 
 
+def seen_lists(bundle, users) -> list[np.ndarray]:
+    return [bundle.seen(int(u)) for u in users]
+
+
+def index_recall(index: ann.AnnIndex, bundle, users) -> float:
+    return ann.recall_at_k(index, bundle.users_ue[users], seen_lists(bundle, users), K)
+
+
+def index_in_process(bundle, args, jax_batch_qps: float) -> dict:
+    """The bundle's index served by `Recommender` (as the server does): latency, throughput, recall."""
+    rec, users = Recommender(bundle), np.random.default_rng(args.seed + 1).integers(0, bundle.num_users, 4096)
+    queries = [rec.user_query(f"u{u}", K) for u in users]
+    timing = dict(warmup=2, repeats=args.repeats, max_seconds=args.phase_seconds)
+    cursor = itertools.count()
+
+    def call(size):
+        start = next(cursor) * size % (len(queries) - size)
+        return lambda: rec.recommend(queries[start : start + size])
+
+    b1 = percentiles(time_calls(lambda: call(1)(), **timing))
+    batch = percentiles(time_calls(lambda: call(args.batch)(), **timing))
+    qps = args.batch / batch["p50"] * 1e3
+    return {"index": bundle.index.name, "index_params": dict(bundle.index.params),
+            "index_build_s": bundle.index.details["build_seconds"], "index_b1_p50_ms": b1["p50"],
+            "index_b1_p99_ms": b1["p99"], "index_batch_qps": qps, "index_x_jax_qps": qps / jax_batch_qps,
+            "index_recall@10": index_recall(bundle.index, bundle, users[: args.recall_queries]),
+            "index_refills": bundle.index.refills, "index_exact_fallbacks": bundle.index.exact_fallbacks}
+
+
+def sweep_index(index: ann.AnnIndex, bundle, args) -> list[dict]:
+    """Recall@10 and single-query latency (raw search plus exclusion) at each sweep setting."""
+    users = np.random.default_rng(args.seed + 3).integers(0, bundle.num_users, args.recall_queries)
+    queries_ue, excludes = bundle.users_ue[users], seen_lists(bundle, users)
+    name, points = SWEEP_PARAM[index.kind], []
+    exact = [ann.exact_search(bundle.items_ne, q, e, K) for q, e in zip(queries_ue, excludes)]
+    for value in args.sweep[index.kind]:
+        index.params[name] = value
+        index.apply_search_params()
+        cursor = itertools.count()
+
+        def one():
+            row = next(cursor) % len(users)
+            index.search(queries_ue[row : row + 1], excludes[row : row + 1], K)
+
+        times = percentiles(time_calls(one, warmup=2, repeats=args.repeats, max_seconds=args.phase_seconds))
+        points.append({"items": bundle.num_items, "index": index.name, name: value, "p50_ms": times["p50"],
+                       "p99_ms": times["p99"], "recall@10": ann.recall_at_k(index, queries_ue, excludes, K, exact)})
+    return points
+
+
+def rss_gb() -> tuple[float, float]:
+    """(peak, current) resident memory of this process in GB."""
+    import resource
+
+    status = Path("/proc/self/status").read_text()
+    current = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, current / 1e6
+
+
+def big_rows(num_items: int, args) -> list[dict]:
+    """An index over `num_items` random vectors built chunk by chunk, never holding them twice."""
+    rng, chunk = np.random.default_rng(args.seed), 1_000_000
+    queries_qe = np.random.default_rng(args.seed + 4).standard_normal((args.big_queries, args.dim)).astype(np.float32)
+    params = ann.resolve_params(args.big_index, num_items, args.big_params)
+    gc.collect()
+    first = random_items(rng, min(chunk, num_items), args.dim)
+    tick = time.perf_counter()
+    index = ann.empty_index(args.big_index, params, args.dim, first[: params["nlist"] * 64] if "nlist" in params else None)
+    build_s = time.perf_counter() - tick
+    best_scores = np.full((args.big_queries, K), -np.inf, np.float32)
+    best_ids = np.zeros((args.big_queries, K), np.int64)
+    start, block = 0, first
+    while block is not None:
+        tick = time.perf_counter()
+        index.add(block)
+        build_s += time.perf_counter() - tick
+        scores_qc = queries_qe @ block.T  # the exact top K, merged chunk by chunk
+        top_qk = np.argpartition(-scores_qc, K, axis=1)[:, :K]
+        merged_s = np.concatenate([best_scores, np.take_along_axis(scores_qc, top_qk, 1)], 1)
+        merged_i = np.concatenate([best_ids, top_qk + start], 1)
+        order = np.argsort(-merged_s, axis=1)[:, :K]
+        best_scores, best_ids = np.take_along_axis(merged_s, order, 1), np.take_along_axis(merged_i, order, 1)
+        start += len(block)
+        block = random_items(rng, min(chunk, num_items - start), args.dim) if start < num_items else None
+    peak, current = rss_gb()
+    rows, name = [], SWEEP_PARAM[args.big_index]
+    for value in args.big_sweep:
+        params[name] = value
+        wrapped = ann.AnnIndex(args.big_index, params, index, np.zeros((num_items, 0), np.float32))
+        wrapped.apply_search_params()
+        _, ids_qk = index.search(queries_qe, K)
+        recall = np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(ids_qk, best_ids)])
+        cursor = itertools.count()
+        times = percentiles(time_calls(lambda: index.search(queries_qe[next(cursor) % args.big_queries][None], K + 20),
+                                       warmup=2, repeats=args.repeats, max_seconds=args.phase_seconds))
+        rows.append({"items": num_items, "index": f"{ann.LIBRARY}-{args.big_index}", "params": dict(params),
+                     "build_s": build_s, "peak_rss_gb": peak, "rss_after_gb": current, "recall@10": float(recall),
+                     "search_p50_ms": times["p50"], "search_p99_ms": times["p99"]})
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(bundle_dir: Path, port: int, args) -> subprocess.Popen:
+def start_server(bundle_dir: Path, port: int, args, exact: bool = True) -> subprocess.Popen:
     import httpx
 
     cmd = [sys.executable, "-m", "jaxrec.serve", str(bundle_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)] + (["--exact"] if exact else [])
     server = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + args.startup_seconds
     while time.monotonic() < deadline:
@@ -169,11 +295,11 @@ async def load(port: int, payloads: list[bytes], concurrency: int, max_requests:
     return percentiles(latencies) | {"rps": len(latencies) / wall, "failures": state["failures"]}
 
 
-def over_http(bundle_dir: Path, num_users: int, args) -> dict:
+def over_http(bundle_dir: Path, num_users: int, args, exact: bool = True) -> dict:
     import httpx
 
     port = free_port()
-    server = start_server(bundle_dir, port, args)
+    server = start_server(bundle_dir, port, args, exact)
     try:
         rng = np.random.default_rng(args.seed + 2)
         payloads = [json.dumps({"user_id": f"u{u}", "k": K}).encode() for u in rng.integers(0, num_users, 1024)]
@@ -192,19 +318,33 @@ def over_http(bundle_dir: Path, num_users: int, args) -> dict:
             / max(after["batches"] - before["batches"], 1)}
 
 
-def measure(num_items: int, args) -> dict:
+def measure(num_items: int, args) -> tuple[dict, list[dict]]:
+    """The size's record, and its sweep points."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bundle"
+        path, indexed = Path(tmp) / "bundle", Path(tmp) / "indexed"
         tick = time.perf_counter()
         make_bundle(path, num_items, args)
         bundle = load_bundle(path)
         record = {"items": num_items, "dim": args.dim, "k": K, "setup_s": time.perf_counter() - tick}
         record |= in_process(bundle, args)
+        sweep = []
+        if args.index != "none":
+            make_bundle(indexed, num_items, args, ann.build_index(bundle.items_ne, args.index, args.index_params))
+            del bundle
+            gc.collect()
+            bundle = load_bundle(indexed)
+            record |= index_in_process(bundle, args, record["jax_batch_qps"])
+            sweep = sweep_index(bundle.index, bundle, args)
+            if args.sweep_ivf and args.index != "ivf":
+                sweep += sweep_index(ann.build_index(bundle.items_ne, "ivf"), bundle, args)
         del bundle
         gc.collect()
         if not args.no_http:
             record |= over_http(path, args.users, args)
-    return record
+            if args.index != "none":
+                record |= {k.replace("http_", "http_index_", 1): v
+                           for k, v in over_http(indexed, args.users, args, exact=False).items()}
+    return record, sweep
 
 
 def notes(args, load_before, load_after) -> str:
@@ -237,9 +377,25 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=1.0)
     parser.add_argument("--startup-seconds", type=float, default=180.0)
     parser.add_argument("--no-http", action="store_true", help="in-process phases only")
+    parser.add_argument("--index", default="hnsw", choices=("none", *ann.KINDS), help="index served in the index phases")
+    parser.add_argument("--index-param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of --index (default: the export defaults)")
+    parser.add_argument("--sweep", default="hnsw:64,128,256,512,1024;ivf:16,64,256,1024",
+                        help="search settings per index kind for the recall/latency plot (ef_search, nprobe)")
+    parser.add_argument("--sweep-ivf", action="store_true", help="also build an ivf index and sweep its nprobe")
+    parser.add_argument("--big", default="", help="comma-separated sizes built as an index only, e.g. 1e7")
+    parser.add_argument("--big-index", default="ivf", choices=ann.KINDS)
+    parser.add_argument("--big-params", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--big-sweep", default="16,64,256", help="ef_search or nprobe values at the --big sizes")
+    parser.add_argument("--big-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.sizes = [int(float(x)) for x in args.sizes.split(",")]
+    args.big = [int(float(x)) for x in args.big.split(",") if x]
+    args.index_params, args.big_params = parse_index_params(args.index_param), parse_index_params(args.big_params)
+    args.sweep = {kind: [int(v) for v in values.split(",")]
+                  for kind, values in (part.split(":") for part in args.sweep.split(";"))}
+    args.big_sweep = [int(v) for v in args.big_sweep.split(",")]
     if min(args.sizes) <= K + args.seen:
         parser.error(f"--sizes must exceed k + --seen = {K + args.seen}")
     return args
@@ -247,14 +403,17 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    records, load_before = [], os.getloadavg()  # other work on the machine skews every number
+    records, sweep, big, load_before = [], [], [], os.getloadavg()  # other work on the machine skews every number
     for num_items in args.sizes:
-        record = measure(num_items, args)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-              file=sys.stderr, flush=True)
+        record, points = measure(num_items, args)
+        log(record)
         records.append(record)
+        sweep += points
+    for num_items in args.big:
+        big += big_rows(num_items, args)
+        log(big[-1])
     load_after = os.getloadavg()
-    extra = {"args": {k: str(v) for k, v in vars(args).items() if k != "out"},
+    extra = {"args": {k: str(v) for k, v in vars(args).items() if k != "out"}, "sweep": sweep, "big": big,
              "load_average_before": load_before, "load_average_after": load_after}
     write_results(args.out, records, machine_info(), title="Serving: top-10 latency and throughput vs catalogue size",
                   columns=COLUMNS, extra=extra, notes=notes(args, load_before, load_after))
@@ -266,7 +425,36 @@ def main(argv=None) -> dict:
                    f"http {args.concurrency} clients": (sizes, [r["http_concurrent_p50_ms"] for r in records])}
     plot_lines(args.out / "latency_vs_items.png", series, xlabel="catalogue items", ylabel="p50 latency, ms",
                title=f"top-{K} latency, dim {args.dim}", logx=True, logy=True)
-    return {"records": records}
+    if sweep:
+        largest = max(p["items"] for p in sweep)
+        lines = {}
+        for p in (p for p in sweep if p["items"] == largest):
+            lines.setdefault(p["index"], ([], []))
+            lines[p["index"]][0].append(p["p50_ms"])
+            lines[p["index"]][1].append(p["recall@10"])
+        plot_lines(args.out / "recall_vs_latency.png", lines, xlabel="batch-1 p50 latency, ms", ylabel="recall@10",
+                   title=f"{largest:,} items, dim {args.dim}: each point one ef_search / nprobe", logx=True)
+    (args.out / "ann.md").write_text(ann_markdown(sweep, big), encoding="utf-8")
+    return {"records": records, "sweep": sweep, "big": big}
+
+
+def log(record: dict) -> None:
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+          file=sys.stderr, flush=True)
+
+
+def ann_markdown(sweep: list[dict], big: list[dict]) -> str:
+    """The sweep and the index-only rows as markdown tables."""
+    lines = ["| items | index | setting | recall@10 | p50 ms | p99 ms |", "|---:|---|---|---:|---:|---:|"]
+    for p in sweep:
+        name = SWEEP_PARAM[p["index"].split("-")[1]]
+        lines.append(f"| {p['items']:,} | {p['index']} | {name}={p[name]} | {p['recall@10']:.3f} | "
+                     f"{p['p50_ms']:.3f} | {p['p99_ms']:.3f} |")
+    lines += ["", "| " + " | ".join(BIG_COLUMNS) + " |", "|" + "---|" * len(BIG_COLUMNS)]
+    for r in big:
+        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(
+            r[c], int) else str(r[c]) for c in BIG_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -35,12 +35,17 @@ INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
 KINDS = ("hnsw", "ivf")
 INDEX_FILE = "index.faiss"
 OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
-# hnsw: m and ef_construction from a sweep at 2 x 10^5 random dim-64 items; ef_search for recall@10
-# >= 0.95 at 10^6 (benchmarks.serving, README). ivf: the common rule of thumb.
+# hnsw, measured by benchmarks.serving on random dim-64 vectors (no structure: the hardest case) at
+# 10^6 items: recall@10 0.88 at ef_search 512 and 0.955 at 1024 (p50 6.3 and 8.4 ms on shared
+# cores); ml-100k MF vectors reach 1.0 at 512. Raise ef_search (--index-param) for more recall;
+# /health shows what export measured. ivf: the common rule of thumb (recall 0.91 at 1/4 probed).
 DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 64, "ef_search": 512},
                   "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
-AUTO_MIN_ITEMS = 50_000  # below this exact retrieval was as fast as the index (benchmarks.serving)
+# Exact jitted retrieval beat the default hnsw at 10^5 random dim-64 items (2.0 vs 10.1 ms a query,
+# 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs 145/s): exact cost
+# grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving, shared CPU).
+AUTO_MIN_ITEMS = 500_000
 # OpenMP threads per search call. A served batch is small (<= --max-batch queries), and on 2 shared
 # cores 2 threads made a batch of 16 take 40-50 ms instead of 1.2 ms (each barrier waits for a
 # descheduled peer). The setting is per calling thread, so builds keep every core.

@@ -1,7 +1,7 @@
-"""Smoke test of the serving benchmark at toy size, through its command line (server included).
+"""Smoke test of the serving benchmark at toy size, through its command line (servers included).
 
-Timings are not asserted (too noisy at this size); the structure is, and the jax top-K must
-agree with the numpy baseline."""
+Timings are not asserted (too noisy at this size); the structure is, the jax top-K must agree
+with the numpy baseline, and the index (exact at this size) must find every exact result."""
 
 import json
 import subprocess
@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serving benchmark needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("uvicorn", reason="the serving benchmark needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="the serving benchmark needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip("faiss", reason="the serving benchmark needs the ann extra: pip install -e '.[ann]'")
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +22,9 @@ def test_serving_benchmark_cli_writes_results(tmp_path):
     out = tmp_path / "serving"
     cmd = [sys.executable, "-m", "benchmarks.serving", "--out", str(out), "--sizes", "500", "--dim", "8",
            "--users", "50", "--seen", "5", "--repeats", "5", "--phase-seconds", "0.5", "--recall-queries", "32",
-           "--requests", "20", "--seconds", "2", "--concurrency", "4", "--max-batch", "4"]
+           "--requests", "20", "--seconds", "2", "--concurrency", "4", "--max-batch", "4", "--sweep",
+           "hnsw:16,64;ivf:2,12", "--sweep-ivf", "--big", "3000", "--big-params", "nlist=8", "--big-sweep", "8",
+           "--big-queries", "8"]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=300)
 
     results = json.loads((out / "results.json").read_text())
@@ -33,6 +36,15 @@ def test_serving_benchmark_cli_writes_results(tmp_path):
         assert r["http_single_n"] == 20 and r["http_concurrent_n"] == 80
         assert r["http_single_rps"] > 0 and r["http_concurrent_rps"] > 0 and r["http_mean_batch"] >= 1
         assert 0.5 <= r["approx_recall@10"] <= 1.0
+        assert r["index"] == "faiss-hnsw" and r["index_recall@10"] == 1.0 and r["index_batch_qps"] > 0
+        assert r["http_index_single_n"] == 20 and r["http_index_failures"] == 0
+    sweep = results["sweep"]
+    assert [(p["index"], p.get("ef_search", p.get("nprobe"))) for p in sweep] == [
+        ("faiss-hnsw", 16), ("faiss-hnsw", 64), ("faiss-ivf", 2), ("faiss-ivf", 12)]
+    assert sweep[-1]["recall@10"] == 1.0  # nprobe = nlist (12 lists at 500 items) scans them all
+    (big,) = results["big"]
+    assert big["items"] == 3000 and big["recall@10"] == 1.0 and big["build_s"] > 0 and big["peak_rss_gb"] > 0
+    assert (out / "recall_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"cpu_count", "jax", "backend"} <= set(results["machine"])
     assert "| items |" in (out / "results.md").read_text()
     assert (out / "latency_vs_items.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
