@@ -53,6 +53,7 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save ste
 # what the saved data position means, and must match.
 RESUMABLE_KEYS = ("sharding.", "train.epochs", "train.max_steps", "train.eval_every", "train.eval_batch_size",
                   "train.log_every", "train.progress", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.async_checkpoint",
                   "train.resume", "train.resume_step", "train.on_nonfinite", "train.distributed.")
 
 

@@ -143,6 +143,7 @@ class TrainConfig:
     progress: bool = True  # console progress bar with rate and ETA
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end); always at the end
     keep_checkpoints: int = 3  # most recent checkpoints kept
+    async_checkpoint: bool = True  # save in the background; false blocks the step but holds no second host copy
     resume: bool = True  # continue from the latest checkpoint in the run dir, if there is one
     resume_step: int | None = None  # resume from this checkpoint step (None: the newest that verifies)
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (naming step and table) or skip the batch

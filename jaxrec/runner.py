@@ -72,12 +72,17 @@ def _eval_due(cfg: Config, step: int, per_epoch: int, total: int) -> bool:
 
 
 def _improves(select: str, valid: dict, best: dict) -> bool:
-    """Whether validation metrics `valid` beat `best` on `select` (the first evaluation always
-    does; a missing value never does)."""
+    """Whether validation metrics `valid` beat `best` on `select`: the first evaluation always
+    does; a NaN (a diverged model) or missing value never beats anything, and anything beats a
+    NaN best."""
     if not best:
         return True
-    sign = -1.0 if select in LOWER_IS_BETTER else 1.0
-    return sign * valid.get(select, -sign * np.inf) > sign * best.get(select, -sign * np.inf)
+    new, old = valid.get(select, np.nan), best.get(select, np.nan)
+    if np.isnan(new):
+        return False
+    if np.isnan(old):
+        return True
+    return (new < old) if select in LOWER_IS_BETTER else (new > old)
 
 
 def _evaluate(evaluate, state, epoch: float, best: Best, metrics_log: MetricsLog) -> None:
@@ -152,7 +157,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     total = min(len(loader), cfg.train.max_steps or len(loader))
     iterator = iter(loader.to_iter_dataset())
     identity = _run_identity(cfg, dataset, batch_size)
-    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
+                        async_save=cfg.train.async_checkpoint)
     try:
         with StopSignals() as signals:
             state, best = _start_state(engine, ckpt, iterator, identity, run_dir)

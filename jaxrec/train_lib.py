@@ -429,8 +429,8 @@ def check_batch_size(batch_size: int, num_devices: int, mesh_shape) -> None:
 
 def check_before_data(cfg: Config, num_devices: int | None = None) -> None:
     """Every shape the run needs, checked against the mesh before any data loads: the train batch
-    and the evaluation batch (users per full-ranking or sampled batch) split evenly over the
-    mesh's devices; where the config alone gives the data's size (synthetic, MovieLens without
+    splits evenly over the mesh's devices (evaluation rounds its chunks up to a multiple of the
+    device count, so it cannot fail); where the config alone gives the data's size (synthetic, MovieLens without
     filters), the batch and the metric cutoffs also fit the data."""
     from jaxrec.data.dataset import data_schema
 
@@ -438,12 +438,6 @@ def check_before_data(cfg: Config, num_devices: int | None = None) -> None:
     devices = shape[0] * shape[1]
     if isinstance(cfg.train.batch_size, int):
         check_batch_size(cfg.train.batch_size, devices, shape)
-    if cfg.train.eval_batch_size % devices:
-        raise JaxrecError(
-            f"train.eval_batch_size={cfg.train.eval_batch_size} does not divide across the mesh's {devices} "
-            f"devices (data x model = {shape[0]}x{shape[1]}; evaluation splits its users over every device); "
-            f"use a multiple of {devices}"
-        )
     if cfg.data.name == "synthetic" and isinstance(cfg.train.batch_size, int):
         check_split_fits_batch(cfg.train.batch_size, cfg.data.num_interactions, "data.num_interactions")
     try:

@@ -84,8 +84,8 @@ def test_boolean_overrides_are_strict(override, ok):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"sharding.strategy": "row_wise", "sharding.mesh.model": 3, "train.batch_size": 1023},
-     "train.eval_batch_size=256 does not divide across the mesh's 3 devices"),
+    ({"sharding.strategy": "row_wise", "sharding.mesh.model": 3, "train.batch_size": 1024},
+     "train.batch_size=1024 does not divide across the mesh's 3 devices"),
     ({"train.batch_size": 60}, "train.batch_size=60 does not divide across the mesh's 8 devices"),
     ({"sharding.mesh.data": 3, "sharding.mesh.model": 3}, "needs 9 devices; 8 are available"),
     ({"data.name": "synthetic", "data.num_items": 15}, "train.ks=[10, 20]: cutoff 20 exceeds the catalogue's 15"),

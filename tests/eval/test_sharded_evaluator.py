@@ -96,3 +96,22 @@ def test_ranking_evaluator_on_8_devices_equals_the_host_path_on_ml100k():
     assert set(actual) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(actual[name], value, rtol=1e-5, err_msg=name)
+
+
+def test_evaluation_on_a_mesh_that_does_not_divide_the_eval_batch():
+    """3 devices and train.eval_batch_size=256: chunks round up to 258 users, and the metrics
+    equal one device's (the run that crashed after an epoch in issue 15)."""
+    metrics, chunks = {}, {}
+    for strategy, mesh in (("row_wise", (1, 3)), ("none", (1, 1))):
+        cfg = Config()
+        cfg.data.name, cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = "synthetic", 300, 40, 4000
+        cfg.model.dim, cfg.sharding.strategy, (cfg.sharding.mesh.data, cfg.sharding.mesh.model) = 8, strategy, mesh
+        cfg = validate(cfg)
+        dataset = load_dataset(cfg.data)
+        engine = build_engine(cfg, dataset.schema, devices=jax.devices()[: mesh[1]])
+        evaluator = RankingEvaluator(engine, dataset)
+        metrics[strategy], chunks[strategy] = evaluator(init_state(engine, 0), "valid"), evaluator.chunk
+    assert chunks == {"row_wise": 258, "none": 256}
+    assert metrics["row_wise"].keys() == metrics["none"].keys()
+    for name, value in metrics["none"].items():
+        np.testing.assert_allclose(metrics["row_wise"][name], value, rtol=1e-5, err_msg=name)
