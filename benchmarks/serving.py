@@ -201,7 +201,8 @@ def big_rows(num_items: int, args) -> list[dict]:
     gc.collect()
     first = random_items(rng, min(chunk, num_items), args.dim)
     tick = time.perf_counter()
-    index = ann.empty_index(args.big_index, params, args.dim, first[: params["nlist"] * 64] if "nlist" in params else None)
+    train_ne = first[: params["nlist"] * 64] if "nlist" in params else None
+    index = ann.empty_index(args.big_index, params, args.dim, train_ne)
     build_s = time.perf_counter() - tick
     best_scores = np.full((args.big_queries, K), -np.inf, np.float32)
     best_ids = np.zeros((args.big_queries, K), np.int64)
@@ -377,7 +378,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=1.0)
     parser.add_argument("--startup-seconds", type=float, default=180.0)
     parser.add_argument("--no-http", action="store_true", help="in-process phases only")
-    parser.add_argument("--index", default="hnsw", choices=("none", *ann.KINDS), help="index served in the index phases")
+    parser.add_argument("--index", default="hnsw", choices=("none", *ann.KINDS),
+                        help="index served in the index phases")
     parser.add_argument("--index-param", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of --index (default: the export defaults)")
     parser.add_argument("--sweep", default="hnsw:64,128,256,512,1024;ivf:16,64,256,1024",
