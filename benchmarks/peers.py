@@ -58,10 +58,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import int_list, machine_info, markdown_table, plot_lines, summarize, time_calls, write_results
-from experiments.ml100k_baselines.run import evaluate_part, factor_scores, import_implicit, train_csr
+from experiments.ml100k_baselines.run import KS, evaluate_part, factor_scores, import_implicit, train_csr
 from jaxrec.config import CONF_DIR, Config, register_configs, to_config
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
+from jaxrec.eval import evaluate_ranking_sweeps
 from jaxrec.eval.ctr import CtrEvaluator, ctr_metrics
 from jaxrec.train_lib import RankingEvaluator, build_engine, candidates_per_example, init_state, make_train_step
 
@@ -139,7 +140,9 @@ def train_jaxrec_mf(cfg: Config, dataset, epochs: int) -> dict:
             state, out = step_fn(state, jax.device_put(next(iterator), sharding))
         jax.block_until_ready(state)
         epoch_s.append(time.perf_counter() - tick)
-    test = evaluate_part(RankingEvaluator(engine, dataset).score_fn(state, "test"), dataset.split, "test")
+    evaluator, split = RankingEvaluator(engine, dataset), dataset.split  # the same protocol as evaluate_part
+    test = evaluate_ranking_sweeps(evaluator.sweep_fn(state, "test"), split.train, split.test, exclude=[split.valid],
+                                   ks=KS, batch_size=evaluator.chunk)
     return {"batch": batch, "examples_per_epoch": per_epoch * batch, "compile_s": compile_s, "epoch_s": epoch_s,
             "final_loss": float(out["loss"]), "test": test,
             "example": f"1 (user, pos) + {negatives} sampled neg, minibatch Adam"}

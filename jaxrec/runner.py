@@ -143,8 +143,16 @@ def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing, iden
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
-    """Train (resuming from the run dir's latest checkpoint), evaluate, and write the outputs."""
+    """Train (resuming from the run dir's latest checkpoint), evaluate, and write the outputs.
+
+    Stop signals are caught from the start: one that arrives while the data loads or the state
+    is restored stops the run after its first step, with that step saved."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with StopSignals() as signals:
+        return _run(cfg, run_dir, signals)
+
+
+def _run(cfg: Config, run_dir: Path, signals: StopSignals) -> dict:
     check_before_data(cfg)
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.schema)
@@ -160,10 +168,9 @@ def run(cfg: Config, run_dir: Path) -> dict:
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
                         async_save=cfg.train.async_checkpoint)
     try:
-        with StopSignals() as signals:
-            state, best = _start_state(engine, ckpt, iterator, identity, run_dir)
-            state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals, identity,
-                                   total=total, per_epoch=per_epoch, batch_size=batch_size)
+        state, best = _start_state(engine, ckpt, iterator, identity, run_dir)
+        state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals, identity,
+                               total=total, per_epoch=per_epoch, batch_size=batch_size)
     finally:
         ckpt.close()
     results = make_results(cfg, engine, dataset, best, steps=total, batch_size=batch_size, timing=timing)

@@ -138,10 +138,12 @@ def warm_start(engine: Engine, state: TrainState, run_dir: str) -> TrainState:
             raise JaxrecError(f"model.init_from={run_dir}: that run has no table '{source_table}' "
                               f"(tables: {sorted(source.collection.specs)})")
         values = np.asarray(source.collection.table(source_state.emb, source_table))
-        if values.shape != logical["tables"][table].shape:
+        target = logical["tables"][table]  # padded to layout.padded_rows
+        shape = (engine.collection.specs[table].rows, target.shape[1])
+        if values.shape != shape:
             raise JaxrecError(f"model.init_from={run_dir}: table '{source_table}' is {values.shape} there but "
-                              f"'{table}' is {logical['tables'][table].shape} here (model.dim or data differ)")
-        logical["tables"][table] = values.astype(logical["tables"][table].dtype)
+                              f"'{table}' is {shape} here (model.dim or data differ)")
+        logical["tables"][table] = np.concatenate([values, target[len(values):]]).astype(target.dtype)
     log.info("initialised %s from %s (step %d)", ", ".join(engine.model.pretrained_tables()), run_dir, step)
     emb = jax.jit(engine.collection.from_logical, out_shardings=engine.collection.shardings())(logical)
     return state.replace(emb=emb)

@@ -114,8 +114,8 @@ def test_sigterm_at_random_points_always_tells_the_truth_and_resumes_exactly(tmp
     """SIGTERM three times at random points of a resumed run (in a step, an evaluation or a save);
     each time the log's claim matches checkpoints/, and the final run equals an uninterrupted one."""
     rng = random.Random(0)
-    for attempt in range(3):
-        proc = _start_and_wait_for_checkpoint(tmp_path, min_step=9 * (attempt + 1))
+    for _ in range(3):  # each attempt waits for a new checkpoint: past start-up, where no handler runs yet
+        proc = _start_and_wait_for_checkpoint(tmp_path, min_step=max(_steps(tmp_path), default=0) + 1)
         time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=180)
