@@ -197,3 +197,23 @@ def copy_bandwidth_gbps(devices: Sequence[Any], megabytes: int = 256, repeats: i
     times_ms = time_calls(call, warmup=2, repeats=repeats)
     del holder["x"]
     return 2 * n * 4 / (float(np.median(times_ms)) / 1e3) / 1e9
+
+
+def run_children(module: str, flags: list[str], device_counts: Iterable[int], expected: int | None = None) -> list[dict]:
+    """Records of `python -m <module> <flags> --child N` for each device count N (one process
+    each, so each can simulate its own device count): every stdout line starting "RECORD "
+    holds one JSON record. A child that fails, or returns no (or not `expected`) records, stops
+    the benchmark with its stderr."""
+    import subprocess
+
+    records, env = [], os.environ | {"JAX_PLATFORMS": "cpu"}
+    for n in device_counts:
+        tick = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", module, *flags, "--child", str(n)], capture_output=True, text=True,
+                             env=env, cwd=Path(__file__).resolve().parents[1])
+        found = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RECORD ")]
+        if out.returncode or not found or (expected is not None and len(found) != expected):
+            raise SystemExit(f"child for {n} devices failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+        records += found
+        print(f"{n} devices: {len(found)} records in {time.perf_counter() - tick:.0f} s", flush=True)
+    return records

@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import machine_info, write_results
+from benchmarks.common import machine_info, run_children, write_results
 
 # MLPerf DLRM-DCNv2 on Criteo 1TB: rows per table (ids hashed to at most 40M).
 MLPERF_VOCABS = (40_000_000, 39_060, 17_295, 7_424, 20_265, 3, 7_122, 1_543, 63, 40_000_000, 3_067_956, 405_282, 10,
@@ -148,18 +146,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child is not None:
         return child(args.child, args)
-    start, records = time.perf_counter(), []
-    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    start = time.perf_counter()
     flags = list(argv if argv is not None else sys.argv[1:])
-    for n in args.devices:
-        tick = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "benchmarks.scale_plan", *flags, "--child", str(n)],
-                             capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
-        found = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RECORD ")]
-        if out.returncode or len(found) != len(args.params):
-            raise SystemExit(f"child for {n} devices failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-        records += found
-        print(f"{n} devices: {len(found)} models in {time.perf_counter() - tick:.0f} s", flush=True)
+    records = run_children("benchmarks.scale_plan", flags, args.devices, expected=len(args.params))
     wall_s = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
     notes = (f"{len(records)} configurations in {wall_s:.0f} s, one process per device count, nothing allocated. "

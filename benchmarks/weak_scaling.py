@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import int_list, machine_info, plot_lines, write_results
+from benchmarks.common import int_list, machine_info, plot_lines, run_children, write_results
 
 COLUMNS = ("model", "strategy", "num_devices", "plan", "xla_received_mb", "planner_received_mb", "planner_over_xla",
            "ideal_mb", "xla_over_ideal", "temp_mb", "overflow_zipf", "overflow_uniform", "compile_s")
@@ -221,18 +219,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child is not None:
         return child(args.child, args)
-    start, records = time.perf_counter(), []
-    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    start = time.perf_counter()
     flags = list(argv if argv is not None else sys.argv[1:])
-    for n in [*args.devices, *args.planner_only]:
-        tick = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "benchmarks.weak_scaling", *flags, "--child", str(n)],
-                             capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
-        found = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RECORD ")]
-        if out.returncode or not found:
-            raise SystemExit(f"child for {n} devices failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-        records += found
-        print(f"{n} devices: {len(found)} configurations in {time.perf_counter() - tick:.0f} s", flush=True)
+    records = run_children("benchmarks.weak_scaling", flags, [*args.devices, *args.planner_only])
     wall_s = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
     notes = (f"{len(records)} configurations in {wall_s:.0f} s, one process per device count, nothing allocated; "
