@@ -236,6 +236,7 @@ class Checkpointer:
         if expected is not None:
             check_same_run(meta, expected, where)
         check_compatible(saved_tables, _table_meta(engine), where)
+        _check_manifests(self.directory / str(step) / "state")
         try:
             layout = meta.get("layout")
             same = layout == layout_meta(engine.plan)
@@ -287,6 +288,16 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+def _check_manifests(state_dir: Path) -> None:
+    """The OCDBT manifests a saved state needs (its root and one per process's database): with
+    one missing, Orbax's concurrent reads fail one after another and TensorStore prints a raw
+    traceback for each from its callbacks, so a missing manifest is reported before reading."""
+    needed = [state_dir, *sorted(state_dir.glob("ocdbt.process_*"))]
+    missing = [str(d.relative_to(state_dir.parent)) for d in needed if not (d / "manifest.ocdbt").is_file()]
+    if missing:
+        raise DamagedCheckpoint(f"manifest.ocdbt missing in {', '.join(missing)}")
 
 
 def _reason(err: Exception) -> str:

@@ -142,17 +142,16 @@ def test_nonfinite_skip_counts_skipped_batches(tmp_path):
 
 def test_init_save_and_restore_hold_no_replicated_table():
     """XLA's compiled memory of the whole-state paths, on abstract inputs, for an item table that
-    dwarfs the rest of the state (2^17 x 64 rows, row_wise on 8 devices): each stays within
+    dwarfs the rest of the state (2^21 x 64, row_wise on 8 devices): each stays within
     1.1x the state's own bytes per device, far below one whole table (which a replicating save
     would hold on every device)."""
     from jaxrec import footprint
 
     cfg = _config("row_wise", (1, 8))
     cfg.model.dim = 64
-    engine = build_engine(cfg, Schema(8, 1 << 17))
-    table_bytes = (1 << 17) * 64 * 4
+    engine = build_engine(cfg, Schema(8, 1 << 21))
+    table_bytes = (1 << 21) * 64 * 4
     state = footprint.restore_bytes(engine)  # the state's bytes per device: restore reads in place
     assert state < table_bytes / 2
     for name, value in (("init", footprint.init_bytes(engine)), ("save", footprint.save_bytes(engine))):
         assert value <= 1.1 * state, (name, value, state)
-    assert footprint.reshard_bytes(engine) < table_bytes

@@ -92,3 +92,26 @@ def test_a_dead_process_stops_the_group(tmp_path):
     assert launcher.returncode != 0
     assert time.monotonic() - killed_at < 60
     assert "process 1 exited with status -9; stopping the others" in output
+
+
+def test_sigterm_to_one_process_stops_the_group_at_one_saved_step(tmp_path):
+    """Only process 1 gets SIGTERM; the processes agree on the stop step (the save is a
+    collective, so stopping apart would hang), both say the same step was saved, and it is."""
+    import re
+
+    launcher = _launch(tmp_path, "row_wise", "train.epochs=50", "train.checkpoint_every=10", wait=False)
+    checkpoints = tmp_path / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0][-3000:]
+        time.sleep(0.05)
+    worker = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "train.distributed.process_id=1"],
+                            capture_output=True, text=True)
+    os.kill(int(worker.stdout.split()[0]), signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=180)
+    saved = [re.search(r"checkpoint of step (\d+) saved", text)
+             for text in (output, (tmp_path / "launch" / "process_1.log").read_text())]
+    assert all(saved), output[-3000:]
+    steps = {int(match.group(1)) for match in saved}
+    assert len(steps) == 1 and steps <= {int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()}
+    assert launcher.returncode == 128 + signal.SIGTERM
