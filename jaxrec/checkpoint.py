@@ -24,11 +24,17 @@ saying so, for the newest one that verifies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import grain
@@ -244,7 +250,12 @@ class Checkpointer:
             items = {"state": ocp.args.StandardRestore(target)}
             if iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-            saved = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+            with _stderr_held() as held:
+                try:
+                    saved = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+                except Exception:
+                    held.drop()
+                    raise
         except Exception as err:
             raise DamagedCheckpoint(_reason(err)) from None
         if "checksums" in meta:  # checkpoints written before checksums restore unverified
@@ -288,6 +299,46 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+class _HeldStderr:
+    def __init__(self, file):
+        self.file, self.dropped = file, False
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Holds what is written to file descriptor 2 during a restore. When one array fails to
+    read, TensorStore's callbacks for the others find Orbax's event loop closed and print a raw
+    traceback each, from C (no Python hook sees them); the caller reports the failure in one
+    line and drops them (debug log). After a success the held text is written out unchanged."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    asyncio_log, quiet = logging.getLogger("asyncio"), lambda record: False
+    with tempfile.TemporaryFile(mode="w+b") as file:
+        os.dup2(file.fileno(), 2)
+        asyncio_log.addFilter(quiet)  # "Task exception was never retrieved" for the failed reads
+        held = _HeldStderr(file)
+        try:
+            yield held
+        finally:
+            if held.dropped:  # the failing read's siblings finish, print and report after the error
+                for _ in range(5):
+                    time.sleep(0.2)
+                    gc.collect()  # their never-retrieved tasks report now, while held
+            asyncio_log.removeFilter(quiet)
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            file.seek(0)
+            text = file.read().decode(errors="replace")
+            if held.dropped:
+                log.debug("dropped while a damaged checkpoint failed to read: %s", text[-2000:])
+            elif text:
+                sys.stderr.write(text)
 
 
 def _check_manifests(state_dir: Path) -> None:

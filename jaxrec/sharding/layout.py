@@ -132,7 +132,9 @@ def to_logical(plan: EmbeddingPlan, mesh, table: str, group_array, width: int):
         if model == mesh.shape[strategies.MODEL]:  # laid out on this mesh: block m is on device m
             x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
         x = x[place.owner : place.owner + place.shards, place.base : place.base + q, :width]
-        x = x.transpose(1, 0, 2).reshape(q * place.shards, width)  # logical row i = j * shards + s
+        if rows_pad % place.shards == 0:  # pad each shard's rows first: the reshape then splits evenly
+            x = jnp.pad(x, ((0, 0), (0, rows_pad // place.shards - q), (0, 0)))
+        x = x.transpose(1, 0, 2).reshape(-1, width)  # logical row i = j * shards + s
     else:
         x = group_array[place.base : place.base + spec.rows, :width]
     return jax.lax.with_sharding_constraint(_fit_rows(x, rows_pad),
@@ -148,7 +150,11 @@ def write_logical(plan: EmbeddingPlan, mesh, table: str, group_array, logical_rw
         return group_array.at[place.base : place.base + spec.rows, :width].set(
             logical_rw[: spec.rows].astype(group_array.dtype))
     model, q = plan.mesh_shape[1], math.ceil(spec.rows / place.shards)
-    x = _fit_rows(logical_rw[: spec.rows], q * place.shards).reshape(q, place.shards, width).transpose(1, 0, 2)
+    if logical_rw.shape[0] % place.shards == 0 and logical_rw.shape[0] >= q * place.shards:
+        # the padded form reshapes evenly over the mesh (rows beyond `rows` are zero); cut after
+        x = logical_rw.reshape(-1, place.shards, width).transpose(1, 0, 2)[:, :q]
+    else:  # a checkpoint written before padding: exactly `rows` rows
+        x = _fit_rows(logical_rw[: spec.rows], q * place.shards).reshape(q, place.shards, width).transpose(1, 0, 2)
     if place.shards == model:  # row-wise: shard s's rows go to device s (XLA: an all-to-all)
         x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
     stacked = group_array.reshape(model, group.block_rows, group_array.shape[1])
