@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import grain
@@ -299,6 +300,21 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+def _orbax_read_left_unretrieved(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Task exception was never retrieved" about an Orbax array read: the
+    siblings of a read that failed on a damaged checkpoint, reported whenever the garbage
+    collector gets to them (the failure itself was reported in one line)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    context = getattr(record, "context", None) or (record.args if isinstance(record.args, dict) else {})
+    exc = exc or (context.get("exception") if isinstance(context, dict) else None)
+    frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+    return not (record.getMessage().startswith("Task exception was never retrieved")
+                and any("orbax" in frame.filename for frame in frames))
+
+
+logging.getLogger("asyncio").addFilter(_orbax_read_left_unretrieved)
 
 
 class _HeldStderr:
