@@ -156,6 +156,7 @@ class Checkpointer:
                     "data": grain.checkpoint.CheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.good_step: int | None = None  # newest checkpoint known to be intact (verified or written here)
+        self._pending: int | None = None  # step of the save in flight, until wait() sees it committed
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -182,7 +183,7 @@ class Checkpointer:
     def wait(self) -> int | None:
         """Blocks until pending saves are committed; returns the newest committed step."""
         self.manager.wait_until_finished()
-        if getattr(self, "_pending", None) is not None and self._pending in self.manager.all_steps():
+        if self._pending is not None and self._pending in self.manager.all_steps():
             self.good_step = self._pending
         return self.manager.latest_step()
 
@@ -318,8 +319,7 @@ logging.getLogger("asyncio").addFilter(_orbax_read_left_unretrieved)
 
 
 class _HeldStderr:
-    def __init__(self, file):
-        self.file, self.dropped = file, False
+    dropped = False
 
     def drop(self) -> None:
         self.dropped = True
@@ -337,7 +337,7 @@ def _stderr_held():
     with tempfile.TemporaryFile(mode="w+b") as file:
         os.dup2(file.fileno(), 2)
         asyncio_log.addFilter(quiet)  # "Task exception was never retrieved" for the failed reads
-        held = _HeldStderr(file)
+        held = _HeldStderr()
         try:
             yield held
         finally:

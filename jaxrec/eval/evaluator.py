@@ -70,16 +70,17 @@ def _batch_sums(sweep: Sweep, targets_bt, real_b, ks):
     return {name: jnp.where(real_b, value_b, 0.0).sum() for name, value_b in per_user.items()}
 
 
+_sweep_block = jax.jit(sweep_block, static_argnames=("num_items", "k"))
+
+
 def dense_sweep_fn(score_fn: ScoreFn, num_items: int, k: int) -> SweepFn:
     """A SweepFn over a score_fn that returns every item's score ([B, N] on one device): for
     baselines and small catalogues. Sharded models use sharding.topk.sweep_sharded instead."""
-    sweep = jax.jit(sweep_block, static_argnames=("num_items", "k"))
-
     def fn(users_b, exclude_bx, targets_bt):
         scores_bn = score_fn(users_b)
         if scores_bn.shape != (users_b.shape[0], num_items):
             raise JaxrecError(f"score_fn returned shape {scores_bn.shape}, expected {(users_b.shape[0], num_items)}")
-        return sweep(scores_bn, 0, num_items, exclude_bx, targets_bt, k)
+        return _sweep_block(scores_bn, 0, num_items, exclude_bx, targets_bt, k)
 
     return fn
 
