@@ -303,6 +303,11 @@ class Checkpointer:
         self.manager.close()
 
 
+def _from_failed_orbax_read(exc: BaseException | None) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+    return any("orbax" in frame.filename for frame in frames)
+
+
 def _orbax_read_left_unretrieved(record: logging.LogRecord) -> bool:
     """False for asyncio's "Task exception was never retrieved" about an Orbax array read: the
     siblings of a read that failed on a damaged checkpoint, reported whenever the garbage
@@ -310,12 +315,23 @@ def _orbax_read_left_unretrieved(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     context = getattr(record, "context", None) or (record.args if isinstance(record.args, dict) else {})
     exc = exc or (context.get("exception") if isinstance(context, dict) else None)
-    frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
-    return not (record.getMessage().startswith("Task exception was never retrieved")
-                and any("orbax" in frame.filename for frame in frames))
+    return not (record.getMessage().startswith("Task exception was never retrieved") and _from_failed_orbax_read(exc))
+
+
+def _drop_orbax_reads_left_unfinished(hook):
+    """Wraps sys.unraisablehook: the same siblings, when still suspended at interpreter exit, are
+    finalised with "Exception ignored in: <coroutine object _read_array_index_and_device_put>";
+    those go to the debug log, everything else to the previous hook."""
+    def unraisable(info):
+        if _from_failed_orbax_read(info.exc_value):
+            log.debug("an Orbax read of a damaged checkpoint finished after its restore failed: %s", info.exc_value)
+        else:
+            hook(info)
+    return unraisable
 
 
 logging.getLogger("asyncio").addFilter(_orbax_read_left_unretrieved)
+sys.unraisablehook = _drop_orbax_reads_left_unfinished(sys.unraisablehook)
 
 
 class _HeldStderr:
