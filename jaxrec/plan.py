@@ -1,5 +1,7 @@
 """Plan a run without loading data or allocating tables: where every table lives and what
 each device holds, checked against XLA's compiled memory analysis of the real train step.
+The tables are the model's own specs on the data's schema, so they are the ones training
+creates; a model with side-feature tables (two_tower) has them sized from the side tables.
 
     python -m jaxrec.plan sharding=auto sharding.num_devices=64 data=synthetic \\
         data.num_users=12000000 data.num_items=4000000 model.dim=64 train.batch_size=auto
@@ -63,11 +65,13 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
 
     from jaxrec import footprint
     from jaxrec.data.dataset import data_schema
+    from jaxrec.models import reads_side_features
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
     from jaxrec.sharding.hlo import received_bytes_per_device
     from jaxrec.train_lib import build_engine, check_batch_size, compile_step, compiled_step_bytes, dense_bytes
 
-    engine = build_engine(cfg, data_schema(cfg.data))
+    schema = data_schema(cfg.data, side_features=reads_side_features(cfg.model))
+    engine = build_engine(cfg, schema)  # the tables training creates: the model's own specs
     plan, budget, dense = engine.plan, cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
     auto = cfg.train.batch_size == "auto"
     batch = largest_batch_that_fits(plan, budget, dense) if auto else int(cfg.train.batch_size)
@@ -79,7 +83,6 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
     xla = compiled_step_bytes(engine, batch, compiled) if with_xla else None
     if compiled is not None and hlo_path is not None:
         hlo_path.write_text(compiled.as_text())
-    schema = data_schema(cfg.data)
     paths = footprint.state_path_bytes(engine, schema.num_users, schema.num_items) if with_xla else {}
     footprint.check_state_paths_fit(paths, budget)
     return {

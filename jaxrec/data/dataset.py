@@ -105,9 +105,39 @@ def load_dataset(cfg: DataConfig):
     )
 
 
-def data_schema(cfg: DataConfig) -> Schema:
-    """Users and items from config or data set metadata, without reading any data (side
-    features are left out: plan those with the data loaded)."""
+def data_schema(cfg: DataConfig, side_features: bool = False) -> Schema:
+    """Users and items from config or data set metadata, without reading any data; with
+    side_features, also the user and item side-feature fields that a model sizing tables from
+    them needs (this reads or generates the side tables: see side_feature_fields)."""
+    schema = _id_schema(cfg)
+    if not side_features or schema.example_fields:
+        return schema
+    user_fields, item_fields = side_feature_fields(cfg)
+    return dataclasses.replace(schema, user_fields=user_fields, item_fields=item_fields)
+
+
+def side_feature_fields(cfg: DataConfig) -> tuple[dict[str, Field], dict[str, Field]]:
+    """The user and item fields of Dataset.schema, from the side tables (synthetic ones are
+    generated without interactions; a MovieLens set is read whole, as its readers return it,
+    and fetched first if not cached).
+    Vocabularies are built over the whole side table, as in training, so they are exact; a
+    multi-valued field's width is the widest entity in the table, at least training's (which
+    counts only entities that survive preprocessing)."""
+    if cfg.name == "synthetic":
+        users, items = synthetic.generate_side_tables(cfg.num_users, cfg.num_items, cfg.seed)
+    else:
+        raw = read_raw(cfg)
+        users, items = raw.users, raw.items
+    return (_fields(features.user_features(users, _tokens(users))),
+            _fields(features.item_features(items, _tokens(items))))
+
+
+def _tokens(side_table) -> np.ndarray:
+    """Every entity of a side table (None: no side table)."""
+    return np.asarray([] if side_table is None else side_table.index.astype(str), dtype=str)
+
+
+def _id_schema(cfg: DataConfig) -> Schema:
     if cfg.name == "synthetic":
         return Schema(cfg.num_users, cfg.num_items)
     if cfg.name == "criteo_synthetic":

@@ -57,9 +57,7 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, se
     Duplicate (user, item) pairs can occur, as in real logs; preprocessing removes them.
     """
     rng = np.random.default_rng(seed)
-    scale = rank**-0.25  # so <user, item> has unit variance
-    user_vecs = rng.normal(scale=scale, size=(num_users, rank)).astype(np.float32)
-    item_vecs = rng.normal(scale=scale, size=(num_items, rank)).astype(np.float32)
+    user_vecs, item_vecs = _latent_factors(num_users, num_items, rank, rng)
     item_of_rank = rng.permutation(num_items)
     users = rng.integers(num_users, size=num_interactions)
     items = np.empty(num_interactions, np.int64)
@@ -80,6 +78,22 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, se
     })  # fmt: skip
     users, items = _side_features(user_vecs, item_vecs, np.random.default_rng([seed, 2]))
     return RawData(interactions, source=f"synthetic(seed={seed})", users=users, items=items)
+
+
+def _latent_factors(num_users: int, num_items: int, rank: int, rng) -> tuple[np.ndarray, ...]:
+    """User [num_users, rank] and item [num_items, rank] factors: the generator's first draws."""
+    scale = rank**-0.25  # so <user, item> has unit variance
+    user_vecs = rng.normal(scale=scale, size=(num_users, rank)).astype(np.float32)
+    item_vecs = rng.normal(scale=scale, size=(num_items, rank)).astype(np.float32)
+    return user_vecs, item_vecs
+
+
+def generate_side_tables(num_users: int, num_items: int, seed: int,
+                         rank: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The users and items side tables generate_synthetic returns for the same arguments, without
+    drawing any interaction: what a plan needs to size the side-feature tables."""
+    user_vecs, item_vecs = _latent_factors(num_users, num_items, rank, np.random.default_rng(seed))
+    return _side_features(user_vecs, item_vecs, np.random.default_rng([seed, 2]))
 
 
 def _side_features(user_vecs, item_vecs, rng) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -36,10 +36,20 @@ MODEL_CLASSES = {
 }
 
 
+def model_class(name: str) -> type:
+    module, attribute = MODEL_CLASSES[name].split(":")  # config.validate lists the valid names
+    return getattr(importlib.import_module(module), attribute)
+
+
 def make_model(cfg: ModelConfig, schema: Schema):
     """The model named by cfg.name, sized by the data schema (each class has from_config)."""
-    module, name = MODEL_CLASSES[cfg.name].split(":")  # config.validate lists the valid names
-    return getattr(importlib.import_module(module), name).from_config(cfg, schema)
+    return model_class(cfg.name).from_config(cfg, schema)
+
+
+def reads_side_features(cfg: ModelConfig) -> bool:
+    """Whether the model sizes tables from the schema's user and item side features (a class
+    attribute `reads_side_features`), so a plan must read them from the data's side tables."""
+    return getattr(model_class(cfg.name), "reads_side_features", False)
 
 
 def feature_ids(model, inputs: dict) -> dict[str, jax.Array]:

@@ -45,6 +45,7 @@ class TwoTower(nn.Module):
     embedding_dtype: str = "float32"
 
     batches = "pairs"
+    reads_side_features = True  # tables are sized from the Schema's user and item fields
 
     @classmethod
     def from_config(cls, cfg, schema) -> "TwoTower":

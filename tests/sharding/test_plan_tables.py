@@ -1,0 +1,52 @@
+"""The planner plans exactly the tables training creates, for every model: the model's own table
+specs on the data's schema, with side-feature tables sized from the data's side tables."""
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from jaxrec.config import CONF_DIR, to_config
+from jaxrec.data import synthetic
+from jaxrec.data.dataset import data_schema, load_dataset
+from jaxrec.models import MODEL_CLASSES
+from jaxrec.plan import make_plan_json
+from jaxrec.train_lib import build_engine
+
+# Small enough to load in well under a second; every user and item has interactions, so the
+# data's ids match the config's sizes, as they do for MovieLens under default preprocessing.
+INTERACTIONS = ["data=synthetic", "data.num_users=60", "data.num_items=40", "data.num_interactions=3000"]
+CTR = ["data=criteo_synthetic", "data.num_examples=2000", "data.vocab_size=50"]
+SIDE_TABLES = {"user_age", "user_gender", "user_occupation", "user_zip_prefix", "item_genres", "item_year"}
+
+
+def _config(model: str):
+    data = CTR if model == "dcn_v2" else INTERACTIONS
+    overrides = [f"model={model}", "model.dim=8", "train.batch_size=32", *data]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=overrides))
+
+
+@pytest.mark.parametrize("model", sorted(MODEL_CLASSES))
+def test_plan_has_exactly_the_tables_training_creates(model):
+    cfg = _config(model)
+    planned = {name: (t["rows"], t["dim"]) for name, t in make_plan_json(cfg, with_xla=False)["tables"].items()}
+    created = build_engine(cfg, load_dataset(cfg.data).schema).collection.specs
+    assert planned == {name: (spec.rows, spec.dim) for name, spec in created.items()}
+    if model == "two_tower":
+        assert SIDE_TABLES <= set(planned)
+
+
+def test_side_feature_fields_without_interactions_equal_the_loaded_data_sets():
+    """Vocabularies and widths, as Dataset.schema builds them after reading every interaction."""
+    data = _config("two_tower").data
+    planned, loaded = data_schema(data, side_features=True), load_dataset(data).schema
+    assert planned.user_fields == loaded.user_fields and planned.item_fields == loaded.item_fields
+    assert set(planned.user_fields) == {"age", "gender", "occupation", "zip_prefix"}
+    assert planned.item_fields["genres"].width > 1
+
+
+def test_side_tables_alone_are_the_generators_side_tables():
+    raw = synthetic.generate_synthetic(60, 40, 500, seed=3)
+    users, items = synthetic.generate_side_tables(60, 40, seed=3)
+    pd.testing.assert_frame_equal(users, raw.users)
+    pd.testing.assert_frame_equal(items, raw.items)
