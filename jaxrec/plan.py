@@ -66,8 +66,8 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
     from jaxrec import footprint
     from jaxrec.data.dataset import data_schema
     from jaxrec.models import reads_side_features
-    from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
     from jaxrec.sharding.hlo import received_bytes_per_device
+    from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
     from jaxrec.train_lib import build_engine, check_batch_size, compile_step, compiled_step_bytes, dense_bytes
 
     schema = data_schema(cfg.data, side_features=reads_side_features(cfg.model))
