@@ -63,7 +63,8 @@ from jaxrec.config import CONF_DIR, Config, register_configs, to_config
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
 from jaxrec.eval import evaluate_ranking_sweeps
-from jaxrec.eval.ctr import CtrEvaluator, ctr_metrics
+from jaxrec.eval.ctr import CtrEvaluator
+from jaxrec.eval.metrics import ctr_metrics
 from jaxrec.train_lib import RankingEvaluator, build_engine, candidates_per_example, init_state, make_train_step
 
 # jaxrec MF-BPR: conf/ defaults (dim 64, Adam lr 3e-3 with lazy-Adam tables, l2 0.01, batch 1024,

@@ -19,6 +19,7 @@ from jaxrec.config import Config, scaled_lr, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.data.pipeline import make_train_dataset, train_examples
 from jaxrec.errors import JaxrecError
+from jaxrec.eval.ctr import oracle_summary
 from jaxrec.progress import MetricsLog, Progress, write_json_atomic
 from jaxrec.train_lib import (
     Engine, build_engine, candidates_per_example, check_before_data, check_data_fits, finite_names, init_state,
@@ -288,7 +289,7 @@ def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, s
                   "compile_s": timing.compile_s, "examples_per_sec": rate,
                   "examples_per_sec_per_device": rate / engine.num_devices},
         "lr_scaling": lr_scaling_summary(cfg),
-        "data": dataset.summary(),
+        "data": dataset.summary() | oracle_summary(dataset),
         "sharding": sharding_summary(engine) | {"overflow_steps": timing.overflow_steps},
         "config": to_dict(cfg),
     }

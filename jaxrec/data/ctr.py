@@ -3,7 +3,8 @@
 Why synthetic: the Criteo logs are large and behind a licence page; this generator has their
 shape (13 heavy-tailed count features, 26 categorical features with Zipf-distributed ids, about
 a quarter positives) and a known ground truth, so a model's AUC can be read against the best any
-model could reach (the oracle AUC of the true click probabilities, in `summary()`).
+model could reach (the oracle: `oracle_logit` holds the true click logit of every test example,
+and jaxrec.eval.ctr.oracle_summary its metrics).
 
 Labels are Bernoulli(sigmoid(logit)) with
     logit = BIAS + sum_k w_k z_k + sum_j h_j[id_j] + sum_{(a, b) in PAIRS} PAIR_SCALE * u_a[id_a] u_b[id_b]
@@ -28,7 +29,7 @@ import grain
 import numpy as np
 
 from jaxrec.config import DataConfig
-from jaxrec.data.pipeline import _permutation
+from jaxrec.data.steps import StepRows, permutation_order
 from jaxrec.data.synthetic import _draw_zipf
 from jaxrec.data.types import Field, Schema
 from jaxrec.errors import JaxrecError
@@ -66,7 +67,7 @@ class CtrPart:
 
     def order(self, seed: int):
         """order(epoch, start, stop): rows at positions start..stop of the epoch's permutation."""
-        return lambda epoch, start, stop: _permutation(seed, epoch, len(self))[start:stop]
+        return permutation_order(seed, len(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,7 @@ class CtrDataset:
     train: CtrPart
     valid: CtrPart
     test: CtrPart
-    oracle: dict[str, float]  # metrics of the true click probabilities on test: the ceiling
+    oracle_logit: np.ndarray | None  # float32 [n_test]: each test example's true logit; None for logged data
 
     @property
     def train_label(self) -> np.ndarray:
@@ -94,8 +95,7 @@ class CtrDataset:
         return {"num_examples": sum(len(p) for p in (self.train, self.valid, self.test)),
                 "num_train": len(self.train), "num_valid": len(self.valid), "num_test": len(self.test),
                 "num_dense": self.train.dense.shape[1], "vocab_sizes": list(self.vocab_sizes),
-                "positive_rate": float(self.train.label.mean()) if len(self.train) else None,
-                "oracle_test_auc": self.oracle.get("auc"), "oracle_test_logloss": self.oracle.get("logloss")}
+                "positive_rate": float(self.train.label.mean()) if len(self.train) else None}
 
 
 def ctr_schema(vocab_sizes, num_dense: int) -> Schema:
@@ -142,8 +142,6 @@ def generate_ctr(num_examples: int, vocab_sizes, num_dense: int, seed: int, zipf
 
 def load_ctr_dataset(cfg: DataConfig) -> CtrDataset:
     """criteo_synthetic: generate, then cut test, valid and train (examples are i.i.d.)."""
-    from jaxrec.eval.ctr import ctr_metrics
-
     if cfg.num_examples < 1 or cfg.num_dense < 0 or cfg.num_sparse < 1:
         raise JaxrecError(f"config keys data.num_examples={cfg.num_examples}, data.num_dense={cfg.num_dense}, "
                           f"data.num_sparse={cfg.num_sparse}: need >= 1 example, >= 0 dense and >= 1 categorical")
@@ -154,10 +152,9 @@ def load_ctr_dataset(cfg: DataConfig) -> CtrDataset:
     cuts = {"train": slice(0, num_train), "valid": slice(num_train, num_train + num_valid),
             "test": slice(num_train + num_valid, None)}
     parts = {name: CtrPart(dense[cut], sparse[cut], label[cut]) for name, cut in cuts.items()}
-    oracle = ctr_metrics(logit[cuts["test"]], label[cuts["test"]]) if num_test else {}
-    log.info("%s: %d examples (train %d, valid %d, test %d), %.1f%% positive, oracle test auc %.4f", cfg.name,
-             cfg.num_examples, num_train, num_valid, num_test, 100 * label.mean(), oracle.get("auc", np.nan))
-    return CtrDataset(cfg.name, sizes, parts["train"], parts["valid"], parts["test"], oracle)
+    log.info("%s: %d examples (train %d, valid %d, test %d), %.1f%% positive", cfg.name, cfg.num_examples,
+             num_train, num_valid, num_test, 100 * label.mean())
+    return CtrDataset(cfg.name, sizes, parts["train"], parts["valid"], parts["test"], logit[cuts["test"]])
 
 
 def batch_inputs(part: CtrPart, index: np.ndarray, with_label: bool = True) -> dict[str, np.ndarray]:
@@ -171,21 +168,17 @@ class _CtrBatch(grain.transforms.Map):
     """Rows `rows` of batch `step` of the run: that slice of its epoch's seeded order of train
     (a permutation in memory, a block shuffle for prepared shards). Only those rows are read."""
 
-    def __init__(self, train, batch_size: int, seed: int, rows: slice):
-        self.train, self.batch_size, self.rows = train, batch_size, rows
-        self.order = train.order(seed)
-        self.steps_per_epoch = len(train) // batch_size
+    def __init__(self, train, step_rows: StepRows):
+        self.train, self.step_rows = train, step_rows
 
     def map(self, step: int) -> dict[str, np.ndarray]:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        start = position * self.batch_size
-        return batch_inputs(self.train, self.order(epoch, start + self.rows.start, start + self.rows.stop))
+        return batch_inputs(self.train, self.step_rows.examples(step))
 
 
 def make_ctr_dataset(dataset: CtrDataset, *, batch_size: int, epochs: int, seed: int,
                      rows: slice | None = None) -> grain.MapDataset:
     """One element per train step: epochs x (len(train) // batch_size) batches; with `rows`, only
     those rows of each global batch (this process's share)."""
-    steps = epochs * (len(dataset.train) // batch_size)
-    rows = rows or slice(0, batch_size)
-    return grain.MapDataset.range(steps).map(_CtrBatch(dataset.train, batch_size, seed, rows))
+    train = dataset.train
+    step_rows = StepRows(train.order(seed), len(train), batch_size, rows or slice(0, batch_size))
+    return grain.MapDataset.range(step_rows.num_steps(epochs)).map(_CtrBatch(train, step_rows))

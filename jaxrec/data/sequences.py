@@ -5,9 +5,9 @@ held-out valid and test items are never seen in training), LEFT-padded with -1 t
 `model.max_len`: the latest item of a window sits in the last column, which is where
 evaluation reads the query (evaluation uses each user's most recent items). One Grain element
 per train step, as in pipeline.py: an epoch is a numpy permutation of the users with >= 2
-training items (seeded by (seed, epoch)), cut into len(users) // batch_size batches; windows,
-negatives and BERT4Rec's masks come from Grain's per-element generator, so batch k is a pure
-function of (seed, k).
+training items (seeded by (seed, epoch); data/steps.py), cut into len(users) // batch_size
+batches; windows, negatives and BERT4Rec's masks come from Grain's per-element generator, so
+batch k is a pure function of (seed, k).
 
 Training windows: a user longer than the window gets a uniformly random window of it each
 epoch rather than always the latest one (the papers), so every item is trained on across
@@ -35,7 +35,7 @@ import grain
 import numpy as np
 
 from jaxrec.data.dataset import Dataset
-from jaxrec.data.pipeline import _permutation  # the pair pipeline's seeded, cached epoch permutation
+from jaxrec.data.steps import StepRows, permutation_order
 from jaxrec.data.types import Interactions
 from jaxrec.errors import JaxrecError
 
@@ -118,17 +118,15 @@ class _SequenceBatch(grain.transforms.RandomMap):
     rows gather their items."""
 
     def __init__(self, runs, users: np.ndarray, *, num_items: int, max_len: int, objective: str, mask_token: int,
-                 mask_prob: float, num_negatives: int, batch_size: int, seed: int, rows: slice):
+                 mask_prob: float, num_negatives: int, step_rows: StepRows):
         self.runs, self.users = runs, users
         self.num_items, self.max_len = num_items, max_len
         self.objective, self.mask_token, self.mask_prob = objective, mask_token, mask_prob
-        self.num_negatives, self.batch_size, self.seed, self.rows = num_negatives, batch_size, seed, rows
-        self.steps_per_epoch = len(users) // batch_size
+        self.num_negatives, self.step_rows = num_negatives, step_rows
+        self.batch_size, self.rows = step_rows.batch_size, step_rows.rows
 
     def random_map(self, step: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        batch_users = self.users[_permutation(self.seed, epoch, len(self.users))[position * self.batch_size:]
-                                 [: self.batch_size]]
+        batch_users = self.users[self.step_rows.global_batch(step)]
         skip_b = window_offsets(self.runs, batch_users, self.max_len + (self.objective == "next_item"), rng)
         mine, users_b = self.rows, batch_users[self.rows]
         if self.objective == "next_item":
@@ -158,11 +156,10 @@ def make_sequence_dataset(model, dataset: Dataset, *, batch_size: int, epochs: i
                           f"(one sequence each per epoch); use a batch of at most {len(users)}")
     if num_negatives < 1:
         raise JaxrecError("sequence models need data.num_negatives >= 1 (the candidates scored per position)")
+    step_rows = StepRows(permutation_order(seed, len(users)), len(users), batch_size, rows or slice(0, batch_size))
     transform = _SequenceBatch(
         user_runs([dataset.split.train], dataset.num_users), users, num_items=dataset.num_items,
         max_len=model.max_len, objective=model.objective, mask_token=dataset.num_items,
-        mask_prob=getattr(model, "mask_prob", 0.0), num_negatives=num_negatives, batch_size=batch_size, seed=seed,
-        rows=rows or slice(0, batch_size),
+        mask_prob=getattr(model, "mask_prob", 0.0), num_negatives=num_negatives, step_rows=step_rows,
     )
-    steps = epochs * (len(users) // batch_size)
-    return grain.MapDataset.range(steps).random_map(transform, seed=seed)
+    return grain.MapDataset.range(step_rows.num_steps(epochs)).random_map(transform, seed=seed)

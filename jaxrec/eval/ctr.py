@@ -1,9 +1,5 @@
-"""CTR evaluation: logloss, AUC and accuracy of a model's click probabilities over a whole split.
-
-The AUC is exact: the Mann-Whitney statistic over ranks, ties averaged (a tie between a
-positive and a negative counts one half), computed in numpy from every example's logit, so no
-binning or per-batch averaging bends it. Logloss is computed from logits (softplus), so a
-confident wrong prediction costs its true value instead of log(eps).
+"""CTR evaluation: logloss, AUC and accuracy (eval/metrics.py) of a model's click probabilities
+over a whole split, and the same metrics of a synthetic data set's true logits (the ceiling).
 
 Legend: n examples of the split, B evaluation batch.
 """
@@ -15,35 +11,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxrec.data.ctr import CtrDataset, batch_inputs
+from jaxrec.eval.metrics import ctr_metrics
 from jaxrec.models import feature_ids
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """P(score of a random positive > score of a random negative), ties counting 1/2; NaN when
-    the labels hold one class only."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0.5
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if not positives or not negatives:
-        return float("nan")
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    # Average rank (1-based) of each run of tied scores.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean binary cross-entropy of sigmoid(logits): log(1 + e^l) - y l."""
-    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
-    return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
-
-
-def ctr_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"auc": auc(logits, labels), "logloss": logloss(logits, labels),
-            "accuracy": float(np.mean((np.asarray(logits) > 0) == (np.asarray(labels) > 0.5)))}
+def oracle_summary(dataset) -> dict[str, float | None]:
+    """results.json's oracle_test_auc and oracle_test_logloss: the metrics of the true click
+    logits on test, the ceiling for any model; {} for logged or non-CTR data (truth unknown)."""
+    if not isinstance(dataset, CtrDataset) or dataset.oracle_logit is None:
+        return {}
+    metrics = ctr_metrics(dataset.oracle_logit, dataset.test.label) if len(dataset.test) else {}
+    return {"oracle_test_auc": metrics.get("auc"), "oracle_test_logloss": metrics.get("logloss")}
 
 
 class CtrEvaluator:

@@ -9,7 +9,8 @@ import pytest
 
 from jaxrec.config import Config
 from jaxrec.data.ctr import batch_inputs, load_ctr_dataset
-from jaxrec.eval.ctr import CtrEvaluator, auc, ctr_metrics, logloss
+from jaxrec.eval.ctr import CtrEvaluator
+from jaxrec.eval.metrics import auc, ctr_metrics, logloss
 from jaxrec.train_lib import build_engine, init_state
 
 

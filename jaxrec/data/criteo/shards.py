@@ -154,4 +154,5 @@ def load_criteo_dataset(cfg) -> CriteoDataset:
     log.info("criteo %s: %d examples (train %d, valid %d, test %d), vocabularies %d..%d", folder,
              metadata["num_examples"], len(parts["train"]), len(parts["valid"]), len(parts["test"]),
              min(metadata["vocab_sizes"]), max(metadata["vocab_sizes"]))
-    return CriteoDataset("criteo", tuple(metadata["vocab_sizes"]), parts["train"], parts["valid"], parts["test"], {})
+    return CriteoDataset("criteo", tuple(metadata["vocab_sizes"]), parts["train"], parts["valid"], parts["test"],
+                         oracle_logit=None)
