@@ -122,3 +122,4 @@ def test_run_learns_writes_auc_and_selects_the_best_epoch_by_auc(tmp_path, datas
     constant = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
     assert results["metrics"]["auc"] > 0.63 and results["metrics"]["logloss"] < constant - 0.03
     assert results["data"]["num_test"] == 300 and results["data"]["vocab_sizes"] == VOCABS
+    assert results["data"]["oracle_test_auc"] > results["metrics"]["auc"]  # the true logits: the ceiling
