@@ -49,7 +49,7 @@ from jaxrec.embedding import EmbeddingState
 from jaxrec.errors import JaxrecError
 from jaxrec.sharding.checksum import checksum_fn
 from jaxrec.sharding.layout import logical_spec, to_logical
-from jaxrec.sharding.planner import EmbeddingPlan, GroupLayout, TablePlacement
+from jaxrec.sharding.placement import EmbeddingPlan, GroupLayout, TablePlacement
 from jaxrec.train_lib import state_shardings
 
 log = logging.getLogger("jaxrec.checkpoint")

@@ -32,7 +32,8 @@ from jaxrec.models import feature_ids, make_model
 from jaxrec.models.losses import LOSSES
 from jaxrec.sharding import strategies
 from jaxrec.sharding.mesh import make_mesh, resolve_mesh_shape
-from jaxrec.sharding.planner import EmbeddingPlan, make_plan
+from jaxrec.sharding.placement import EmbeddingPlan
+from jaxrec.sharding.planner import make_plan
 from jaxrec.sharding.topk import pick_sharded, sweep_sharded
 
 log = logging.getLogger("jaxrec.train")

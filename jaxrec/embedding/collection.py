@@ -24,8 +24,8 @@ from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.embedding.specs import TableSpec
 from jaxrec.sharding import layout, strategies
 
-if TYPE_CHECKING:  # the planner imports the embedding package, which imports this module
-    from jaxrec.sharding.planner import EmbeddingPlan
+if TYPE_CHECKING:  # the plan types import the embedding package, which imports this module
+    from jaxrec.sharding.placement import EmbeddingPlan
 
 
 @flax.struct.dataclass

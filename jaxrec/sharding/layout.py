@@ -28,8 +28,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrec.sharding import strategies  # a module reference: strategies imports embedding, which imports us
 
-if TYPE_CHECKING:  # the planner imports the embedding package, which imports this module
-    from jaxrec.sharding.planner import EmbeddingPlan, GroupLayout
+if TYPE_CHECKING:  # the plan types import the embedding package, which imports this module
+    from jaxrec.sharding.placement import EmbeddingPlan, GroupLayout
 
 INIT_CHUNK_ROWS = 1 << 14  # rows drawn at once per device: bounds the init's temporaries
 PAD_UNIT_ROWS = 4096  # logical tables are padded to a multiple of min(this, next power of two)

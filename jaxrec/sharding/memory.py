@@ -17,14 +17,22 @@ import dataclasses
 import math
 
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
-from jaxrec.sharding.planner import FLOAT_BYTES, ID_BYTES, EmbeddingPlan, GroupLayout
+from jaxrec.embedding.specs import TableSpec
+from jaxrec.sharding.placement import EmbeddingPlan, GroupLayout
 
+FLOAT_BYTES = 4
+ID_BYTES = 4
 MEMORY_OVER_LINK = 10  # a device's memory is about this many times faster than its links (HBM vs NVLink/ICI)
 COLLECTIVE_LATENCY_BYTES = 1 << 18  # a collective's fixed latency (~5 us) in bytes at ~50 GB/s of link
 
 
 def _slot_width(optimizer: str, dim: int) -> int:
     return sum(dim if kind == "element" else 1 for kind, _ in ROW_OPTIMIZERS[optimizer].slots.values())
+
+
+def table_bytes(spec: TableSpec) -> int:
+    """Parameters plus optimiser slots of the whole table."""
+    return spec.rows * (spec.dim * spec.itemsize + _slot_width(spec.optimizer, spec.dim) * FLOAT_BYTES)
 
 
 def table_bytes_per_device(plan: EmbeddingPlan, table: str) -> list[int]:
@@ -193,10 +201,9 @@ def check_fits(plan: EmbeddingPlan, estimate: MemoryEstimate, budget_bytes: floa
     if peak <= budget_bytes:
         return
     from jaxrec.errors import JaxrecError
-    from jaxrec.sharding.planner import _table_bytes
 
-    largest = max(plan.specs.values(), key=_table_bytes)
-    total = sum(_table_bytes(s) for s in plan.specs.values())
+    largest = max(plan.specs.values(), key=table_bytes)
+    total = sum(table_bytes(s) for s in plan.specs.values())
     overhead = peak - max(p + s for p, s in zip(estimate.params, estimate.slots))
     room = budget_bytes - overhead
     needed = 2 ** math.ceil(math.log2(max(total / room, 1))) if room > 0 else None
@@ -205,7 +212,7 @@ def check_fits(plan: EmbeddingPlan, estimate: MemoryEstimate, budget_bytes: floa
     raise JaxrecError(
         f"the model does not fit sharding.memory_budget_gb={budget_bytes / 1e9:g}: it needs {_gb(peak)} on its "
         f"fullest device (mesh data x model = {plan.mesh_shape[0]}x{plan.mesh_shape[1]}); largest table "
-        f"'{largest.name}' is {largest.rows:,} x {largest.dim} ({_gb(_table_bytes(largest))} with optimiser "
+        f"'{largest.name}' is {largest.rows:,} x {largest.dim} ({_gb(table_bytes(largest))} with optimiser "
         f"slots); {hint}"
     )
 

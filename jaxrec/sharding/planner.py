@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.embedding.specs import TableSpec
 from jaxrec.errors import JaxrecError
+from jaxrec.sharding.memory import FLOAT_BYTES, ID_BYTES, step_cost, table_bytes
+from jaxrec.sharding.placement import DEFAULT_CAPACITY_FACTOR, EmbeddingPlan, GroupLayout, TablePlacement
 
 KIND_OF_STRATEGY = {
     "none": "replicated",
@@ -29,88 +29,7 @@ KIND_OF_STRATEGY = {
     "row_wise": "row",
     "column_wise": "column",
 }
-FLOAT_BYTES = 4
-ID_BYTES = 4
 REPLICATE_BELOW_BYTES = 4 << 20  # `auto` never replicates tables whose rows and slots take more
-DEFAULT_CAPACITY_FACTOR = 1.5  # conf/sharding/*.yaml sets sharding.capacity_factor; see README
-
-
-@dataclasses.dataclass(frozen=True)
-class TablePlacement:
-    strategy: str
-    group: str
-    owner: int  # first model-axis device holding rows (row kind)
-    shards: int  # model-axis devices the rows are spread over (row kind)
-    base: int  # first row of the table in the group's (per-device) block
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupLayout:
-    name: str
-    kind: str  # replicated | row | column
-    dim: int
-    padded_dim: int  # column kind: dim rounded up to a multiple of the model axis
-    block_rows: int  # row kind: rows per device; other kinds: all rows
-    optimizer: str
-    lr: float
-    tables: tuple[str, ...]
-    dtype: str = "float32"  # storage of the rows; optimiser slots are float32
-    exchange: str = "sparse"  # replicated kind: how gradients travel, "sparse" (all-gather) or "dense" (all-reduce)
-
-    @property
-    def itemsize(self) -> int:
-        return np.dtype(jnp.dtype(self.dtype)).itemsize
-
-    def array_shape(self, model: int) -> tuple[int, int]:
-        rows = self.block_rows * model if self.kind == "row" else self.block_rows
-        return rows, self.padded_dim
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddingPlan:
-    mesh_shape: tuple[int, int]  # (data, model)
-    specs: dict[str, TableSpec]
-    placements: dict[str, TablePlacement]
-    groups: dict[str, GroupLayout]
-    capacity_factor: float = DEFAULT_CAPACITY_FACTOR  # row kind: bucket capacity over a balanced share
-    # `auto`: each table's estimated step cost (sharding.memory.step_cost, alone on this mesh) per candidate
-    candidate_costs: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-
-    @property
-    def num_devices(self) -> int:
-        return self.mesh_shape[0] * self.mesh_shape[1]
-
-    def owner_share(self, group: str) -> float:
-        """The largest fraction of a row group's keys that one model-axis device owns, from the
-        tables' ids per example and placements (1 / model for row-wise alone)."""
-        model = self.mesh_shape[1]
-        share = np.zeros(model)
-        tables = self.groups[group].tables
-        total = sum(self.specs[t].ids_per_example for t in tables)
-        for table in tables:
-            place = self.placements[table]
-            share[place.owner: place.owner + place.shards] += self.specs[table].ids_per_example / place.shards
-        return float(share.max() / total)
-
-    def bucket_capacity(self, group: str, keys_per_device: int) -> int:
-        """C of a row group's [model, C] all_to_all buckets: capacity_factor x the owner's share
-        of a device's keys, at least 2 (strategies' rounds need it) and at most all of them."""
-        wanted = math.ceil(self.capacity_factor * self.owner_share(group) * keys_per_device)
-        return max(2, min(wanted, keys_per_device))
-
-    def group_keys(self, table: str, ids):
-        """Logical row ids of `table` -> row indices in its group's stacked array (jnp or np).
-
-        A negative id (the padding of an embedding bag) stays -1: it reads zeros, updates nothing."""
-        place = self.placements[table]
-        group = self.groups[place.group]
-        if group.kind != "row":
-            keys = ids + place.base
-        else:
-            device = place.owner + ids % place.shards
-            keys = device * group.block_rows + place.base + ids // place.shards
-        where = jnp.where if isinstance(ids, jnp.ndarray) else np.where
-        return where(ids < 0, -1, keys)
 
 
 def _group_key(spec: TableSpec, strategy: str, exchange: str = "sparse") -> tuple:
@@ -127,13 +46,6 @@ def replicated_exchange(spec: TableSpec, num_devices: int, batch_per_device: int
     return "dense" if dense < sparse else "sparse"
 
 
-def _table_bytes(spec: TableSpec) -> int:
-    """Parameters plus optimiser slots of the whole table."""
-    slots = ROW_OPTIMIZERS[spec.optimizer].slots.values()
-    slot_width = sum(spec.dim if kind == "element" else 1 for kind, _ in slots)
-    return spec.rows * (spec.dim * spec.itemsize + slot_width * FLOAT_BYTES)
-
-
 def _pack_or_split(specs: list[TableSpec], model: int, budget_bytes: float) -> dict[str, str]:
     """`auto` for tables sharing one row group. SPMD shards are uniform, so the fullest device
     sets every device's block: aim every device at the balanced fill (sum of rows / model).
@@ -143,7 +55,7 @@ def _pack_or_split(specs: list[TableSpec], model: int, budget_bytes: float) -> d
     target = math.ceil(sum(s.rows for s in specs) / model)
     chosen, fill = {}, np.zeros(model, dtype=np.int64)
     for spec in sorted(specs, key=lambda s: -s.rows):
-        if spec.rows > target or _table_bytes(spec) > budget_bytes / 4:
+        if spec.rows > target or table_bytes(spec) > budget_bytes / 4:
             chosen[spec.name] = "row_wise"
             fill += math.ceil(spec.rows / model)
     for spec in sorted((s for s in specs if s.name not in chosen), key=lambda s: -s.rows):
@@ -172,7 +84,7 @@ def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str
     for spec in specs:
         if spec.name in chosen:
             continue
-        if model == 1 or _table_bytes(spec) <= min(REPLICATE_BELOW_BYTES, budget_bytes / 16):
+        if model == 1 or table_bytes(spec) <= min(REPLICATE_BELOW_BYTES, budget_bytes / 16):
             chosen[spec.name] = "data_parallel"
         else:
             sharded.setdefault(_group_key(spec, "row_wise"), []).append(spec)
@@ -229,8 +141,6 @@ def _assemble(specs: list[TableSpec], mesh_shape: tuple[int, int], strategies: d
 
 
 def _cost(specs, mesh_shape, strategies, capacity_factor, batch_per_device) -> float:
-    from jaxrec.sharding.memory import step_cost
-
     plan = _assemble(specs, mesh_shape, strategies, capacity_factor, batch_per_device)
     return step_cost(plan, batch_per_device * plan.num_devices)
 

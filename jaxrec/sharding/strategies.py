@@ -1,6 +1,6 @@
 """Sharded lookups and sparse row updates per group kind (with sharding/topk.py, the only shard_map code).
 
-A group is one stacked array holding one or more tables (see sharding.planner). Its kind fixes
+A group is one stacked array holding one or more tables (see sharding.placement). Its kind fixes
 the layout on the (data, model) mesh:
   replicated  [rows, d]             P()               every device holds every row
   row         [model * block, d]    P(model, None)    device m holds block m (row-/table-wise)
