@@ -78,11 +78,11 @@ def run_prepare(logs: Path, out: Path, workers: int, piece_mb: float) -> dict:
 
 def pipeline_child(folder: str, batch: int, batches: int) -> None:
     """In a fresh process: examples/s of the CTR pipeline for a whole and a half batch; prints JSON."""
-    from jaxrec.config import DataConfig
+    from jaxrec.config import CriteoConfig
     from jaxrec.data.criteo.shards import load_criteo_dataset
     from jaxrec.data.ctr import make_ctr_dataset
 
-    dataset = load_criteo_dataset(DataConfig(name="criteo", path=folder))
+    dataset = load_criteo_dataset(CriteoConfig(path=folder))
     result = {}
     for name, rows in (("whole", slice(0, batch)), ("half", slice(0, batch // 2))):
         loader = make_ctr_dataset(dataset, batch_size=batch, epochs=1, seed=0, rows=rows)

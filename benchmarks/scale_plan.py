@@ -58,10 +58,10 @@ def vocab_sizes(params: float, dim: int, small: bool = False, tables: int = 26) 
 
 
 def make_config(num_devices: int, args: argparse.Namespace):
-    from jaxrec.config import Config
+    from jaxrec.config import compose_config
 
-    cfg = Config()
-    cfg.model.name, cfg.model.dim, cfg.model.cross_layers = "dcn_v2", args.dim, 3
+    cfg = compose_config(["model=dcn_v2"])
+    cfg.model.dim, cfg.model.cross_layers = args.dim, 3
     cfg.model.bottom_mlp = [512, 256, args.dim] if not args.small else [8, args.dim]
     cfg.model.hidden = [1024, 1024, 512, 256] if not args.small else [8]
     cfg.optimizer.name, cfg.optimizer.table_optimizer = "adagrad", "rowwise_adagrad"

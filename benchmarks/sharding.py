@@ -58,7 +58,7 @@ from benchmarks.common import (
     copy_bandwidth_gbps, hlo_collective_bytes, int_list, machine_info, plot_lines, summarize, time_calls, write_results,
 )
 from jaxrec import distributed
-from jaxrec.config import Config, DistributedConfig
+from jaxrec.config import Config, DistributedConfig, compose_config
 from jaxrec.data.ctr import CtrPart, batch_inputs, ctr_schema, generate_ctr
 from jaxrec.embedding.optimizers import ROW_OPTIMIZERS
 from jaxrec.launch_local import free_port, run_group
@@ -73,8 +73,8 @@ COLUMNS = ("strategy", "num_devices", "processes", "rows", "plan", "examples_per
 
 
 def make_config(strategy: str, num_devices: int, args: argparse.Namespace) -> Config:
-    cfg = Config()
-    cfg.model.name, cfg.model.dim, cfg.model.cross_layers = "dcn_v2", args.dim, args.cross_layers
+    cfg = compose_config(["model=dcn_v2"])
+    cfg.model.dim, cfg.model.cross_layers = args.dim, args.cross_layers
     cfg.model.bottom_mlp, cfg.model.hidden = [64, args.dim], [64]
     cfg.optimizer.name, cfg.optimizer.table_optimizer = "adam", args.table_optimizer
     cfg.sharding.strategy = strategy

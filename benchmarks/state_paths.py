@@ -33,11 +33,11 @@ MF_1E9 = ["data=synthetic", "data.num_users=12000000", "data.num_items=4000000",
 EVAL_CHILD = """
 import json, resource, sys, time
 import jax
-from jaxrec.config import Config, validate
+from jaxrec.config import compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.train_lib import RankingEvaluator, build_engine, init_state
-cfg = Config()
-cfg.data.name, cfg.data.num_users, cfg.data.num_items = "synthetic", 1000, int(sys.argv[1])
+cfg = compose_config(["data=synthetic"])
+cfg.data.num_users, cfg.data.num_items = 1000, int(sys.argv[1])
 cfg.data.num_interactions, cfg.model.dim = 20000, 64
 cfg.sharding.strategy, cfg.sharding.mesh.data, cfg.sharding.mesh.model = "row_wise", 1, 8
 cfg = validate(cfg)

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import machine_info, plot_lines, summarize, time_calls, write_results
-from jaxrec.config import Config
+from jaxrec.config import Config, compose_config
 from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, candidates_per_example, init_state, make_train_step
 
@@ -54,7 +54,7 @@ _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = \w+\[(\d+)(?:,\d+)*\]\{[^}]*\} ([\w
 
 def make_config(dim: int, update: str) -> Config:
     sparse, optimizer = UPDATES[update]
-    cfg = Config()
+    cfg = compose_config([])
     cfg.model.dim = dim
     cfg.optimizer.name = "adam"
     cfg.optimizer.sparse = sparse

@@ -41,16 +41,16 @@ DCN_TABLES = 26
 
 
 def make_config(model: str, strategy: str, num_devices: int, args):
-    from jaxrec.config import Config
+    from jaxrec.config import compose_config
 
-    cfg = Config()
+    cfg = compose_config(["model=mf"])
     cfg.sharding.strategy, cfg.sharding.mesh.data, cfg.sharding.mesh.model = strategy, 1, num_devices
     cfg.sharding.memory_budget_gb = 80.0
     cfg.sharding.capacity_factor = args.capacity_factor
     cfg.optimizer.name, cfg.optimizer.table_optimizer = "adagrad", "rowwise_adagrad"
     cfg.train.batch_size = args.per_device * num_devices
     if model == "mf":
-        cfg.model.name, cfg.model.dim, cfg.model.use_bias = "mf", 64, False
+        cfg.model.dim, cfg.model.use_bias = 64, False
     else:
         cfg.model.name, cfg.model.dim, cfg.model.cross_layers = "dcn_v2", 16, 3
         cfg.model.bottom_mlp, cfg.model.hidden = [64, 16], [256, 128]

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import grain
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P

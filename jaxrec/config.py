@@ -16,12 +16,12 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from jaxrec.errors import JaxrecError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "csv", "synthetic", "criteo_synthetic", "criteo")
+DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "ml_latest_small", "csv", "synthetic", "criteo_synthetic", "criteo")
 SPLITS = ("leave_one_out", "random", "temporal", "kfold")
 MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec", "svdpp")
 LOSSES = ("bce", "bpr", "mse", "softmax")
@@ -34,31 +34,21 @@ STRATEGIES = ("none", "data_parallel", "table_wise", "row_wise", "column_wise", 
 
 @dataclasses.dataclass
 class DataConfig:
-    name: str = "ml100k"  # one of DATASETS
-    path: str | None = None  # name=csv: a CSV, TSV or Parquet file of interactions; criteo: the prepared folder
-    sep: str | None = None  # name=csv: field separator; None infers it from the extension
-    user_col: str = "user_id"  # name=csv: column holding user tokens
-    item_col: str = "item_id"  # name=csv: column holding item tokens
-    rating_col: str | None = None  # name=csv: optional rating column
-    timestamp_col: str | None = None  # name=csv: optional timestamp column
-    num_users: int = 1000  # name=synthetic: number of users
-    num_items: int = 500  # name=synthetic: number of items
-    num_interactions: int = 20000  # name=synthetic: interactions drawn before dedup
-    seed: int = 0  # name=synthetic, criteo_synthetic: generator seed
-    zipf_a: float = 1.1  # name=synthetic, criteo_synthetic: popularity skew (P(rank r) ~ r^-a); lower is flatter
-    num_examples: int = 100_000  # name=criteo_synthetic: examples before the valid/test split
-    num_dense: int = 13  # name=criteo_synthetic: dense (count) features
-    num_sparse: int = 26  # name=criteo_synthetic: categorical features, one embedding table each
-    vocab_size: int = 10_000  # name=criteo_synthetic: ids per categorical feature
-    vocab_sizes: list[int] = dataclasses.field(default_factory=list)  # criteo_synthetic: per feature (overrides vocab_size)
-    shuffle_block_rows: int = 65536  # name=criteo: rows of one block of the block shuffle (consecutive on disk)
-    shuffle_window_blocks: int = 16  # name=criteo: blocks whose rows are permuted together (the shuffle window)
+    """What every data set has; each `data` option's schema below adds its own keys."""
+
+    name: str = MISSING  # the option: one of DATASETS
+
+
+@dataclasses.dataclass
+class InteractionDataConfig(DataConfig):
+    """User-item interaction logs: cleaning, splitting and negative sampling (conf/data_shared)."""
+
     min_rating: float | None = None  # keep rating >= this (explicit -> implicit feedback)
     k_core: int = 0  # iterate until every user and item has >= k interactions (0: off)
     strict: bool = False  # fail on the first invalid row instead of dropping and counting it
     split: str = "leave_one_out"  # one of SPLITS
-    valid_ratio: float = 0.1  # split=random|temporal|kfold, criteo_synthetic: validation share (kfold: of the non-test part)
-    test_ratio: float = 0.1  # split=random|temporal, criteo_synthetic: share of test examples
+    valid_ratio: float = 0.1  # split=random|temporal|kfold: validation share (kfold: of the non-test part)
+    test_ratio: float = 0.1  # split=random|temporal: share of each user's interactions held out as test
     split_seed: int = 0  # split=random: seed of the per-user shuffle; split=kfold: of the fold assignment
     num_folds: int = 5  # split=kfold: folds of the rating-level cross-validation
     fold: int = 0  # split=kfold: the fold held out as test, 0 .. num_folds - 1
@@ -68,33 +58,144 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class MovieLensConfig(InteractionDataConfig):
+    """A GroupLens MovieLens release, fetched and cached on first use (data=ml100k, ml1m, ...)."""
+
+    name: str = "ml100k"
+
+
+@dataclasses.dataclass
+class CsvConfig(InteractionDataConfig):
+    name: str = "csv"
+    path: str | None = None  # a CSV, TSV or Parquet file of interactions (required)
+    sep: str | None = None  # field separator; None infers it from the extension
+    user_col: str = "user_id"  # column holding user tokens
+    item_col: str = "item_id"  # column holding item tokens
+    rating_col: str | None = None  # optional rating column
+    timestamp_col: str | None = None  # optional timestamp column
+
+
+@dataclasses.dataclass
+class SyntheticConfig(InteractionDataConfig):
+    name: str = "synthetic"
+    num_users: int = 1000  # users
+    num_items: int = 500  # items
+    num_interactions: int = 20000  # interactions drawn before dedup
+    seed: int = 0  # generator seed
+    zipf_a: float = 1.1  # popularity skew (P(rank r) ~ r^-a); lower is flatter
+
+
+@dataclasses.dataclass
+class CriteoSyntheticConfig(DataConfig):
+    name: str = "criteo_synthetic"
+    num_examples: int = 100_000  # examples before the valid/test split
+    num_dense: int = 13  # dense (count) features
+    num_sparse: int = 26  # categorical features, one embedding table each
+    vocab_size: int = 10_000  # ids per categorical feature
+    vocab_sizes: list[int] = dataclasses.field(default_factory=list)  # one per feature (overrides vocab_size)
+    zipf_a: float = 1.1  # popularity skew of the ids (P(rank r) ~ r^-a)
+    seed: int = 0  # generator seed
+    valid_ratio: float = 0.1  # share of validation examples
+    test_ratio: float = 0.1  # share of test examples
+
+
+@dataclasses.dataclass
+class CriteoConfig(DataConfig):
+    name: str = "criteo"
+    path: str | None = None  # the folder written by `python -m jaxrec.data prepare criteo` (required)
+    shuffle_block_rows: int = 65536  # rows of one block of the block shuffle (consecutive on disk)
+    shuffle_window_blocks: int = 16  # blocks whose rows are permuted together (the shuffle window)
+
+
+DATA_CONFIGS = {"ml100k": MovieLensConfig, "ml1m": MovieLensConfig, "ml20m": MovieLensConfig,
+                "ml25m": MovieLensConfig, "ml_latest_small": MovieLensConfig, "csv": CsvConfig,
+                "synthetic": SyntheticConfig, "criteo_synthetic": CriteoSyntheticConfig, "criteo": CriteoConfig}
+CTR_DATA = (CriteoSyntheticConfig, CriteoConfig)
+
+
+@dataclasses.dataclass
 class ModelConfig:
-    name: str = "mf"  # one of MODELS
+    """What every model has; each `model` option's schema below adds its own keys."""
+
+    name: str = MISSING  # the option: one of MODELS
     dim: int = 64  # embedding width
-    use_bias: bool = True  # user, item and global biases
-    bias_init: float | None = None  # start of the global bias; None: the mean training rating under loss mse, else 0
     loss: str = "bce"  # one of LOSSES
     init_std: float = 0.1  # std of the normal initialiser of embedding rows
-    l2: float = 0.0  # L2 penalty on the embedding rows a batch touches (per example)
+    l2: float = 0.01  # L2 penalty on the embedding rows a batch touches (per example)
     embedding_dtype: str = "float32"  # storage of table rows: one of EMBEDDING_DTYPES (slots stay float32)
-    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # MLP widths: two_tower towers, neumf, dcn_v2 top
-    dropout: float = 0.0  # dropout rate of MLPs and attention blocks while training
-    negatives: str = "sampled"  # two_tower: "sampled" (data.num_negatives uniform) or "in_batch" (softmax)
-    logq_correction: bool = True  # two_tower in_batch: subtract log popularity of each in-batch candidate
-    init_from: str | None = None  # neumf: an MF run dir whose tables initialise the GMF branch
-    bottom_mlp: list[int] = dataclasses.field(default_factory=lambda: [64, 32])  # dcn_v2: dense-feature MLP
-    cross_layers: int = 3  # dcn_v2: layers of the cross network
-    max_len: int = 50  # sasrec, bert4rec: items per sequence (older ones are cut, shorter padded)
-    num_layers: int = 2  # sasrec, bert4rec: Transformer blocks
-    num_heads: int = 2  # sasrec, bert4rec: attention heads
-    mask_prob: float = 0.2  # bert4rec: share of positions masked per training sequence
-    max_history: int = 64  # svdpp: the user's most recent training items in the implicit bag N(u)
+
+
+@dataclasses.dataclass
+class MFConfig(ModelConfig):
+    name: str = "mf"
+    use_bias: bool = True  # user, item and global biases
+    bias_init: float | None = None  # start of the global bias; None: the mean training rating under loss mse, else 0
+
+
+@dataclasses.dataclass
+class SVDppConfig(MFConfig):
+    name: str = "svdpp"
+    loss: str = "mse"
+    l2: float = 0.02
+    max_history: int = 64  # the user's most recent training items in the implicit bag N(u)
+
+
+@dataclasses.dataclass
+class TwoTowerConfig(MFConfig):
+    name: str = "two_tower"
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [128])  # MLP widths of each tower
+    dropout: float = 0.0  # dropout rate of the towers while training
+    negatives: str = "sampled"  # "sampled" (data.num_negatives uniform) or "in_batch" (softmax)
+    logq_correction: bool = True  # in_batch: subtract log popularity of each in-batch candidate
+
+
+@dataclasses.dataclass
+class NeuMFConfig(ModelConfig):
+    name: str = "neumf"
+    dim: int = 64
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64, 32, 16])  # MLP branch widths
+    dropout: float = 0.0  # dropout rate of the MLP branch while training
+    init_from: str | None = None  # an MF run dir whose tables initialise the GMF branch (same model.dim)
+
+
+@dataclasses.dataclass
+class DCNv2Config(ModelConfig):
+    name: str = "dcn_v2"
+    dim: int = 16
+    init_std: float = 0.05
+    l2: float = 0.0
+    bottom_mlp: list[int] = dataclasses.field(default_factory=lambda: [64, 16])  # dense-feature MLP
+    cross_layers: int = 3  # layers of the full-rank cross network
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 64])  # top MLP (a width-1 layer is added)
+    dropout: float = 0.0  # dropout rate of the MLPs while training
+
+
+@dataclasses.dataclass
+class SASRecConfig(ModelConfig):
+    name: str = "sasrec"
+    loss: str = "softmax"
+    l2: float = 0.0
+    dropout: float = 0.2  # dropout rate of attention blocks while training
+    max_len: int = 50  # items per sequence (older ones are cut, shorter padded)
+    num_layers: int = 2  # Transformer blocks
+    num_heads: int = 2  # attention heads (model.dim must be a multiple)
+
+
+@dataclasses.dataclass
+class BERT4RecConfig(SASRecConfig):
+    name: str = "bert4rec"
+    mask_prob: float = 0.2  # share of positions masked per training sequence
+
+
+MODEL_CONFIGS = {"mf": MFConfig, "two_tower": TwoTowerConfig, "neumf": NeuMFConfig, "dcn_v2": DCNv2Config,
+                 "sasrec": SASRecConfig, "bert4rec": BERT4RecConfig, "svdpp": SVDppConfig}
+CTR_MODELS = ("dcn_v2",)
 
 
 @dataclasses.dataclass
 class OptimizerConfig:
     name: str = "adam"  # optax optimiser for dense parameters: one of OPTIMIZERS
-    lr: float = 1e-3  # learning rate of dense parameters and (by default) tables
+    lr: float = 3e-3  # learning rate of dense parameters and (by default) tables
     table_optimizer: str | None = None  # sparse row optimiser; None: lazy_adam/adagrad/sgd to match name
     table_lr: float | None = None  # learning rate of tables; None: lr
     sparse: bool = True  # False trains tables with dense optax (a baseline: O(rows) per step)
@@ -129,7 +230,7 @@ class DistributedConfig:
 @dataclasses.dataclass
 class TrainConfig:
     batch_size: int | str = 1024  # global batch; "auto": largest power of two whose plan fits
-    epochs: int = 20  # passes over the training interactions
+    epochs: int = 30  # passes over the training interactions
     max_steps: int | None = None  # stop early after this many steps (None: run all epochs)
     seed: int = 0  # parameter init seed
     data_seed: int = 0  # shuffle and negative-sampling seed
@@ -152,15 +253,24 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class Config:
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=MovieLensConfig)  # an option of DATA_CONFIGS
+    model: ModelConfig = dataclasses.field(default_factory=MFConfig)  # an option of MODEL_CONFIGS
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    """The root schema (its data and model left to the chosen options) and one schema per option,
+    which each option's YAML names first in its defaults list (/schema/model/mf@model, ...)."""
+    store = ConfigStore.instance()
+    root = OmegaConf.structured(Config)
+    root.data, root.model = MISSING, MISSING
+    store.store(name="base_config", node=root)
+    for name, schema in MODEL_CONFIGS.items():
+        store.store(group="schema/model", name=name, node=schema)
+    for name, schema in DATA_CONFIGS.items():
+        store.store(group="schema/data", name=name, node=schema)
 
 
 # Every numeric key's allowed values: (test, what the message says is expected). None-able keys are
@@ -217,10 +327,12 @@ def check_numeric_ranges(cfg: Config) -> None:
         test, expected = NUMERIC_RANGES.get(key, (lambda v: True, ""))
         if not test(value):
             raise JaxrecError(f"config key {key}={value}: expected {expected}")
-    if cfg.data.split in ("random", "temporal") and cfg.data.valid_ratio + cfg.data.test_ratio >= 1:
-        raise JaxrecError(f"config keys data.valid_ratio={cfg.data.valid_ratio} and data.test_ratio="
-                          f"{cfg.data.test_ratio} leave no training data: their sum must be below 1")
-    samples = cfg.model.loss != "mse" and cfg.model.negatives == "sampled"
+    split = getattr(cfg.data, "split", None)
+    if split in ("random", "temporal") or isinstance(cfg.data, CriteoSyntheticConfig):
+        if cfg.data.valid_ratio + cfg.data.test_ratio >= 1:
+            raise JaxrecError(f"config keys data.valid_ratio={cfg.data.valid_ratio} and data.test_ratio="
+                              f"{cfg.data.test_ratio} leave no training data: their sum must be below 1")
+    samples = isinstance(cfg.data, InteractionDataConfig) and cfg.model.loss != "mse" and not in_batch_negatives(cfg)
     if samples and cfg.data.num_negatives < 1:
         raise JaxrecError(f"config key data.num_negatives={cfg.data.num_negatives}: model.loss={cfg.model.loss} "
                           "trains against sampled negatives; expected an integer >= 1")
@@ -233,23 +345,43 @@ def _check_choice(key: str, value, choices) -> None:
         raise JaxrecError(f"config key {key}={value!r} is not valid; expected one of {', '.join(choices)}")
 
 
+def in_batch_negatives(cfg: Config) -> bool:
+    """Whether the model scores each example against the batch's other items (no sampling)."""
+    return isinstance(cfg.model, TwoTowerConfig) and cfg.model.negatives == "in_batch"
+
+
+def check_model_fits_data(cfg: Config) -> None:
+    """A CTR model needs CTR examples, every other model user-item interactions."""
+    ctr_model, ctr_data = cfg.model.name in CTR_MODELS, isinstance(cfg.data, CTR_DATA)
+    if ctr_model and not ctr_data:
+        raise JaxrecError(f"model={cfg.model.name} trains on CTR examples with categorical features; "
+                          f"data={cfg.data.name} holds user-item interactions (use data=criteo_synthetic or data=criteo)")
+    if ctr_data and not ctr_model:
+        raise JaxrecError(f"data={cfg.data.name} holds CTR examples (dense and categorical features, no user-item "
+                          f"pairs); model={cfg.model.name} needs interactions: use model={CTR_MODELS[0]} or an "
+                          f"interaction data set ({', '.join(n for n, c in DATA_CONFIGS.items() if c not in CTR_DATA)})")
+
+
 def validate(cfg: Config) -> Config:
     """Checks the values Hydra's types cannot express, with the key and valid choices named."""
-    check_numeric_ranges(cfg)
     _check_choice("data.name", cfg.data.name, DATASETS)
-    _check_choice("data.split", cfg.data.split, SPLITS)
-    if cfg.data.split == "kfold" and cfg.data.num_folds < 2:
-        raise JaxrecError(f"config key data.num_folds={cfg.data.num_folds}: k-fold cross-validation needs "
-                          "at least 2 folds")
-    if cfg.data.split == "kfold" and not 0 <= cfg.data.fold < cfg.data.num_folds:
-        raise JaxrecError(f"config key data.fold={cfg.data.fold} is out of range: expected 0 .. "
-                          f"{cfg.data.num_folds - 1} (data.num_folds={cfg.data.num_folds})")
     _check_choice("model.name", cfg.model.name, MODELS)
+    check_numeric_ranges(cfg)
+    check_model_fits_data(cfg)
+    if isinstance(cfg.data, InteractionDataConfig):
+        _check_choice("data.split", cfg.data.split, SPLITS)
+        if cfg.data.split == "kfold" and cfg.data.num_folds < 2:
+            raise JaxrecError(f"config key data.num_folds={cfg.data.num_folds}: k-fold cross-validation needs "
+                              "at least 2 folds")
+        if cfg.data.split == "kfold" and not 0 <= cfg.data.fold < cfg.data.num_folds:
+            raise JaxrecError(f"config key data.fold={cfg.data.fold} is out of range: expected 0 .. "
+                              f"{cfg.data.num_folds - 1} (data.num_folds={cfg.data.num_folds})")
     _check_choice("model.loss", cfg.model.loss, LOSSES)
     _check_choice("model.embedding_dtype", cfg.model.embedding_dtype, EMBEDDING_DTYPES)
-    _check_choice("model.negatives", cfg.model.negatives, ("sampled", "in_batch"))
-    if cfg.model.negatives == "in_batch" and (cfg.model.name, cfg.model.loss) != ("two_tower", "softmax"):
-        raise JaxrecError("config key model.negatives=in_batch needs model=two_tower with model.loss=softmax")
+    if isinstance(cfg.model, TwoTowerConfig):
+        _check_choice("model.negatives", cfg.model.negatives, ("sampled", "in_batch"))
+        if cfg.model.negatives == "in_batch" and cfg.model.loss != "softmax":
+            raise JaxrecError("config key model.negatives=in_batch needs model.loss=softmax")
     _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     _check_choice("optimizer.lr_scaling", cfg.optimizer.lr_scaling, LR_SCALING)
     if cfg.optimizer.lr_scaling != "none" and not isinstance(cfg.train.batch_size, int):
@@ -262,16 +394,12 @@ def validate(cfg: Config) -> Config:
         raise JaxrecError("config key train.ranking_metrics=false leaves only rmse/mae, which need model.loss=mse")
     for table, strategy in cfg.sharding.tables.items():
         _check_choice(f"sharding.tables.{table}", strategy, STRATEGIES[1:-1] + ("none",))
-    if cfg.data.name == "csv" and not cfg.data.path:
+    if isinstance(cfg.data, CsvConfig) and not cfg.data.path:
         raise JaxrecError("config key data.path is required when data=csv (a CSV, TSV or Parquet file)")
     if isinstance(cfg.train.batch_size, str) and cfg.train.batch_size != "auto":
         raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size!r}: expected an integer or 'auto'")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size <= 0:
         raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size}: expected a positive integer")
-    if cfg.model.name == "svdpp" and cfg.model.max_history < 1:
-        raise JaxrecError(f"config key model.max_history={cfg.model.max_history}: expected a positive integer")
-    if cfg.model.dim <= 0:
-        raise JaxrecError(f"config key model.dim={cfg.model.dim}: expected a positive integer")
     return cfg
 
 
@@ -286,16 +414,100 @@ def to_config(cfg: DictConfig | Config) -> Config:
     return validate(cfg)
 
 
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """conf/ composed with command-line style overrides, typed and validated: how library code,
+    runners, benchmarks and tests get a config (the same result as `python -m jaxrec.train`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    overrides = accept_table_overrides(list(overrides))
+    check_bool_overrides(overrides)
+    register_configs()
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its config dir is conf/
+            return to_config(compose(config_name="config", overrides=overrides))
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return to_config(compose(config_name="config", overrides=overrides))
+    except ConfigCompositionException as err:
+        raise JaxrecError(composition_error(err)) from None
+
+
+def as_override(key: str, value) -> str:
+    """key=value in Hydra's override syntax: None as null, booleans lower-case, lists bracketed."""
+    def text(v):
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(text(x) for x in v) + "]"
+        return str(v)
+    return f"{key}={text(value)}"
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Composes a command line's overrides before Hydra does, so a bad key or value fails in one
+    line that names the option's keys (Hydra's own message names none). Sweeps and Hydra's own
+    flags (--cfg, --help, hydra.*) are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
+        return
+    overrides = [arg for arg in argv if not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports its own syntax errors
+        return
+    if not any(override.is_sweep_override() for override in parsed):
+        compose_config(overrides)
+
+
+def composition_error(err: Exception) -> str:
+    """Hydra's composition error in one line; an unknown key also lists the option's keys."""
+    cause = err.__cause__ or err
+    key = getattr(cause, "full_key", None)
+    schema = getattr(cause, "object_type", None)
+    if key and dataclasses.is_dataclass(schema) and "not in" in str(cause):
+        group = key.rpartition(".")[0]
+        keys = ", ".join(f.name for f in dataclasses.fields(schema))
+        return f"config key {key} does not exist in {schema.__name__} ({group}); its keys: {keys}"
+    return " ".join(str(err).split()).split(" Config search path:")[0]
+
+
+def config_from_dict(saved: dict) -> Config:
+    """A config saved as a dict (results.json, checkpoint meta) as the typed Config, each option
+    read with its own schema. Keys an option's schema lacks are dropped: runs saved before the
+    per-option schemas carried every model's and data set's keys."""
+    root = OmegaConf.structured(Config)
+    for group, schemas in (("data", DATA_CONFIGS), ("model", MODEL_CONFIGS)):
+        schema = schemas[saved[group]["name"]]
+        names = {f.name for f in dataclasses.fields(schema)}
+        root[group] = OmegaConf.merge(OmegaConf.structured(schema),
+                                      {k: v for k, v in saved[group].items() if k in names})
+    rest = {k: v for k, v in saved.items() if k not in ("data", "model")}
+    return validate(OmegaConf.to_object(OmegaConf.merge(root, rest)))
+
+
 def _field_type(key: str) -> str | None:
-    """The annotation of a dotted config key (e.g. 'bool'), None if it names no field."""
-    node, annotation = Config, None
-    for part in key.split("."):
-        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
-        if part not in fields:
-            return None
-        annotation = fields[part].type
-        node = globals().get(annotation) if isinstance(annotation, str) else annotation
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    """The annotation of a dotted config key (e.g. 'bool') in any option's schema, None if it
+    names no field."""
+    group, _, rest = key.partition(".")
+    roots = {"model": MODEL_CONFIGS.values(), "data": DATA_CONFIGS.values()}.get(group)
+    if roots is None:
+        roots, rest = [Config], key
+    for root in roots:
+        node, annotation = root, None
+        for part in rest.split("."):
+            fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+            if part not in fields:
+                annotation = None
+                break
+            annotation = fields[part].type
+            node = globals().get(annotation) if isinstance(annotation, str) else annotation
+        if annotation is not None:
+            return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    return None
 
 
 def check_bool_overrides(overrides: list[str]) -> None:

@@ -10,8 +10,7 @@ import functools
 import json
 import logging
 import os
-import platform
-import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -20,28 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from jaxrec.config import CONF_DIR, accept_table_overrides, register_configs, simulate_cpu_devices, to_config
+from jaxrec.config import (CONF_DIR, accept_table_overrides, check_command_line, register_configs, simulate_cpu_devices,
+                           to_config)
 from jaxrec.errors import cli_errors
 from jaxrec.progress import FAILURE_FILE, quiet_backend_probe, stop_live_bar, write_json_atomic
 
 log = logging.getLogger("jaxrec.train")
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def write_run_info(run_dir: Path) -> None:
-    import jax
-
-    info = {"git_sha": git_sha(), "jax": jax.__version__, "python": platform.python_version(),
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
-    write_json_atomic(run_dir / "run_info.json", info)
 
 
 def keep_sweeping(job):
@@ -84,8 +67,6 @@ def main(dict_cfg: DictConfig) -> float | None:
 
     distributed.initialize(cfg.train.distributed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if distributed.is_main():
-        write_run_info(run_dir)
     results = runner.run(cfg, run_dir)
     log.info("results: %s", json.dumps(results["metrics"], sort_keys=True))
     log.info("run dir: %s", run_dir)
@@ -94,5 +75,6 @@ def main(dict_cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     accept_table_overrides()
+    cli_errors(check_command_line)(sys.argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from pathlib import Path
 from typing import Any
 
 import flax.struct
@@ -21,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.config import Config, scaled_lr, table_optimizer_name
+from jaxrec.config import Config, InteractionDataConfig, in_batch_negatives, scaled_lr, table_optimizer_name
 from jaxrec.data.dataset import Dataset
 from jaxrec.data.types import Schema
 from jaxrec.distributed import gathered
@@ -78,8 +77,9 @@ class Engine:
 
 
 def candidates_per_example(cfg: Config) -> int:
-    """The positive plus sampled negatives (none for mse and for in-batch negatives)."""
-    return 1 if cfg.model.loss == "mse" or cfg.model.negatives == "in_batch" else 1 + cfg.data.num_negatives
+    """The positive plus sampled negatives (none for mse, in-batch negatives and CTR examples)."""
+    samples = isinstance(cfg.data, InteractionDataConfig) and cfg.model.loss != "mse" and not in_batch_negatives(cfg)
+    return 1 + cfg.data.num_negatives if samples else 1
 
 
 def make_dense_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -123,31 +123,6 @@ def init_state(engine: Engine, seed: int) -> TrainState:
     trainable = params if engine.cfg.optimizer.sparse else {"params": params, "tables": emb.tables}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=engine.tx.init(trainable), emb=emb)
     return jax.device_put(state, state_shardings(engine, state))
-
-
-def warm_start(engine: Engine, state: TrainState, run_dir: str) -> TrainState:
-    """Tables named by the model's pretrained_tables() copied from a trained run's checkpoint
-    (model.init_from); their optimiser slots start fresh."""
-    from jaxrec.evaluate import restore_run
-
-    if not hasattr(engine.model, "pretrained_tables"):
-        raise JaxrecError(f"config key model.init_from: model={engine.cfg.model.name} has no pretrained tables")
-    _, _, source, source_state, step = restore_run(Path(run_dir), one_device=True)
-    logical = jax.device_get(engine.collection.to_logical(state.emb))
-    for table, source_table in engine.model.pretrained_tables().items():
-        if source_table not in source.collection.specs:
-            raise JaxrecError(f"model.init_from={run_dir}: that run has no table '{source_table}' "
-                              f"(tables: {sorted(source.collection.specs)})")
-        values = np.asarray(source.collection.table(source_state.emb, source_table))
-        target = logical["tables"][table]  # padded to layout.padded_rows
-        shape = (engine.collection.specs[table].rows, target.shape[1])
-        if values.shape != shape:
-            raise JaxrecError(f"model.init_from={run_dir}: table '{source_table}' is {values.shape} there but "
-                              f"'{table}' is {shape} here (model.dim or data differ)")
-        logical["tables"][table] = np.concatenate([values, target[len(values):]]).astype(target.dtype)
-    log.info("initialised %s from %s (step %d)", ", ".join(engine.model.pretrained_tables()), run_dir, step)
-    emb = jax.jit(engine.collection.from_logical, out_shardings=engine.collection.shardings())(logical)
-    return state.replace(emb=emb)
 
 
 def state_shardings(engine: Engine, state: TrainState) -> TrainState:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, Config, accept_table_overrides, check_bool_overrides, register_configs, to_config
+from jaxrec.config import CONF_DIR, accept_table_overrides, check_bool_overrides, compose_config, register_configs, to_config
 from jaxrec.data import readers
 from jaxrec.data.preprocess import preprocess
 from jaxrec.data.types import Interactions
@@ -96,9 +96,9 @@ def test_every_shape_is_checked_before_data_loads(changes, message):
     """A csv path that does not exist proves no data was read: the shape error comes first."""
     from jaxrec.train_lib import check_before_data
 
-    cfg = Config()
+    cfg = compose_config(["data=csv"])
     cfg.sharding.mesh.model = -1
-    cfg.data.name, cfg.data.path = "csv", "/nonexistent/interactions.csv"
+    cfg.data.path = "/nonexistent/interactions.csv"
     for key, value in changes.items():
         section, *path, field = key.split(".")
         node = getattr(cfg, section)

@@ -1,14 +1,13 @@
 """Training learns: MF on synthetic low-rank data beats the most-popular baseline."""
 
-from jaxrec.config import Config, validate
+from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.eval import evaluate_ranking, most_popular_scores
 from jaxrec.runner import run
 
 
 def _synthetic_config() -> Config:
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 400, 200, 16000
     cfg.data.zipf_a = 0.5  # flat enough that the low-rank taste, not popularity, decides
     cfg.model.dim = 16

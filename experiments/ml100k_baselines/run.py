@@ -20,7 +20,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import copy
 import dataclasses
 import itertools
 import logging
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.config import Config, DataConfig, validate
+from jaxrec.config import Config, DataConfig, MovieLensConfig, as_override, compose_config
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.data.types import Interactions, Split
 from jaxrec.eval import evaluate_ranking, most_popular_scores
@@ -157,22 +156,17 @@ def run_most_popular(split: Split) -> MethodResult:
                         evaluate_part(score_fn, split, "test"), seconds)
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """A copy of cfg with dotted keys ("optimizer.lr") set, then validated."""
-    cfg = copy.deepcopy(cfg)
-    for key, value in overrides.items():
-        *path, leaf = key.split(".")
-        node = cfg
-        for part in path:
-            node = getattr(node, part)
-        if not hasattr(node, leaf):
-            raise KeyError(f"unknown config key {key}")
-        setattr(node, leaf, value)
-    return validate(cfg)
+def compose_point(data_cfg: DataConfig, overrides: dict[str, Any]) -> Config:
+    """One grid point's config, composed from conf/ as `python -m jaxrec.train <overrides>` would
+    (model.name picks the model option)."""
+    args = [f"data={data_cfg.name}"] + [as_override(f"data.{key}", value)
+                                        for key, value in dataclasses.asdict(data_cfg).items() if key != "name"]
+    args += [f"model={overrides['model.name']}"] if "model.name" in overrides else []
+    return compose_config(args + [as_override(key, value) for key, value in overrides.items() if key != "model.name"])
 
 
 def cli_overrides(overrides: dict[str, Any]) -> str:
-    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
+    return " ".join(as_override(key, value) for key, value in overrides.items())
 
 
 def tune_jaxrec(name: str, data_cfg: DataConfig, base: dict, points: list[dict], dataset: Dataset,
@@ -182,7 +176,7 @@ def tune_jaxrec(name: str, data_cfg: DataConfig, base: dict, points: list[dict],
 
     best = None
     for index, point in enumerate(points):
-        cfg = apply_overrides(Config(data=copy.deepcopy(data_cfg)), base | point)
+        cfg = compose_point(data_cfg, base | point)
         results = runner.run(cfg, run_dir / f"{name}_{index:02d}")
         check_same_data(results, dataset)
         valid = results["valid_metrics"]
@@ -272,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="implicit random_state")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_experiment(args.out, DataConfig(name="ml100k"), seed=args.seed, threads=args.threads)
+    run_experiment(args.out, MovieLensConfig(), seed=args.seed, threads=args.threads)
     return 0
 
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from experiments.ml100k_baselines.run import apply_overrides, check_same_data, cli_overrides, grid_points, versions
-from jaxrec.config import Config, DataConfig
+from experiments.ml100k_baselines.run import compose_point, check_same_data, cli_overrides, grid_points, versions
+from jaxrec.config import DataConfig, MovieLensConfig
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.eval.metrics import rating_metrics
 from jaxrec.progress import write_json_atomic
@@ -95,7 +95,7 @@ def fold_data(data_cfg: DataConfig, fold: int, valid_ratio: float) -> DataConfig
 def _run_jaxrec(data_cfg: DataConfig, overrides: dict, run_dir: Path, dataset: Dataset | None = None) -> dict:
     from jaxrec import runner
 
-    cfg = apply_overrides(Config(data=copy.deepcopy(data_cfg)), overrides)
+    cfg = compose_point(data_cfg, overrides)
     results = runner.run(cfg, run_dir)
     if dataset is not None:
         check_same_data(results, dataset)
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="fold assignment (data.split_seed) and Surprise seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_experiment(args.out, DataConfig(name="ml100k"), num_folds=args.folds, peers_folds=args.peers_folds,
+    run_experiment(args.out, MovieLensConfig(), num_folds=args.folds, peers_folds=args.peers_folds,
                    seed=args.seed)
     return 0
 

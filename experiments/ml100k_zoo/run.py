@@ -12,12 +12,13 @@ The sequence models have their own experiment (experiments/sasrec_ml100k).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
 
 from experiments.ml100k_baselines.run import KS, MF_BASE, SELECT, cli_overrides, tune_jaxrec, versions
-from jaxrec.config import DataConfig
+from jaxrec.config import DataConfig, MovieLensConfig
 from jaxrec.data.dataset import load_dataset
 from jaxrec.progress import write_json_atomic
 
@@ -66,8 +67,8 @@ def run_experiment(out_dir: Path, data_cfg: DataConfig) -> dict:
     for name, method, config in (("mf", mf, mf_config), ("two_tower", tower, tower_config),
                                  ("neumf", neumf, neumf_config)):
         rows.append((name, config, {"metrics": method.test, "train_seconds": method.fit_seconds}, method.valid))
-    cold_cfg = DataConfig(**{**data_cfg.__dict__, "cold_users": COLD["data.cold_users"],
-                             "cold_max_train": COLD["data.cold_max_train"]})
+    cold_cfg = dataclasses.replace(data_cfg, cold_users=COLD["data.cold_users"],
+                                   cold_max_train=COLD["data.cold_max_train"])
     cold_data = load_dataset(cold_cfg)
     for name, method in (("mf", mf), ("two_tower", tower)):
         point = {k: v for k, v in method.params.items() if k.startswith(("model.", "optimizer."))}
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ml100k_zoo"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_experiment(args.out, DataConfig(name="ml100k"))
+    run_experiment(args.out, MovieLensConfig())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from experiments.ml100k_baselines.run import MF_BASE, cli_overrides, tune_jaxrec, versions
-from jaxrec.config import DataConfig
+from jaxrec.config import DataConfig, MovieLensConfig
 from jaxrec.data.dataset import load_dataset
 from jaxrec.progress import write_json_atomic
 
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ncf_vs_mf"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_experiment(args.out, DataConfig(name="ml100k"))
+    run_experiment(args.out, MovieLensConfig())
 
 
 if __name__ == "__main__":

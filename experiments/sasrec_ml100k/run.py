@@ -19,17 +19,16 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit, as in ml100k_baselines
 
 import argparse
-import copy
 import logging
 import time
 from pathlib import Path
 from typing import Sequence
 
-from jaxrec.config import Config, DataConfig
+from jaxrec.config import DataConfig, MovieLensConfig
 from jaxrec.data.dataset import load_dataset
 from jaxrec.progress import write_json_atomic
 from experiments.ml100k_baselines.run import (
-    MethodResult, apply_overrides, check_same_data, cli_overrides, format_table, grid_points, import_implicit,
+    MethodResult, compose_point, check_same_data, cli_overrides, format_table, grid_points, import_implicit,
     run_most_popular, tune_implicit, versions,
 )
 
@@ -62,7 +61,7 @@ def run_jaxrec(name: str, data_cfg: DataConfig, base: dict, grid: dict, dataset,
 
     best, points = None, grid_points(grid)
     for index, point in enumerate(points):
-        cfg = apply_overrides(Config(data=copy.deepcopy(data_cfg)), BOOKKEEPING | base | point)
+        cfg = compose_point(data_cfg, BOOKKEEPING | base | point)
         start = time.perf_counter()
         results = runner.run(cfg, run_dir / f"{name}_{index:02d}")
         check_same_data(results, dataset)
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip implicit's ALS and BPR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_experiment(args.out, DataConfig(name="ml100k"), with_peers=not args.no_peers)
+    run_experiment(args.out, MovieLensConfig(), with_peers=not args.no_peers)
     return 0
 
 

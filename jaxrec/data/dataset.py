@@ -17,7 +17,8 @@ log = logging.getLogger("jaxrec.data")
 # Users and items with default preprocessing, so a plan needs no data: ml-100k measured here,
 # the others as GroupLens publishes them (every user and item has at least one rating).
 KNOWN_SHAPES = {"ml100k": (943, 1682), "ml1m": (6040, 3706), "ml20m": (138493, 26744), "ml25m": (162541, 59047)}
-FETCH_NAMES = {"ml100k": "ml-100k", "ml1m": "ml-1m", "ml20m": "ml-20m", "ml25m": "ml-25m"}
+FETCH_NAMES = {"ml100k": "ml-100k", "ml1m": "ml-1m", "ml20m": "ml-20m", "ml25m": "ml-25m",
+               "ml_latest_small": "ml-latest-small"}
 
 
 @dataclasses.dataclass(frozen=True)

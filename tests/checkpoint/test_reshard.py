@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrec.checkpoint import Checkpointer
-from jaxrec.config import Config, validate
+from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.evaluate import evaluate_checkpoint
@@ -20,8 +20,7 @@ from jaxrec.train_lib import RankingEvaluator, build_engine, finite_checks, fini
 
 
 def _config(strategy="row_wise", mesh=(1, 8)) -> Config:
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 150, 70, 4000
     cfg.model.dim = 6
     cfg.sharding.strategy = strategy

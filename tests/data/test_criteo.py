@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, DataConfig, validate
+from jaxrec.config import CriteoConfig, compose_config, validate
 from jaxrec.data.__main__ import main
 from jaxrec.data.criteo.fake_logs import write_fake_logs
 from jaxrec.data.criteo.parse import parse_lines
@@ -27,7 +27,7 @@ def _prepare(out, *inputs, flags=()) -> dict:
 
 
 def _part(out, split="train"):
-    cfg = DataConfig(name="criteo", path=str(out))
+    cfg = CriteoConfig(path=str(out))
     return load_criteo_dataset(cfg).part(split)
 
 
@@ -182,7 +182,7 @@ def learnable(tmp_path_factory):
 def test_plan_reads_metadata_only(learnable, tmp_path):
     meta = json.loads((learnable / "metadata.json").read_text())
     (tmp_path / "metadata.json").write_text(json.dumps(meta))  # a folder without any shard
-    schema = data_schema(DataConfig(name="criteo", path=str(tmp_path)))
+    schema = data_schema(CriteoConfig(path=str(tmp_path)))
     assert [f.vocab for f in schema.example_fields.values()] == meta["vocab_sizes"] and schema.num_dense == 13
 
 
@@ -191,7 +191,7 @@ def test_block_shuffle_visits_every_row_once_and_processes_read_their_rows(learn
     epoch = order(1, 0, 1000)
     assert sorted(epoch.tolist()) == list(range(1000)) and epoch.tolist() != order(2, 0, 1000).tolist()
     assert np.array_equal(np.concatenate([order(1, a, a + 100) for a in range(0, 1000, 100)]), epoch)
-    cfg = DataConfig(name="criteo", path=str(learnable), shuffle_block_rows=500, shuffle_window_blocks=2)
+    cfg = CriteoConfig(path=str(learnable), shuffle_block_rows=500, shuffle_window_blocks=2)
     dataset = load_criteo_dataset(cfg)
     whole = make_ctr_dataset(dataset, batch_size=64, epochs=2, seed=3)
     halves = [make_ctr_dataset(dataset, batch_size=64, epochs=2, seed=3, rows=slice(a, a + 32)) for a in (0, 32)]
@@ -203,9 +203,9 @@ def test_block_shuffle_visits_every_row_once_and_processes_read_their_rows(learn
 def test_run_learns_the_category_that_decides_clicks(learnable, tmp_path):
     from jaxrec.runner import run
 
-    cfg = Config()
-    cfg.data.name, cfg.data.path = "criteo", str(learnable)
-    cfg.model.name, cfg.model.dim, cfg.model.bottom_mlp, cfg.model.hidden = "dcn_v2", 4, [8, 4], [8]
+    cfg = compose_config(["data=criteo", "model=dcn_v2"])
+    cfg.data.path = str(learnable)
+    cfg.model.dim, cfg.model.bottom_mlp, cfg.model.hidden = 4, [8, 4], [8]
     cfg.model.cross_layers, cfg.model.init_std, cfg.optimizer.lr = 1, 0.05, 0.03
     cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_batch_size = 2, 256, 2048
     cfg.train.select_metric, cfg.train.progress, cfg.train.checkpoint_every = "auc", False, 0

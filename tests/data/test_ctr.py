@@ -4,7 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from jaxrec.config import DataConfig
+from jaxrec.config import CriteoSyntheticConfig, DataConfig
 from jaxrec.data.ctr import generate_ctr, load_ctr_dataset, make_ctr_dataset
 from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
@@ -13,7 +13,7 @@ from jaxrec.eval.metrics import auc
 
 
 def _cfg(**kw) -> DataConfig:
-    cfg = DataConfig(name="criteo_synthetic", num_examples=20_000, vocab_size=500)
+    cfg = CriteoSyntheticConfig(num_examples=20_000, vocab_size=500)
     for key, value in kw.items():
         setattr(cfg, key, value)
     return cfg

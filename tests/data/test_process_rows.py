@@ -5,7 +5,7 @@ CTR, so P processes together feed what one process would."""
 import numpy as np
 import pytest
 
-from jaxrec.config import DataConfig, ModelConfig
+from jaxrec.config import CriteoSyntheticConfig, DCNv2Config, MODEL_CONFIGS, SyntheticConfig
 from jaxrec.data.ctr import load_ctr_dataset
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
@@ -16,7 +16,7 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def dataset():
-    return load_dataset(DataConfig(name="synthetic", num_users=60, num_items=40, num_interactions=1500))
+    return load_dataset(SyntheticConfig(num_users=60, num_items=40, num_interactions=1500))
 
 
 def _assert_halves_match(make):
@@ -29,13 +29,13 @@ def _assert_halves_match(make):
 
 @pytest.mark.parametrize("name,loss", [("mf", "bce"), ("mf", "mse"), ("sasrec", "softmax"), ("bert4rec", "softmax")])
 def test_interaction_rows_of_two_processes_equal_one(dataset, name, loss):
-    model = make_model(ModelConfig(name=name, loss=loss, dim=8, max_len=10, num_layers=1), dataset.schema)
+    model = make_model(MODEL_CONFIGS[name](loss=loss, dim=8, **({} if name == "mf" else {"max_len": 10, "num_layers": 1})), dataset.schema)
     _assert_halves_match(lambda rows: make_train_dataset(model, dataset, num_negatives=3, loss=loss,
                                                          batch_size=BATCH, epochs=2, seed=4, rows=rows))
 
 
 def test_ctr_rows_of_two_processes_equal_one():
-    data = load_ctr_dataset(DataConfig(name="criteo_synthetic", num_examples=400, num_sparse=3, vocab_size=20))
-    model = make_model(ModelConfig(name="dcn_v2", dim=4), data.schema)
+    data = load_ctr_dataset(CriteoSyntheticConfig(num_examples=400, num_sparse=3, vocab_size=20))
+    model = make_model(DCNv2Config(dim=4), data.schema)
     _assert_halves_match(lambda rows: make_train_dataset(model, data, num_negatives=0, loss="bce",
                                                          batch_size=BATCH, epochs=2, seed=4, rows=rows))

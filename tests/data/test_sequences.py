@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from jaxrec.config import DataConfig
+from jaxrec.config import SyntheticConfig
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.sequences import eval_histories, make_sequence_dataset, sequence_users, user_runs
 from jaxrec.errors import JaxrecError
@@ -16,7 +16,7 @@ L, K, BATCH = 12, 5, 16
 
 @pytest.fixture(scope="module")
 def dataset():
-    return load_dataset(DataConfig(name="synthetic", num_users=60, num_items=40, num_interactions=1500))
+    return load_dataset(SyntheticConfig(num_users=60, num_items=40, num_interactions=1500))
 
 
 def _train_items(dataset, user):

@@ -108,11 +108,11 @@ def test_kfold_is_deterministic_by_seed(inter):
                                                     (5, 5, r"data.fold=5 is out of range: expected 0 \.\. 4"),
                                                     (5, -1, "data.fold=-1 is out of range")])
 def test_kfold_rejects_bad_folds_in_the_split_and_the_config(inter, num_folds, fold, message):
-    from jaxrec.config import Config, validate
+    from jaxrec.config import compose_config, validate
 
     with pytest.raises(JaxrecError, match=message):
         kfold_split(inter, num_folds, fold, 0.1, 0)
-    cfg = Config()
+    cfg = compose_config([])
     cfg.data.split, cfg.data.num_folds, cfg.data.fold = "kfold", num_folds, fold
     with pytest.raises(JaxrecError, match=f"config key {message}"):
         validate(cfg)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import Config
+from jaxrec.config import compose_config
 from jaxrec.data.ctr import batch_inputs, load_ctr_dataset
 from jaxrec.eval.ctr import CtrEvaluator
 from jaxrec.eval.metrics import auc, ctr_metrics, logloss
@@ -42,9 +42,9 @@ def test_logloss_and_accuracy_by_hand():
 def test_evaluator_covers_every_example_once_on_a_mesh():
     """37 test examples in batches of 16 over 8 devices (the last one padded): the logits equal
     the model applied to every example at once on the logical tables."""
-    cfg = Config()
-    cfg.data.name, cfg.data.num_examples, cfg.data.num_sparse, cfg.data.vocab_size = "criteo_synthetic", 370, 3, 20
-    cfg.model.name, cfg.model.dim, cfg.model.bottom_mlp, cfg.model.hidden = "dcn_v2", 4, [4], [4]
+    cfg = compose_config(["data=criteo_synthetic", "model=dcn_v2"])
+    cfg.data.num_examples, cfg.data.num_sparse, cfg.data.vocab_size = 370, 3, 20
+    cfg.model.dim, cfg.model.bottom_mlp, cfg.model.hidden = 4, [4], [4]
     cfg.sharding.strategy, cfg.sharding.mesh.model = "row_wise", 8
     cfg.train.eval_batch_size = 13  # rounded up to 16, a multiple of the 8 devices
     dataset = load_ctr_dataset(cfg.data)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from jaxrec.config import Config, validate
+from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.types import Interactions
 from jaxrec.eval import evaluate_ranking, evaluate_ranking_sweeps, evaluate_sampled, evaluate_sampled_picks
@@ -62,7 +62,7 @@ def test_sharded_sweep_equals_the_full_score_matrix_with_ties_and_exclusions(tie
 
 
 def _ml100k(strategy: str, mesh) -> Config:
-    cfg = Config()
+    cfg = compose_config([])
     cfg.model.dim, cfg.train.ks, cfg.train.sampled_negatives = 16, [5, 10, 20], 50
     cfg.sharding.strategy, (cfg.sharding.mesh.data, cfg.sharding.mesh.model) = strategy, mesh
     return validate(cfg)
@@ -103,8 +103,8 @@ def test_evaluation_on_a_mesh_that_does_not_divide_the_eval_batch():
     equal one device's (the run that crashed after an epoch in issue 15)."""
     metrics, chunks = {}, {}
     for strategy, mesh in (("row_wise", (1, 3)), ("none", (1, 1))):
-        cfg = Config()
-        cfg.data.name, cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = "synthetic", 300, 40, 4000
+        cfg = compose_config(["data=synthetic"])
+        cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 300, 40, 4000
         cfg.model.dim, cfg.sharding.strategy, (cfg.sharding.mesh.data, cfg.sharding.mesh.model) = 8, strategy, mesh
         cfg = validate(cfg)
         dataset = load_dataset(cfg.data)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from experiments.ml100k_baselines import run
-from jaxrec.config import DataConfig
+from jaxrec.errors import JaxrecError
+from jaxrec.config import SyntheticConfig
 from jaxrec.data.dataset import load_dataset
 
-TOY = DataConfig(name="synthetic", num_users=200, num_items=100, num_interactions=3000, seed=0)
+TOY = SyntheticConfig(num_users=200, num_items=100, num_interactions=3000, seed=0)
 MF_BASE = {"train.epochs": 1, "train.batch_size": 256, "train.progress": False, "model.dim": 8}
 MF_GRID = {"model.loss": ["bce"]}
 ALS_GRID = {"factors": [8], "regularization": [0.1], "alpha": [1.0, 10.0], "iterations": [3]}
@@ -31,12 +32,14 @@ def _check_row(row):
 
 def test_grid_points_and_overrides():
     assert run.grid_points({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
-    cfg = run.apply_overrides(run.Config(), {"optimizer.lr": 3e-3, "model.loss": "bpr", "train.progress": False})
-    assert (cfg.optimizer.lr, cfg.model.loss, cfg.train.progress) == (3e-3, "bpr", False)
-    assert run.Config().optimizer.lr == 1e-3  # the default is not mutated
-    assert run.cli_overrides({"model.loss": "bpr", "train.progress": False}) == "model.loss=bpr train.progress=false"
-    with pytest.raises(KeyError):
-        run.apply_overrides(run.Config(), {"model.nope": 1})
+    point = {"model.name": "two_tower", "optimizer.lr": 1e-2, "model.hidden": [32, 16], "model.bias_init": None}
+    cfg = run.compose_point(TOY, point | {"train.progress": False})
+    assert (cfg.data, cfg.model.name, cfg.optimizer.lr, cfg.model.hidden, cfg.train.progress) == (
+        TOY, "two_tower", 1e-2, [32, 16], False)
+    assert run.cli_overrides(point) == ("model.name=two_tower optimizer.lr=0.01 model.hidden=[32,16] "
+                                        "model.bias_init=null")
+    with pytest.raises(JaxrecError, match="model.nope does not exist in MFConfig"):
+        run.compose_point(TOY, {"model.nope": 1})
 
 
 def test_factor_scores_are_dot_products():

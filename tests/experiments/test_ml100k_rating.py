@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from experiments.ml100k_rating import run
-from jaxrec.config import DataConfig
+from jaxrec.config import SyntheticConfig
 from jaxrec.data.dataset import load_dataset
 
-TOY = DataConfig(name="synthetic", num_users=200, num_items=100, num_interactions=3000, seed=0)
+TOY = SyntheticConfig(num_users=200, num_items=100, num_interactions=3000, seed=0)
 MF = {"jaxrec_mf": ({"model.name": "mf", "model.dim": 8, "train.epochs": 2, "optimizer.lr": 0.01},
                     {"model.l2": [0.01, 0.1]})}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, Config, register_configs, to_config, validate
+from jaxrec.config import CONF_DIR, Config, compose_config, register_configs, to_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.sequences import eval_histories
 from jaxrec.models.bert4rec import BERT4Rec
@@ -21,11 +21,10 @@ B, L, K, D, N = 16, 10, 3, 8, 40
 
 
 def _config(strategy="none", mesh=(1, 1)) -> Config:
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic", "model=bert4rec"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 60, N, 1500
     cfg.data.num_negatives = K
-    cfg.model.name, cfg.model.loss, cfg.model.l2 = "bert4rec", "softmax", 0.0
+    cfg.model.loss, cfg.model.l2 = "softmax", 0.0
     cfg.model.dim, cfg.model.max_len, cfg.model.num_layers, cfg.model.num_heads = D, L, 1, 2
     cfg.model.dropout, cfg.model.mask_prob = 0.0, 0.4
     # Dense Adagrad: the attention key bias has an identically zero gradient (softmax ignores a

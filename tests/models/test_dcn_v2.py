@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from jaxrec.config import CONF_DIR, Config, register_configs, to_config, validate
+from jaxrec.config import CONF_DIR, Config, compose_config, register_configs, to_config, validate
 from jaxrec.data.ctr import batch_inputs, load_ctr_dataset
 from jaxrec.data.types import Schema
 from jaxrec.errors import JaxrecError
@@ -22,10 +22,9 @@ VOCABS = [3, 10, 40, 50, 300, 1000]
 
 
 def _config(**train) -> Config:
-    cfg = Config()
-    cfg.data.name = "criteo_synthetic"
+    cfg = compose_config(["data=criteo_synthetic", "model=dcn_v2"])
     cfg.data.num_examples, cfg.data.num_sparse, cfg.data.vocab_sizes = 3000, len(VOCABS), VOCABS
-    cfg.model.name, cfg.model.dim, cfg.model.bottom_mlp, cfg.model.hidden = "dcn_v2", 4, [8, 4], [8]
+    cfg.model.dim, cfg.model.bottom_mlp, cfg.model.hidden = 4, [8, 4], [8]
     cfg.model.cross_layers, cfg.model.init_std = 2, 0.05
     cfg.optimizer.lr = 0.01
     for key, value in train.items():

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, validate
+from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.sequences import user_runs
 from jaxrec.errors import JaxrecError
@@ -12,10 +12,10 @@ from jaxrec.train_lib import RankingEvaluator, build_engine, init_state, make_tr
 
 
 def _config(**model) -> Config:
-    cfg = Config()
-    cfg.data.name, cfg.data.split, cfg.data.valid_ratio = "synthetic", "kfold", 0.1
+    cfg = compose_config(["data=synthetic", "model=svdpp"])
+    cfg.data.split, cfg.data.valid_ratio = "kfold", 0.1
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 30, 20, 400
-    cfg.model.name, cfg.model.loss, cfg.model.dim, cfg.model.max_history = "svdpp", "mse", 4, 32
+    cfg.model.loss, cfg.model.dim, cfg.model.max_history = "mse", 4, 32
     for key, value in model.items():
         setattr(cfg.model, key, value)
     cfg.optimizer.lr, cfg.train.batch_size = 0.03, 32

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, validate
+from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.models import feature_ids
@@ -13,10 +13,9 @@ from jaxrec.train_lib import build_engine, init_state, make_train_step
 
 
 def _config(**model) -> Config:
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic", "model=two_tower"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 120, 60, 3000
-    cfg.model.name, cfg.model.dim, cfg.model.hidden = "two_tower", 8, [16]
+    cfg.model.dim, cfg.model.hidden = 8, [16]
     for key, value in model.items():
         setattr(cfg.model, key, value)
     cfg.optimizer.lr = 0.03

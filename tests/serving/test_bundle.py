@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxrec.config import Config, validate
+from jaxrec.config import compose_config, validate
 from jaxrec.data.types import RawData
 from jaxrec.errors import JaxrecError
 from jaxrec.runner import run
@@ -97,7 +97,7 @@ def test_item_metadata_is_aligned_with_item_ids(monkeypatch):
     items = pd.DataFrame({"title": ["B", "A"], "genres": [["Drama"], []], "year": [1999.0, float("nan")]},
                          index=pd.Index(["2", "1"], name="item_id"))
     monkeypatch.setattr(exporter, "read_raw", lambda cfg: RawData(pd.DataFrame(), "x", items=items))
-    assert exporter.item_metadata(Config(), np.array(["1", "2", "3"])) == [
+    assert exporter.item_metadata(compose_config(), np.array(["1", "2", "3"])) == [
         {"title": "A", "genres": []}, {"title": "B", "genres": ["Drama"], "year": 1999}, {}]
 
 
@@ -105,8 +105,7 @@ def test_item_metadata_is_aligned_with_item_ids(monkeypatch):
 def trained_run(tmp_path_factory):
     """A 2-epoch MF run on synthetic data, evaluated once at its last step (so results.json holds
     the metrics of the checkpoint that is exported)."""
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 150, 70, 4000
     cfg.model.dim = 6
     cfg.train.epochs, cfg.train.batch_size, cfg.train.progress, cfg.train.eval_every = 2, 64, False, 0

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.config import Config
+from jaxrec.config import Config, compose_config
 from jaxrec.errors import JaxrecError
 from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, check_batch_size, init_state, make_train_step
@@ -14,7 +14,7 @@ BATCH, NEGATIVES, STEPS = 32, 3, 20
 
 
 def _config(strategy: str, mesh: tuple[int, int], optimizer: str, table_optimizer: str | None) -> Config:
-    cfg = Config()
+    cfg = compose_config([])
     cfg.sharding.strategy = strategy
     cfg.sharding.mesh.data, cfg.sharding.mesh.model = mesh
     cfg.sharding.memory_budget_gb = 12e-6  # tiny, so `auto` replicates, places and splits tables

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.config import Config
+from jaxrec.config import compose_config
 from jaxrec.data.types import Schema
 from jaxrec.sharding.hlo import received_bytes_by_op
 from jaxrec.sharding.memory import estimate_memory
@@ -51,7 +51,7 @@ def test_group_forms_async_pairs_and_one_device_groups():
 @pytest.mark.parametrize("strategy,mesh", [("row_wise", (2, 4)), ("data_parallel", (8, 1)), ("column_wise", (2, 4))])
 def test_planner_estimate_equals_the_compiled_step(strategy, mesh):
     """MF without biases, so the embeddings are all the traffic but the dense all-reduce (none)."""
-    cfg = Config()
+    cfg = compose_config([])
     cfg.sharding.strategy = strategy
     cfg.sharding.mesh.data, cfg.sharding.mesh.model = mesh
     cfg.model.dim, cfg.model.use_bias, cfg.train.batch_size = 16, False, 256

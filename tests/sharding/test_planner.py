@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxrec.config import Config
+from jaxrec.config import compose_config
 from jaxrec.embedding import TableSpec
 from jaxrec.errors import JaxrecError
 from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
@@ -71,7 +71,7 @@ def test_hand_written_overrides_win_and_unknown_tables_fail():
 
 
 def _engine(strategy, mesh, users, items, dim=64):
-    cfg = Config()
+    cfg = compose_config([])
     cfg.sharding.strategy = strategy
     cfg.sharding.mesh.data, cfg.sharding.mesh.model = mesh
     cfg.model.dim = dim
@@ -122,7 +122,7 @@ def test_a_model_too_large_fails_before_allocation_naming_table_budget_and_mesh(
 
 
 def test_bfloat16_tables_halve_parameter_bytes():
-    cfg = Config()
+    cfg = compose_config([])
     cfg.sharding.strategy, cfg.sharding.mesh.model = "row_wise", 8
     cfg.model.dim, cfg.model.embedding_dtype = 64, "bfloat16"
     engine = build_engine(cfg, Schema(12_000_000, 4_000_000))

@@ -1,0 +1,121 @@
+"""conf/ is the one source of truth: every option of every group and every experiment composes,
+validates and builds its engine; the dataclasses' defaults agree with the YAML, which lists every
+key of its option's schema; a key the chosen option lacks fails naming the option's keys."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from jaxrec.config import (CONF_DIR, DATA_CONFIGS, MODEL_CONFIGS, Config, CTR_DATA, compose_config,
+                           config_from_dict, to_dict)
+from jaxrec.data.dataset import data_schema
+from jaxrec.errors import JaxrecError
+from jaxrec.train_lib import build_engine
+
+CONF = Path(CONF_DIR)
+# Small stand-ins where an option's own data needs a download or a file (the engine's tables are
+# sized from the schema; nothing is read).
+SYNTHETIC = ["data=synthetic", "data.num_users=50", "data.num_items=40"]
+CTR = ["data=criteo_synthetic", "data.vocab_size=50", "data.num_sparse=3"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _needs(group: str, option: str) -> list[str]:
+    """Overrides an option needs to compose: a required path, the model its data fits."""
+    if group == "data" and option in ("csv", "criteo"):
+        return ["data.path=/nonexistent"] + (["model=dcn_v2"] if option == "criteo" else [])
+    if group == "data" and DATA_CONFIGS[option] in CTR_DATA:
+        return ["model=dcn_v2"]
+    return []
+
+
+def _stand_in(cfg: Config) -> list[str]:
+    if cfg.data.name in ("synthetic", "criteo_synthetic"):
+        return []
+    return CTR if isinstance(cfg.data, CTR_DATA) else SYNTHETIC
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("data", "model", "optimizer", "sharding", "train")
+                                          for o in _options(g)] + [("experiment", o) for o in _options("experiment")])
+def test_every_option_composes_and_builds_its_engine(group, option):
+    if option == "optuna_lr_wd":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    overrides = [f"{group}={option}", *_needs(group, option), "sharding.num_devices=null"]
+    cfg = compose_config(overrides)
+    if group in ("data", "model"):
+        assert getattr(cfg, group).name == option
+        assert type(getattr(cfg, group)) is {"data": DATA_CONFIGS, "model": MODEL_CONFIGS}[group][option]
+    assert config_from_dict(to_dict(cfg)) == cfg  # what results.json and checkpoints hold restores it
+    cfg = compose_config([o for o in overrides if not o.startswith("data")] + _stand_in(cfg))
+    cfg.sharding.mesh.data = cfg.sharding.mesh.model = 1
+    engine = build_engine(cfg, data_schema(cfg.data))
+    assert engine.collection.specs
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    """Keys a conf file sets for its option, including the shared files its defaults list pulls in."""
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    keys = set(raw.get("model", raw) if "model" in raw else raw) - {"defaults"}
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, str) and entry.startswith("/data_shared/"):
+            keys |= _yaml_keys(CONF / f"{entry.split('@')[0].lstrip('/')}.yaml")
+    return keys
+
+
+@pytest.mark.parametrize("group,schemas", [("data", DATA_CONFIGS), ("model", MODEL_CONFIGS)])
+def test_dataclass_defaults_agree_with_conf(group, schemas):
+    for option, schema in schemas.items():
+        cfg = compose_config([f"{group}={option}", *_needs(group, option)])
+        composed, default = getattr(cfg, group), schema(name=option)
+        fields = {f.name for f in dataclasses.fields(schema)}
+        if group == "data" and option in ("csv", "criteo"):
+            composed.path = None  # the required path the test had to give
+        assert composed == default, option
+        assert _yaml_keys(CONF / group / f"{option}.yaml") == fields, f"conf/{group}/{option}.yaml lists every key"
+
+
+def test_the_default_run_is_the_dataclass_default():
+    assert compose_config() == Config()
+    for group, option in (("optimizer", "adam"), ("sharding", "none"), ("train", "default")):
+        listed = set(OmegaConf.load(CONF / group / f"{option}.yaml"))
+        assert listed == {f.name for f in dataclasses.fields(getattr(Config(), group))}, group
+
+
+def test_a_model_brings_its_training_defaults_and_the_command_line_wins():
+    sasrec = compose_config(["model=sasrec"])
+    assert (sasrec.train.batch_size, sasrec.data.num_negatives) == (128, 100)
+    assert compose_config(["model=sasrec", "train.batch_size=64"]).train.batch_size == 64
+    assert compose_config(["model=dcn_v2"]).data.name == "criteo_synthetic"
+    assert compose_config(["model=svdpp"]).train.select_metric == "rmse"
+
+
+def test_a_key_the_option_lacks_names_the_options_keys():
+    with pytest.raises(JaxrecError, match=r"model.cross_layers does not exist in MFConfig \(model\); its keys: "
+                                          r"name, dim, loss, init_std, l2, embedding_dtype, use_bias, bias_init$"):
+        compose_config(["model.cross_layers=5"])
+    assert compose_config(["model=dcn_v2", "model.cross_layers=5"]).model.cross_layers == 5
+    assert "cross_layers" not in to_dict(compose_config())["model"]  # results.json: the chosen option's keys only
+
+
+def test_a_model_on_data_it_cannot_read_fails_at_compose():
+    with pytest.raises(JaxrecError, match=r"model=dcn_v2 trains on CTR examples .* data=ml100k holds user-item"):
+        compose_config(["model=dcn_v2", "data=ml100k"])
+    with pytest.raises(JaxrecError, match=r"data=criteo_synthetic holds CTR examples .* model=mf needs interactions"):
+        compose_config(["data=criteo_synthetic"])
+
+
+@pytest.mark.parametrize("overrides", [["model.cross_layers=5"], ["data=criteo_synthetic"], ["model.loss=hinge"],
+                                       ["train.resume=no"], ["train.epochs=0"], ["data=nope"]])
+def test_the_readmes_quoted_config_errors_are_the_real_ones(overrides):
+    with pytest.raises(JaxrecError) as err:
+        compose_config(overrides)
+    quoted = f"jaxrec: error: {err.value}"
+    readme = (CONF.parent / "README.md").read_text()
+    if "(...)" in readme.split(quoted[:60], 1)[-1].split("`", 1)[0]:  # a long list elided in the README
+        quoted = quoted[: quoted.index("(", 60)] + "(...)"
+    assert quoted in readme, quoted
