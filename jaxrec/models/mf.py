@@ -11,10 +11,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxrec.embedding.specs import TableSpec
-from jaxrec.models import id_inputs
+from jaxrec.models.id_inputs import IdInputs
 
 
 def global_bias_init(cfg, schema) -> float:
@@ -27,7 +26,7 @@ def global_bias_init(cfg, schema) -> float:
     return float(schema.mean_rating) if cfg.loss == "mse" else 0.0
 
 
-class MF(nn.Module):
+class MF(IdInputs, nn.Module):
     num_users: int
     num_items: int
     dim: int
@@ -65,15 +64,6 @@ class MF(nn.Module):
     def inputs(self) -> dict[str, str]:
         fields = {"user": "user", "item": "item"}
         return fields | ({"user_bias": "user", "item_bias": "item"} if self.use_bias else {})
-
-    def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
-        return id_inputs.user_inputs(dataset)
-
-    def item_inputs(self, dataset) -> dict[str, np.ndarray]:
-        return id_inputs.item_inputs(dataset)
-
-    def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
-        return id_inputs.example_batch(batch_size, candidates)
 
     def setup(self):
         init = nn.initializers.constant(self.bias_init)

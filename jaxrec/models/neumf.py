@@ -12,14 +12,13 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxrec.embedding.specs import TableSpec
-from jaxrec.models import id_inputs
+from jaxrec.models.id_inputs import IdInputs
 from jaxrec.models.layers import MLP
 
 
-class NeuMF(nn.Module):
+class NeuMF(IdInputs, nn.Module):
     num_users: int
     num_items: int
     dim: int = 32
@@ -54,15 +53,6 @@ class NeuMF(nn.Module):
     def pretrained_tables(self) -> dict[str, str]:
         """Own table -> the MF table that initialises it under model.init_from."""
         return {"user_gmf": "user", "item_gmf": "item"}
-
-    def user_inputs(self, dataset, part: str) -> dict[str, np.ndarray]:
-        return id_inputs.user_inputs(dataset)
-
-    def item_inputs(self, dataset) -> dict[str, np.ndarray]:
-        return id_inputs.item_inputs(dataset)
-
-    def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
-        return id_inputs.example_batch(batch_size, candidates)
 
     def setup(self):
         self.mlp = MLP(tuple(self.hidden), self.dropout, activate_last=True)
