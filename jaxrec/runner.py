@@ -21,9 +21,10 @@ from jaxrec.data.pipeline import make_train_dataset, train_examples
 from jaxrec.errors import JaxrecError
 from jaxrec.eval.ctr import oracle_summary
 from jaxrec.progress import MetricsLog, Progress, write_json_atomic
+from jaxrec.restore import warm_start
 from jaxrec.train_lib import (
     Engine, build_engine, candidates_per_example, check_before_data, check_data_fits, finite_names, init_state,
-    make_evaluator, make_train_step, resolve_batch_size, warm_start,
+    make_evaluator, make_train_step, resolve_batch_size,
 )
 
 log = logging.getLogger("jaxrec.train")

@@ -180,7 +180,7 @@ def item_metadata(cfg: Config, item_tokens) -> list[dict] | None:
 
 
 def load_run(run_dir: Path, step: int | None = None) -> ExportedRun:
-    from jaxrec.evaluate import restore_run
+    from jaxrec.restore import restore_run
 
     cfg, dataset, engine, state, step = restore_run(run_dir, step, one_device=True)
     queries_ue, items_ne = model_vectors(engine, state, dataset)

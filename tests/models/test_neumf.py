@@ -6,10 +6,10 @@ import pytest
 
 from jaxrec.config import Config, validate
 from jaxrec.data.dataset import load_dataset
-from jaxrec.evaluate import restore_run
 from jaxrec.models import feature_ids
+from jaxrec.restore import restore_run, warm_start
 from jaxrec.runner import run
-from jaxrec.train_lib import build_engine, init_state, make_train_step, warm_start
+from jaxrec.train_lib import build_engine, init_state, make_train_step
 
 
 def _config(name="neumf") -> Config:

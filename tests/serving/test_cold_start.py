@@ -10,8 +10,8 @@ import pytest
 from jaxrec.config import Config, validate
 from jaxrec.data.dataset import read_raw
 from jaxrec.data.sequences import eval_histories
-from jaxrec.evaluate import restore_run
 from jaxrec.models import feature_ids
+from jaxrec.restore import restore_run
 from jaxrec.runner import run
 from jaxrec.serving import exporter
 from jaxrec.serving.bundle import load_bundle
