@@ -1,12 +1,19 @@
 """Approximate nearest-neighbour retrieval: a FAISS index over the item vectors, built at export,
 stored in the bundle, and searched by the server instead of scoring every item.
 
-Kinds, both by inner product (faiss.METRIC_INNER_PRODUCT: an item's score is the model's q . i,
-no cosine transform):
-  hnsw   IndexHNSWFlat: a navigable graph, `m` links per node, `ef_construction` candidates
-         while building, `ef_search` while searching (more: slower, higher recall);
-  ivf    IndexIVFFlat: k-means into `nlist` lists, `nprobe` nearest lists scanned per query
-         (nprobe = nlist scans everything: exact).
+Kinds; every one returns the model's inner products q . i as scores (no cosine transform):
+  hnsw     IndexHNSWFlat by inner product (faiss.METRIC_INNER_PRODUCT): a navigable graph, `m`
+           links per node, `ef_construction` candidates while building, `ef_search` while
+           searching (more: slower, higher recall);
+  hnsw_l2  the same graph by L2 over the items augmented to one norm (Bachrach et al. 2014, the
+           "XBOX" transform): item x is stored as [x, sqrt(M^2 - |x|^2)] (M the largest item
+           norm), a query q searches as [q, 0], so |q - x|^2 = |q|^2 + M^2 - 2 q . x ranks items
+           exactly as q . x does; the candidates are re-scored by q . x. FAISS has no built-in
+           for it (an IndexPreTransform applies one linear map to items and queries alike, and
+           this one differs between them). Measured worse than hnsw at every setting on random
+           and on varying-norm vectors (benchmarks.serving --compare): not the default;
+  ivf      IndexIVFFlat: k-means into `nlist` lists, `nprobe` nearest lists scanned per query
+           (nprobe = nlist scans everything: exact).
 The index stores float32 vectors: those the bundle serves, so an int8 or bfloat16 bundle's index
 is built on its dequantised vectors and ranks exactly what exact retrieval would score.
 
@@ -32,7 +39,7 @@ from jaxrec.errors import JaxrecError
 
 LIBRARY = "faiss"
 INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
-KINDS = ("hnsw", "ivf")
+KINDS = ("hnsw", "hnsw_l2", "ivf")
 INDEX_FILE = "index.faiss"
 OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
 # hnsw, measured by benchmarks.serving on random dim-64 vectors (no structure: the hardest case) at
@@ -40,6 +47,7 @@ OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refi
 # cores); ml-100k MF vectors reach 1.0 at 512. Raise ef_search (--index-param) for more recall;
 # /health shows what export measured. ivf: the common rule of thumb (recall 0.91 at 1/4 probed).
 DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 64, "ef_search": 512},
+                  "hnsw_l2": {"m": 32, "ef_construction": 64, "ef_search": 512},
                   "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
 # Exact jitted retrieval beat the default hnsw at 10^5 random dim-64 items (2.0 vs 10.1 ms a query,
@@ -98,15 +106,19 @@ class AnnIndex:
         return f"{LIBRARY}-{self.kind}"
 
     def apply_search_params(self) -> None:
-        if self.kind == "hnsw":
+        if self.kind.startswith("hnsw"):
             self.index.hnsw.efSearch = int(self.params["ef_search"])
         else:
             self.index.nprobe = int(self.params["nprobe"])
 
     def raw_search(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores_bf, ids_bf) straight from FAISS; missing results have id -1."""
+        """(scores_bf, ids_bf) best first, scores the inner products; missing results have id -1."""
         import_faiss("searching an ANN index").omp_set_num_threads(self.threads)
-        return self.index.search(np.ascontiguousarray(query_be, np.float32), int(min(fetch, len(self.items_ne))))
+        query_be, fetch = np.ascontiguousarray(query_be, np.float32), int(min(fetch, len(self.items_ne)))
+        if self.kind != "hnsw_l2":
+            return self.index.search(query_be, fetch)
+        _, ids_bf = self.index.search(np.pad(query_be, ((0, 0), (0, 1))), fetch)  # L2 distances: re-score
+        return rescore(self.items_ne, query_be, ids_bf)
 
     def search(self, query_be: np.ndarray, excludes: list[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query (ids [<= K], scores) best first, none of them in that query's exclude list."""
@@ -147,6 +159,26 @@ class AnnIndex:
                 "metric": "inner_product", "file": INDEX_FILE, "install": INSTALL, **self.details}
 
 
+def augment_to_equal_norm(items_ne: np.ndarray) -> np.ndarray:
+    """[N, e+1]: each item x as [x, sqrt(M^2 - |x|^2)], M the largest norm, so every row has norm M."""
+    squared_n = np.einsum("ne,ne->n", items_ne, items_ne, dtype=np.float64)
+    extra_n = np.sqrt(np.maximum(squared_n.max(initial=0.0) - squared_n, 0.0))
+    return np.hstack([items_ne, extra_n[:, None]]).astype(np.float32)
+
+
+def rescore(items_ne: np.ndarray, query_be: np.ndarray, ids_bf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores_bf, ids_bf): the candidates' exact inner products, best first; id -1 stays last."""
+    scores_bf = np.einsum("bfe,be->bf", items_ne[np.maximum(ids_bf, 0)], query_be)
+    scores_bf[ids_bf < 0] = -np.inf
+    order_bf = np.argsort(-scores_bf, axis=1, kind="stable")
+    return np.take_along_axis(scores_bf, order_bf, 1), np.take_along_axis(ids_bf, order_bf, 1)
+
+
+def index_width(kind: str, dim: int) -> int:
+    """Vector width the FAISS index stores for items of width `dim`."""
+    return dim + 1 if kind == "hnsw_l2" else dim
+
+
 def exact_search(items_ne: np.ndarray, query_e: np.ndarray, exclude: np.ndarray, k: int):
     """(ids [<= K], scores) by scoring every item: the reference and the last resort."""
     scores_n = items_ne @ query_e
@@ -162,8 +194,9 @@ def empty_index(kind: str, params: dict, dim: int, train_ne: np.ndarray | None =
     """A FAISS index ready for `add`: IVF's lists are trained on `train_ne` (>= 39 rows a list)."""
     faiss = import_faiss(f"--index {kind}")
     faiss.omp_set_num_threads(BUILD_THREADS or _default_threads[0])
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, int(params["m"]), faiss.METRIC_INNER_PRODUCT)
+    if kind.startswith("hnsw"):
+        metric = faiss.METRIC_L2 if kind == "hnsw_l2" else faiss.METRIC_INNER_PRODUCT
+        index = faiss.IndexHNSWFlat(index_width(kind, dim), int(params["m"]), metric)
         index.hnsw.efConstruction = int(params["ef_construction"])
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
@@ -182,7 +215,7 @@ def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, see
         sample = np.random.default_rng(seed).choice(num_items, min(num_items, params["nlist"] * 64), replace=False)
         train_ne = items_ne[np.sort(sample)]
     index = empty_index(kind, params, dim, train_ne)
-    index.add(items_ne)
+    index.add(augment_to_equal_norm(items_ne) if kind == "hnsw_l2" else items_ne)
     ann = AnnIndex(kind, params, index, items_ne, {"build_seconds": round(time.perf_counter() - tick, 3)})
     ann.apply_search_params()
     return ann
@@ -191,13 +224,17 @@ def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, see
 def load_index(path: Path, entry: dict, items_ne: np.ndarray) -> AnnIndex:
     """The bundle's index; a missing library fails with one line saying what to install."""
     faiss = import_faiss(f"bundle {path} has a {entry.get('library')} {entry.get('kind')} index; loading it")
+    if entry.get("kind") not in KINDS:
+        raise JaxrecError(f"bundle {path} has a {entry.get('kind')!r} index, which this jaxrec cannot serve (it "
+                          f"serves {', '.join(KINDS)}); re-export it with this version")
     try:
         index = faiss.read_index(str(Path(path) / entry["file"]))
     except RuntimeError as err:  # faiss reports a missing or truncated file this way
         raise JaxrecError(f"bundle {path}: cannot read its index {entry['file']}: {str(err).splitlines()[0]}") from None
-    if index.ntotal != len(items_ne) or index.d != items_ne.shape[1]:
+    width = index_width(entry["kind"], items_ne.shape[1])
+    if index.ntotal != len(items_ne) or index.d != width:
         raise JaxrecError(f"bundle {path}: the index holds {index.ntotal} vectors of width {index.d}, the bundle "
-                          f"{len(items_ne)} of width {items_ne.shape[1]}; re-export it")
+                          f"needs {len(items_ne)} of width {width}; re-export it")
     details = {k: v for k, v in entry.items() if k not in ("library", "kind", "params", "file", "install")}
     ann = AnnIndex(entry["kind"], entry["params"], index, items_ne, details)
     ann.apply_search_params()

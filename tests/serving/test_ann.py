@@ -25,7 +25,8 @@ def _catalogue(num_items, dim, num_queries, seed=0):
             rng.standard_normal((num_queries, dim)).astype(np.float32))
 
 
-@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 4, "nprobe": 4}), ("hnsw", {"ef_search": N})])
+@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 4, "nprobe": 4}), ("hnsw", {"ef_search": N}),
+                                         ("hnsw_l2", {"ef_search": N})])
 def test_index_equals_exact_search_at_an_exact_setting(kind, params):
     items_ne, query_be = _catalogue(N, E, 12)
     index = ann.build_index(items_ne, kind, params)
@@ -46,6 +47,36 @@ def test_hnsw_recall_meets_the_target_on_a_synthetic_catalogue():
     index.params["ef_search"] = 10
     index.apply_search_params()  # a smaller search is measurably worse: the index is not exhaustive
     assert ann.recall_at_k(index, query_be, [np.zeros(0, np.int32)] * len(query_be), 10) < recall
+
+
+def test_the_l2_reduction_ranks_exactly_but_its_graph_finds_less_than_the_inner_product_graph(monkeypatch):
+    """Items with norms from 0.09 to 87: [x, sqrt(M^2 - |x|^2)] against [q, 0] by L2 is the inner
+    product's order exactly, yet HNSW over those vectors finds far fewer of the top 10 at a small
+    ef_search (numbers measured with one build thread, which makes the graph deterministic)."""
+    monkeypatch.setattr(ann, "BUILD_THREADS", 1)
+    rng = np.random.default_rng(7)
+    items_ne = (rng.standard_normal((2_000, E)) * np.exp(rng.standard_normal((2_000, 1)))).astype(np.float32)
+    query_be = rng.standard_normal((100, E)).astype(np.float32)
+    augmented_nf = ann.augment_to_equal_norm(items_ne)
+    np.testing.assert_allclose(np.linalg.norm(augmented_nf, axis=1), np.linalg.norm(items_ne, axis=1).max(), rtol=1e-5)
+    padded_bf = np.pad(query_be, ((0, 0), (0, 1)))
+    for query_e, query_f in zip(query_be, padded_bf):
+        nearest = np.argsort(np.square(augmented_nf - query_f).sum(1), kind="stable")[:10]
+        np.testing.assert_array_equal(nearest, ann.exact_search(items_ne, query_e, np.zeros(0, np.int32), 10)[0])
+    no_excludes = [np.zeros(0, np.int32)] * len(query_be)
+    recalls = {}
+    for kind in ("hnsw", "hnsw_l2"):
+        index = ann.build_index(items_ne, kind)
+        for ef_search in (10, 40, 2_000):
+            index.params["ef_search"] = ef_search
+            index.apply_search_params()
+            recalls[kind, ef_search] = ann.recall_at_k(index, query_be, no_excludes, 10)
+        ids, scores = index.search(query_be[:1], no_excludes[:1], 10)[0]
+        np.testing.assert_allclose(scores, items_ne[ids] @ query_be[0], rtol=1e-5)  # true inner products
+    assert recalls["hnsw", 10] == pytest.approx(0.974, abs=0.02) and recalls["hnsw", 40] >= 0.99
+    assert recalls["hnsw_l2", 10] == pytest.approx(0.356, abs=0.05)
+    assert recalls["hnsw_l2", 40] == pytest.approx(0.658, abs=0.05)
+    assert recalls["hnsw", 2_000] == 1.0 and recalls["hnsw_l2", 2_000] >= 0.99
 
 
 def test_exclusion_is_exact_when_most_top_candidates_are_seen():
@@ -123,6 +154,18 @@ def test_a_missing_index_library_is_one_line_saying_what_to_install(indexed_bund
         main([str(indexed_bundle)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "has a faiss hnsw index" in err
+
+
+def test_a_bundle_whose_index_kind_this_version_does_not_know_is_one_line(indexed_bundle, tmp_path):
+    import json
+    import shutil
+
+    newer = shutil.copytree(indexed_bundle, tmp_path / "newer")
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["index"]["kind"] = "hnsw_pq"
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(JaxrecError, match=r"has a 'hnsw_pq' index, which this jaxrec cannot serve .*re-export"):
+        load_bundle(newer)
 
 
 def test_serving_an_indexed_bundle_with_another_retrieval_asks_for_exact(indexed_bundle):
