@@ -5,7 +5,7 @@ Two comparisons, each trained side by side in one process on the same data:
 - **MF-BPR on ml-100k** (leave-one-out): jaxrec `model=mf model.loss=bpr` (4 sampled
   negatives, the default, and 1) against `implicit`'s BPR and ALS at their tuned settings, the
   same number of epochs (iterations), each scored on test by the same full-ranking evaluator
-  (experiments.ml100k_baselines.run.evaluate_part), after the last epoch. An "example" is one
+  (experiments.peers.evaluate_part), after the last epoch. An "example" is one
   training interaction per epoch for all of them, but the work per example differs: jaxrec
   scores the positive against the sampled negatives in a minibatch Adam step; implicit BPR
   samples one (user, positive, negative) triple per interaction (Hogwild SGD); implicit ALS is
@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import int_list, machine_info, markdown_table, plot_lines, summarize, time_calls, write_results
-from experiments.ml100k_baselines.run import KS, evaluate_part, factor_scores, import_implicit, train_csr
+from experiments.peers import KS, evaluate_part, factor_scores, import_implicit, train_csr
 from jaxrec.config import CONF_DIR, Config, register_configs, to_config
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset

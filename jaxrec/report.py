@@ -1,15 +1,19 @@
 """Summarise a Hydra multirun: one table, one row per job, plus plots of the swept keys.
 
-    python -m jaxrec.train -m experiment=sweep_bs_lr
+    python -m jaxrec.train -m sweep=bs_lr
     python -m jaxrec.report multirun/<date>/<time> [--metric ndcg@10] [--out DIR]
 
 A job is any directory under the multirun dir that holds `.hydra/`. Finished jobs are read from
 their `results.json`; a job that failed (its `failure.json` gives the reason) or never finished
 is listed with its overrides instead of being dropped. Jobs are ranked and the best one selected
 by the VALIDATION value of the metric; the test value is shown for the selected job only, so
-the test set plays no part in the choice. Writes `summary.csv`, `summary.md` and the PNGs the
-swept keys allow: validation metric vs learning rate per batch size, throughput per device vs
-batch size, and a batch size x learning rate heatmap.
+the test set plays no part in the choice. Every row carries the command that reruns its job
+alone. Jobs in different folders are different arms of one experiment (experiment=ml100k_zoo/mf
+writes <dir>/ml100k_zoo/mf/<i>, experiments/peers.py writes its baselines the same way): each
+arm gets one row, its job selected by validation, or the mean and spread over its jobs if they
+have no validation metric (the folds of a cross-validation). Writes `summary.csv`, `summary.md`
+and the PNGs the swept keys allow: validation metric vs learning rate per batch size, throughput
+per device vs batch size, and a batch size x learning rate heatmap.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import csv
 import json
 import math
+import shlex
+import statistics
 from pathlib import Path
 
 import yaml
@@ -40,11 +46,22 @@ def parse_value(text: str):
     return text
 
 
-def read_overrides(job_dir: Path) -> dict:
+def override_lines(job_dir: Path) -> list[str]:
+    """The job's overrides as Hydra recorded them (experiment= first: it reads best there)."""
     path = job_dir / ".hydra" / "overrides.yaml"
-    lines = yaml.safe_load(path.read_text()) if path.exists() else None
-    pairs = (line.split("=", 1) for line in lines or [] if "=" in line)
+    lines = [str(line) for line in (yaml.safe_load(path.read_text()) if path.exists() else None) or []]
+    return sorted(lines, key=lambda line: not line.startswith("experiment="))
+
+
+def read_overrides(job_dir: Path) -> dict:
+    pairs = (line.split("=", 1) for line in override_lines(job_dir) if "=" in line)
     return {key.lstrip("+~"): parse_value(value) for key, value in pairs}
+
+
+def rerun_command(job: dict) -> str:
+    """The one line that reruns this job alone: its module (results.json's "entry", jaxrec.train
+    unless a peer runner wrote it) and its overrides."""
+    return " ".join(["python -m", job.get("entry", "jaxrec.train"), *map(shlex.quote, job["lines"])])
 
 
 def _read_json(path: Path) -> dict | None:
@@ -57,7 +74,9 @@ def _read_json(path: Path) -> dict | None:
 def read_job(job_dir: Path, root: Path) -> dict:
     """One row: job, status, overrides; test and valid metrics, throughput and the learning rate
     if it finished; the reason if it failed (a results.json from a later retry wins)."""
-    row = {"job": str(job_dir.relative_to(root)), "overrides": read_overrides(job_dir), "status": UNFINISHED}
+    arm = job_dir.relative_to(root).parent.as_posix()
+    row = {"job": str(job_dir.relative_to(root)), "arm": "" if arm == "." else arm, "status": UNFINISHED,
+           "overrides": read_overrides(job_dir), "lines": override_lines(job_dir)}
     results = _read_json(job_dir / "results.json")
     if results is None:
         failure = _read_json(job_dir / FAILURE_FILE)
@@ -66,7 +85,9 @@ def read_job(job_dir: Path, root: Path) -> dict:
         reason = f"{failure.get('error', 'error')}: {failure.get('reason', '')}".strip().splitlines()[0]
         return row | {"status": FAILED, "reason": reason}
     train, lr = results.get("train", {}), results.get("config", {}).get("optimizer", {}).get("lr")
-    return row | {"status": OK, "metrics": results.get("metrics", {}), "valid": results.get("valid_metrics", {}),
+    cold = (results.get("config", {}).get("data", {}).get("cold_users") or 0) > 0
+    return row | {"status": OK, "entry": results.get("entry", "jaxrec.train"), "cold": cold,
+                  "metrics": results.get("metrics", {}), "valid": results.get("valid_metrics", {}),
                   "examples_per_sec_per_device": train.get("examples_per_sec_per_device"),
                   "wall_s": train.get("wall_s"), "batch_size": train.get("batch_size"), "lr": lr,
                   "effective_lr": results.get("lr_scaling", {}).get("effective_lr", lr)}
@@ -135,7 +156,7 @@ def write_csv(path: Path, jobs: list[dict], keys: list[str], valid_names: list[s
     """Every job's validation metrics; test metrics only in the selected job's row."""
     test_names = sorted(selected["metrics"]) if selected else []
     header = ["job", "status", "selected", *keys, *(f"valid_{m}" for m in valid_names), "effective_lr", *PERF,
-              *(f"test_{m}" for m in test_names), "reason"]
+              *(f"test_{m}" for m in test_names), "reason", "command"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -146,7 +167,7 @@ def write_csv(path: Path, jobs: list[dict], keys: list[str], valid_names: list[s
                              *(job.get("valid", {}).get(m, "") for m in valid_names), job.get("effective_lr", ""),
                              *(job.get(p, "") for p in PERF),
                              *(job["metrics"].get(m, "") if chosen else "" for m in test_names),
-                             job.get("reason", "")])
+                             job.get("reason", ""), rerun_command(job)])
 
 
 def _fmt(value) -> str:
@@ -163,14 +184,75 @@ def _overrides_text(job: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in job["overrides"].items()) or "(no overrides)"
 
 
+# Test metrics the per-arm table shows, in this order, where any arm has them (cold/ ones only when
+# an arm cut users to cold ones, data.cold_users > 0), after the selection metric.
+ARM_TEST_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "coverage@10", "sampled/hr@10", "sampled/ndcg@10",
+                    "cold/hr@10", "cold/ndcg@10", "cold/mrr", "rmse", "mae")
+
+
+def summarise_arms(jobs: list[dict], metric: str) -> list[dict]:
+    """One entry per arm (job folder), in order of first appearance: the job its validation metric
+    selects and that job's test metrics, or, when none of its jobs has the metric (the folds of a
+    cross-validation), the mean and sample spread of each test metric over its finished jobs."""
+    arms = sorted({job["arm"] for job in jobs}, key=lambda arm: _job_order(Path(arm)))
+    summaries = []
+    for arm in arms:
+        members = [job for job in jobs if job["arm"] == arm]
+        finished = [job for job in members if job["status"] == OK]
+        selected = selected_job(rank_jobs(finished, metric), metric) if finished else None
+        entry = {"arm": arm or ".", "jobs": len(members), "finished": len(finished), "selected": selected,
+                 "cold": any(job["cold"] for job in finished)}
+        if selected is not None:
+            entry |= {"test": selected["metrics"], "valid": selected["valid"].get(metric),
+                      "wall_s": selected["wall_s"], "command": rerun_command(selected)}
+        elif finished:
+            names = set.intersection(*(set(job["metrics"]) for job in finished))
+            entry |= {"test": {m: _mean_spread([job["metrics"][m] for job in finished]) for m in names},
+                      "valid": None, "wall_s": sum(job["wall_s"] or 0.0 for job in finished),
+                      "command": f"{len(finished)} jobs, e.g. " + rerun_command(finished[0])}
+        summaries.append(entry)
+    return summaries
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt_test(value) -> str:
+    if isinstance(value, tuple):
+        return f"{value[0]:.4f} ± {value[1]:.4f}"
+    return _fmt(value)
+
+
+def arms_markdown(summaries: list[dict], metric: str) -> list[str]:
+    """The experiment's table: one row per arm."""
+    cold = any(s["cold"] for s in summaries)
+    shown = [m for m in dict.fromkeys([metric, *ARM_TEST_METRICS]) if (cold or not m.startswith("cold/"))
+             and any(m in s.get("test", {}) for s in summaries)]
+    lines = ["## Per arm", "",
+             f"Each arm's job selected by validation {metric} and its test metrics; an arm whose jobs have no "
+             "validation metric (cross-validation folds) shows the mean ± std over its jobs, and its fit s is their "
+             "sum.", "",
+             f"| arm | jobs | selected | valid {metric} | " + " | ".join(f"test {m}" for m in shown)
+             + " | fit s | command |", "|" + "---|" * (len(shown) + 6)]
+    for s in summaries:
+        selected = s["selected"]["job"] if s["selected"] else ("mean of all" if "test" in s else "none finished")
+        cells = [s["arm"], f"{s['finished']}/{s['jobs']}", selected, _fmt(s.get("valid")) or "-",
+                 *(_fmt_test(s.get("test", {}).get(m)) or "-" for m in shown),
+                 f"{s['wall_s']:.1f}" if s.get("wall_s") is not None else "-",
+                 f"`{s['command']}`" if "command" in s else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _selection_lines(selected: dict | None, metric: str, shown: list[str], direction: str) -> list[str]:
     if selected is None:
         return ["No job was selected: no finished job has a finite validation " + metric + "."]
     tests = ", ".join(f"test {m} {_fmt(selected['metrics'][m])}" for m in shown if m in selected["metrics"])
     return [f"**Selected: job {selected['job']}**, by validation {metric} {_fmt(selected['valid'][metric])} "
             f"({direction} is better). Its {tests or 'test metrics: none'}. The other jobs' test metrics are "
-            "left out: picking among them by test would tune on the test set. Rerun it alone with", "",
-            "    python -m jaxrec.train " + " ".join(f"{k}={v}" for k, v in selected["overrides"].items())]
+            "left out (but for each arm's selected job): picking among them by test would tune on the test set. "
+            "Rerun it alone with", "", "    " + rerun_command(selected)]
 
 
 def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str], selected: dict | None) -> str:
@@ -181,9 +263,11 @@ def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str], s
     shown = [m for m in dict.fromkeys([metric, "hr@10"]) if m == metric or any(m in j["valid"] for j in finished)]
     scaled = any(j["effective_lr"] != j["lr"] for j in finished)
     cols = [f"valid {m}" for m in shown] + (["lr (effective)"] if scaled else []) + ["examples/s/device", "wall s"]
+    arms = summarise_arms(jobs, metric)
     lines = [f"# Sweep summary: {len(finished)} of {len(jobs)} jobs finished, ranked by validation {metric}", "",
              *_selection_lines(selected, metric, shown, direction), "",
-             "| job | " + " | ".join(keys + cols) + " |", "|" + "---|" * (len(keys) + len(cols) + 1)]
+             *(arms_markdown(arms, metric) if len(arms) > 1 else []),
+             "| job | " + " | ".join(keys + cols) + " | command |", "|" + "---|" * (len(keys) + len(cols) + 2)]
     for job in finished:
         values = {**{f"valid {m}": job["valid"].get(m) for m in shown}, "lr (effective)": job["effective_lr"],
                   "examples/s/device": job["examples_per_sec_per_device"],
@@ -191,10 +275,10 @@ def markdown(jobs: list[dict], keys: list[str], metric: str, notes: list[str], s
         name = f"**{job['job']} (selected)**" if job is selected else job["job"]
         lines.append("| " + " | ".join([name] + [_fmt_key(job["overrides"].get(k)) for k in keys]
                                        + [_fmt_key(values[c]) if c == "lr (effective)" else _fmt(values[c])
-                                          for c in cols]) + " |")
+                                          for c in cols] + [f"`{rerun_command(job)}`"]) + " |")
     lines += ["", "## Failed or unfinished", ""]
     lines += [f"- job {j['job']} {j['status']}" + (f" ({j['reason']})" if j.get("reason") else " (no results.json)")
-              + f": {_overrides_text(j)}" for j in jobs if j["status"] != OK] or ["(none)"]
+              + f": {_overrides_text(j)}; rerun: `{rerun_command(j)}`" for j in jobs if j["status"] != OK] or ["(none)"]
     return "\n".join(lines + ["", "## Plots", ""] + [f"- {n}" for n in notes]) + "\n"
 
 
@@ -271,7 +355,8 @@ def plot_heatmap(finished: list[dict], metric: str, path: Path) -> None:
 
 def make_plots(jobs: list[dict], keys: list[str], metric: str, out: Path) -> list[str]:
     """Draws the plots the swept keys allow; returns one note per plot, made or skipped."""
-    finished = [j for j in jobs if j["status"] == OK and metric in j["valid"]]
+    finished = [j for j in jobs if j["status"] == OK and metric in j["valid"]
+                and j["lr"] is not None and j["batch_size"] is not None]  # peers have neither
     has_lr, has_batch = LR in keys and len(finished) > 1, BATCH in keys and len(finished) > 1
     plots = [("metric_vs_lr.png", has_lr, f"needs {LR} swept", lambda p: plot_metric_vs_lr(finished, metric, p)),
              ("throughput_vs_batch.png", has_batch, f"needs {BATCH} swept", lambda p: plot_throughput(finished, p)),

@@ -22,7 +22,8 @@ CTR = ["data=criteo_synthetic", "data.vocab_size=50", "data.num_sparse=3"]
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Every file of the group, those in subfolders too (experiment=ml100k_zoo/mf)."""
+    return sorted(p.relative_to(CONF / group).with_suffix("").as_posix() for p in (CONF / group).rglob("*.yaml"))
 
 
 def _needs(group: str, option: str) -> list[str]:
@@ -31,6 +32,8 @@ def _needs(group: str, option: str) -> list[str]:
         return ["data.path=/nonexistent"] + (["model=dcn_v2"] if option == "criteo" else [])
     if group == "data" and DATA_CONFIGS[option] in CTR_DATA:
         return ["model=dcn_v2"]
+    if group == "experiment" and option.endswith("/neumf_init"):
+        return ["model.init_from=/a/mf/run"]  # the MF run dir its runner passes
     return []
 
 
@@ -40,8 +43,8 @@ def _stand_in(cfg: Config) -> list[str]:
     return CTR if isinstance(cfg.data, CTR_DATA) else SYNTHETIC
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("data", "model", "optimizer", "sharding", "train")
-                                          for o in _options(g)] + [("experiment", o) for o in _options("experiment")])
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("data", "model", "optimizer", "sharding", "train",
+                                                         "experiment", "sweep") for o in _options(g)])
 def test_every_option_composes_and_builds_its_engine(group, option):
     if option == "optuna_lr_wd":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

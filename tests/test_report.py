@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from jaxrec.config import CONF_DIR, register_configs, to_config
+from jaxrec.config import CONF_DIR, compose_config, config_from_dict, register_configs, to_config
 from jaxrec.errors import JaxrecError
 from jaxrec.report import main, write_report
 
@@ -85,6 +85,22 @@ def test_lower_is_better_metrics_select_the_smallest(tmp_path):
     assert "lower is better" in written["md"].read_text()
 
 
+def test_arms_get_one_row_each_selected_by_validation_or_averaged_over_folds(tmp_path):
+    root = tmp_path / "multirun"
+    for job, (lr, valid, test) in enumerate([(1e-3, 0.10, 0.30), (3e-3, 0.20, 0.25)]):  # test would pick job 0
+        _job(root, f"exp/mf/{job}", ["experiment=exp/mf", f"optimizer.lr={lr}"], _results(64, lr, valid, test))
+    for fold, rmse in enumerate([0.90, 0.94]):  # cross-validation folds: no validation metric
+        _job(root, f"exp/peer/{fold}", [f"data.fold={fold}", "experiment=exp/peer"],
+             {"entry": "experiments.peers", "metrics": {"ndcg@10": rmse}, "valid_metrics": {},
+              "train": {"wall_s": 2.0}})
+    md = write_report(root)["md"].read_text()
+    rows = [line for line in md.split("## Per arm")[1].splitlines() if line.startswith("| exp/")]
+    assert rows[0].startswith("| exp/mf | 2/2 | exp/mf/1 | 0.2000 | 0.2500 | 0.5000 |")
+    assert rows[0].endswith("| 1.5 | `python -m jaxrec.train experiment=exp/mf optimizer.lr=0.003` |")
+    assert rows[1].startswith("| exp/peer | 2/2 | mean of all | - | 0.9200 ± 0.0283 | - |")
+    assert "| 4.0 | `2 jobs, e.g. python -m experiments.peers experiment=exp/peer data.fold=0` |" in rows[1]
+
+
 def test_report_errors_are_jaxrec_errors(tmp_path, fake_multirun):
     with pytest.raises(JaxrecError, match="does not exist"):
         write_report(tmp_path / "nope")
@@ -104,27 +120,36 @@ def test_report_cli_error_is_one_line(tmp_path):
     assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_sweep_goes_on_past_a_failing_job_and_the_report_lists_it(tmp_path):
-    sweep = tmp_path / "sweep"
+def test_an_experiment_sweep_goes_on_past_a_failing_job_and_each_row_reruns_its_job(tmp_path):
+    """`-m experiment=<experiment>/<arm>`: jobs in <sweep>/<experiment>/<arm>/<i>, the arm's grid
+    (ncf_vs_mf/mf sweeps optimizer.lr) replaced from the command line, a failing job recorded, and
+    the report's command for a row composes exactly the config that job ran."""
+    sweep, arm = tmp_path / "sweep", "ncf_vs_mf/mf"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    args = ["-m", "data=synthetic", "data.num_users=100", "data.num_items=50", "data.num_interactions=2000",
-            "train.epochs=1", "train.batch_size=64", "optimizer.lr=1e30,1e-3", "train.progress=false",
+    args = ["-m", f"experiment={arm}", "data=synthetic", "data.num_users=100", "data.num_items=200",
+            "data.num_interactions=2000", "train.epochs=1", "train.batch_size=64", "optimizer.lr=1e30,1e-3",
             "model.dim=8", f"hydra.sweep.dir={sweep}"]
     out = subprocess.run([sys.executable, "-m", "jaxrec.train", *args], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    failure = json.loads((sweep / arm / "0" / "failure.json").read_text())
     assert failure["error"] == "JaxrecError" and "non-finite value at step" in failure["reason"]
     assert "optimizer.lr=1e+30" in failure["overrides"]
-    assert (sweep / "1" / "results.json").exists()
+    results = json.loads((sweep / arm / "1" / "results.json").read_text())
+    assert "sampled/ndcg@10" in results["metrics"]  # the arm's own setting (train.sampled_negatives=100)
     assert "Unable to initialize backend" not in out.stdout + out.stderr  # JAX's TPU probe line is hidden
     written = write_report(sweep)
-    assert written["jobs"] == 2 and written["failed"] == 1 and written["selected"] == "1"
+    assert written["jobs"] == 2 and written["failed"] == 1 and written["selected"] == f"{arm}/1"
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
-    assert [(r["job"], r["status"]) for r in rows] == [("1", "ok"), ("0", "failed")]
+    assert [(r["job"], r["status"]) for r in rows] == [(f"{arm}/1", "ok"), (f"{arm}/0", "failed")]
     assert 0.0 <= float(rows[0]["valid_ndcg@10"]) <= 1.0 and 0.0 <= float(rows[0]["test_ndcg@10"]) <= 1.0
     assert "non-finite value at step" in rows[1]["reason"]
-    assert "metric_vs_lr.png skipped" in (sweep / "summary.md").read_text()
+    command = rows[0]["command"].split()
+    assert command[:4] == ["python", "-m", "jaxrec.train", f"experiment={arm}"] and "optimizer.lr=0.001" in command
+    assert compose_config(command[3:]) == config_from_dict(results["config"])
+    assert rows[1]["command"].startswith(f"python -m jaxrec.train experiment={arm} optimizer.lr=1e+30 ")
+    summary = (sweep / "summary.md").read_text()
+    assert "metric_vs_lr.png skipped" in summary and f"`{rows[0]['command']}`" in summary
 
 
 def _compose(overrides):
@@ -139,7 +164,7 @@ def _compose(overrides):
 
 
 def test_sweep_experiment_composes_with_its_grid():
-    sweeper, cfg = _compose(["experiment=sweep_bs_lr", "optimizer.lr_scaling=sqrt"])
+    sweeper, cfg = _compose(["sweep=bs_lr", "optimizer.lr_scaling=sqrt"])
     assert sweeper.params["train.batch_size"] == "256,1024,4096,16384"
     assert len(str(sweeper.params["optimizer.lr"]).split(",")) == 4
     assert cfg.data.name == "ml100k" and cfg.model.name == "mf"
@@ -150,6 +175,6 @@ def test_sweep_experiment_composes_with_its_grid():
 
 def test_optuna_experiment_composes_when_the_plugin_is_installed():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweeper, cfg = _compose(["experiment=optuna_lr_wd"])
+    sweeper, cfg = _compose(["sweep=optuna_lr_wd"])
     assert sweeper.direction == "maximize" and set(sweeper.params) == {"optimizer.lr", "model.l2"}
     assert cfg.data.name == "ml100k"

@@ -1,69 +1,55 @@
 """Rendle et al. (2020), "Neural Collaborative Filtering vs. Matrix Factorization Revisited", on
-ml-100k: MF (dot product) against NeuMF, each tuned on validation, measured with full ranking
-and with NCF's sampled protocol (the target against 100 sampled negatives).
+ml-100k: the three arms of conf/experiment/ncf_vs_mf/, with NeuMF's GMF tables initialised from the
+MF job that validation picked, then the report.
 
-    python -m experiments.ncf_vs_mf.run --out runs/ncf_vs_mf
+    python -m experiments.ncf_vs_mf.run --sweep-dir runs/ncf_vs_mf [override ...]
+    python -m jaxrec.report runs/ncf_vs_mf          # (run by this module too)
 
-Leave-one-out split, one evaluator (jaxrec.train_lib.RankingEvaluator with
-train.sampled_negatives=100); grid points and best epochs are picked on validation full-ranking
-ndcg@10, as every jaxrec experiment does. The table also says which model each metric ranks
-first, so a disagreement between sampled and full ranking (Krichene & Rendle, 2020) shows.
+The only step a Hydra multirun cannot take is passing the picked MF job's dir to the neumf_init arm
+(model.init_from); the grids and settings are in the arm files. Overrides apply to every arm
+(e.g. data=synthetic train.epochs=1 for a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Sequence
 
-from experiments.ml100k_baselines.run import MF_BASE, cli_overrides, tune_jaxrec, versions
-from jaxrec.config import DataConfig, MovieLensConfig
-from jaxrec.data.dataset import load_dataset
-from jaxrec.progress import write_json_atomic
+from experiments.arms import run_arm, select
+from jaxrec.config import compose_config
+from jaxrec.errors import cli_errors
+from jaxrec.progress import quiet_backend_probe
+from jaxrec.report import write_report
 
-BASE = MF_BASE | {"train.sampled_negatives": 100}
-MF = [{"model.name": "mf", "model.loss": "bce", "optimizer.lr": lr, "model.l2": 0.01} for lr in (1e-3, 3e-3)]
-NEUMF = {"model.name": "neumf", "model.dim": 64, "model.hidden": [64, 32, 16], "optimizer.lr": 1e-3,
-         "model.l2": 0.01}
-METRICS = ("hr@10", "ndcg@10", "sampled/hr@10", "sampled/ndcg@10")
+ARMS = "ncf_vs_mf"
 
 
-def run_experiment(out_dir: Path, data_cfg: DataConfig) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    dataset = load_dataset(data_cfg)
-    mf = tune_jaxrec("mf", data_cfg, BASE, MF, dataset, out_dir / "mf_runs")
-    best_mf = out_dir / "mf_runs" / f"mf_{MF.index({k: mf.params[k] for k in MF[0]}):02d}"
-    neumf = tune_jaxrec("neumf", data_cfg, BASE, [NEUMF | {"model.init_from": None},
-                                                  NEUMF | {"model.init_from": str(best_mf)}],
-                        dataset, out_dir / "neumf_runs")
-    methods = {"mf": mf, "neumf": neumf}
-    lines = ["| model | best config | " + " | ".join(f"test {m}" for m in METRICS) + " | fit s |",
-             "|---" * (len(METRICS) + 3) + "|"]
-    for name, method in methods.items():
-        config = cli_overrides({k: v for k, v in method.params.items() if k not in BASE and k != "best_epoch"})
-        lines.append(f"| {name} | {config} | " + " | ".join(f"{method.test[m]:.4f}" for m in METRICS)
-                     + f" | {method.fit_seconds:.0f} |")
-    winners = {m: max(methods, key=lambda n: methods[n].test[m]) for m in METRICS}
-    lines += ["", "Ranked first: " + ", ".join(f"{m}: {w}" for m, w in winners.items())]
-    text = "\n".join(lines) + "\n"
-    results = {"methods": {n: {"params": m.params, "test": m.test, "valid": m.valid, "fit_seconds": m.fit_seconds}
-                           for n, m in methods.items()},
-               "winners": winners, "wall_seconds": time.perf_counter() - start, "versions": versions()}
-    write_json_atomic(out_dir / "results.json", results)
-    (out_dir / "results.md").write_text(text, encoding="utf-8")
-    print(text, f"total {results['wall_seconds']:.0f}s")
-    return results
+def run_experiment(sweep_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """MF's grid, then NeuMF from scratch and from the picked MF job; returns what write_report wrote."""
+    mf_arm = [f"experiment={ARMS}/mf", *overrides]
+    metric = compose_config(mf_arm).train.select_metric
+    picked_dir, _ = select(run_arm(sweep_dir, mf_arm), metric)
+    run_arm(sweep_dir, [f"experiment={ARMS}/neumf", *overrides])
+    run_arm(sweep_dir, [f"experiment={ARMS}/neumf_init", f"model.init_from={picked_dir.resolve()}", *overrides])
+    return write_report(sweep_dir, metric)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/ncf_vs_mf"))
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.ncf_vs_mf.run", description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="overrides applied to every arm")
+    parser.add_argument("--sweep-dir", type=Path, default=Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_experiment(args.out, MovieLensConfig())
+    quiet_backend_probe()
+    written = run_experiment(args.sweep_dir, args.overrides)
+    print(written["md"].read_text())
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     main()

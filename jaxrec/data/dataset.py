@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -79,8 +80,36 @@ def split_interactions(inter: Interactions, cfg: DataConfig) -> Split:
     return splits.temporal_split(inter, cfg.valid_ratio, cfg.test_ratio)
 
 
+# The last data set loaded and its key: the jobs of a Hydra multirun run one after another in one
+# process (basic launcher), and a sweep over model or optimizer keys reads the same data every job.
+_last_loaded: tuple[str, object] | None = None
+
+
+def _cache_key(cfg: DataConfig) -> str:
+    """The data config as JSON; a file it names adds its size and mtime, so an edited file reloads."""
+    fields = dataclasses.asdict(cfg)
+    path = fields.get("path")
+    if path and Path(path).exists():
+        stat = Path(path).stat()
+        fields["path_stat"] = [stat.st_size, stat.st_mtime_ns]
+    return json.dumps([type(cfg).__name__, fields], sort_keys=True, default=str)
+
+
 def load_dataset(cfg: DataConfig):
-    """The Dataset of interactions, or for CTR data sets (criteo_synthetic, criteo) a CtrDataset."""
+    """The Dataset of interactions, or for CTR data sets (criteo_synthetic, criteo) a CtrDataset.
+    The same data config twice in a row returns the same object (treat it as read-only)."""
+    global _last_loaded
+    key = _cache_key(cfg)
+    if _last_loaded is not None and _last_loaded[0] == key:
+        log.info("%s: reusing the data set loaded by the previous job", cfg.name)
+        return _last_loaded[1]
+    _last_loaded = None  # let the previous data set go before the next one loads
+    dataset = _read_dataset(cfg)
+    _last_loaded = (key, dataset)
+    return dataset
+
+
+def _read_dataset(cfg: DataConfig):
     if cfg.name == "criteo_synthetic":
         from jaxrec.data.ctr import load_ctr_dataset
 

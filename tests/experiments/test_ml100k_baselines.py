@@ -1,4 +1,6 @@
-"""The ml-100k baselines runner at toy size on synthetic data (200 users x 100 items)."""
+"""The ml100k_baselines arms at toy size on synthetic data (200 users x 100 items): the peer runner
+and a jaxrec arm write jobs into one sweep dir, and one report holds both, each row with the
+command that reruns it."""
 
 import json
 import sys
@@ -6,77 +8,81 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.ml100k_baselines import run
-from jaxrec.errors import JaxrecError
-from jaxrec.config import SyntheticConfig
+from experiments import arms, peers
+from jaxrec.config import compose_config, config_from_dict
 from jaxrec.data.dataset import load_dataset
+from jaxrec.report import write_report
 
-TOY = SyntheticConfig(num_users=200, num_items=100, num_interactions=3000, seed=0)
-MF_BASE = {"train.epochs": 1, "train.batch_size": 256, "train.progress": False, "model.dim": 8}
-MF_GRID = {"model.loss": ["bce"]}
-ALS_GRID = {"factors": [8], "regularization": [0.1], "alpha": [1.0, 10.0], "iterations": [3]}
-BPR_GRID = {"factors": [8], "learning_rate": [0.05], "iterations": [10]}
+TOY = ["data=synthetic", "data.num_users=200", "data.num_items=100", "data.num_interactions=3000"]
+MF_TOY = ["train.epochs=1", "train.batch_size=256", "model.dim=8", "optimizer.lr=1e-2", "model.l2=0.01"]
 METRICS = ("hr@10", "ndcg@10", "recall@20", "mrr", "coverage@10")
 
 
-@pytest.fixture(scope="module")
-def toy_split():
-    return load_dataset(TOY).split
+def _check_metrics(results):
+    for part in ("valid_metrics", "metrics"):
+        assert all(0.0 <= results[part][m] <= 1.0 for m in METRICS), part
+    assert results["train"]["wall_s"] >= 0.0
 
 
-def _check_row(row):
-    assert 0.0 <= row["valid_ndcg@10"] <= 1.0
-    assert all(0.0 <= row[m] <= 1.0 for m in METRICS)
-    assert row["fit_seconds"] >= 0.0
-
-
-def test_grid_points_and_overrides():
-    assert run.grid_points({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
-    point = {"model.name": "two_tower", "optimizer.lr": 1e-2, "model.hidden": [32, 16], "model.bias_init": None}
-    cfg = run.compose_point(TOY, point | {"train.progress": False})
-    assert (cfg.data, cfg.model.name, cfg.optimizer.lr, cfg.model.hidden, cfg.train.progress) == (
-        TOY, "two_tower", 1e-2, [32, 16], False)
-    assert run.cli_overrides(point) == ("model.name=two_tower optimizer.lr=0.01 model.hidden=[32,16] "
-                                        "model.bias_init=null")
-    with pytest.raises(JaxrecError, match="model.nope does not exist in MFConfig"):
-        run.compose_point(TOY, {"model.nope": 1})
+def test_the_grid_is_the_arm_file_s_with_the_command_line_replacing_an_axis():
+    jobs = arms.grid(["experiment=ml100k_baselines/mf", "model.l2=0.5"])
+    assert jobs == [["optimizer.lr=0.001", "model.l2=0.5", "experiment=ml100k_baselines/mf"],
+                    ["optimizer.lr=0.003", "model.l2=0.5", "experiment=ml100k_baselines/mf"]]
+    assert len(arms.grid(["experiment=ml100k_baselines/implicit_als"])) == 27
+    folds = arms.grid(["experiment=ml100k_rating/surprise_svdpp", "data.fold=0,1"])
+    assert [job[:2] for job in folds] == [["data.fold=0", "peer.name=surprise_svdpp"],
+                                          ["data.fold=1", "peer.name=surprise_svdpp"]]
+    assert peers.split_peer_overrides(folds[1]) == (
+        "surprise_svdpp", {"random_state": 0, "cache_ratings": False},
+        ["data.fold=1", "experiment=ml100k_rating/surprise_svdpp"])
 
 
 def test_factor_scores_are_dot_products():
     user_ud, item_nd = np.arange(6.0).reshape(3, 2), np.arange(8.0).reshape(4, 2)
-    scores = np.asarray(run.factor_scores(user_ud, item_nd)(np.array([2, 0], np.int32)))
+    scores = np.asarray(peers.factor_scores(user_ud, item_nd)(np.array([2, 0], np.int32)))
     np.testing.assert_allclose(scores, user_ud[[2, 0]] @ item_nd.T)
 
 
-def test_implicit_peers_rank_with_the_same_evaluator(toy_split):
+def test_implicit_peers_rank_with_the_same_evaluator(tmp_path):
     pytest.importorskip("implicit")
     pytest.importorskip("scipy")
-    peers = run.import_implicit()
-    als = run.tune_implicit("implicit_als", peers["als"], ALS_GRID, toy_split, seed=0, threads=1)
-    bpr = run.tune_implicit("implicit_bpr", peers["bpr"], BPR_GRID, toy_split, seed=0, threads=1)
-    assert als.grid_size == 2 and als.params["alpha"] in (1.0, 10.0)
-    for result in (als, bpr):
-        _check_row(result.row())
-    csr = run.train_csr(toy_split.train)
-    assert csr.shape == (toy_split.train.num_users, toy_split.train.num_items)
-    assert csr.nnz == len(toy_split.train) and set(np.unique(csr.data)) == {1.0}
+    als = peers.run_peer_arm(tmp_path, ["experiment=ml100k_baselines/implicit_als", *TOY, "peer.factors=8",
+                                        "peer.regularization=0.1", "peer.alpha=1.0,10.0", "peer.iterations=3",
+                                        "peer.num_threads=1"])
+    bpr = peers.run_peer_arm(tmp_path, ["experiment=ml100k_baselines/implicit_bpr", *TOY, "peer.factors=8",
+                                        "peer.learning_rate=0.05", "peer.regularization=0.01", "peer.iterations=10",
+                                        "peer.num_threads=1"])
+    assert [results["peer"]["params"]["alpha"] for _, results in als] == [1.0, 10.0] and len(bpr) == 1
+    for _, results in als + bpr:
+        _check_metrics(results)
+    train = load_dataset(compose_config(TOY).data).split.train
+    csr = peers.train_csr(train)
+    assert csr.shape == (train.num_users, train.num_items)
+    assert csr.nnz == len(train) and set(np.unique(csr.data)) == {1.0}
 
 
-def test_without_implicit_most_popular_and_mf_still_run(tmp_path, monkeypatch, capsys):
-    """The path a fresh checkout takes: peers skipped with the install hint, the rest written."""
-    # None in sys.modules makes `import implicit` raise ImportError.
+def test_without_implicit_most_popular_and_mf_share_one_report(tmp_path, monkeypatch, capsys):
+    """The path a fresh checkout takes: implicit skipped with the install hint; most-popular and
+    the jaxrec MF arm in one sweep dir, one report, and each row's command reruns its job."""
     for name in ("implicit", "implicit.cpu", "implicit.cpu.als", "implicit.cpu.bpr"):
-        monkeypatch.setitem(sys.modules, name, None)
-    results = run.run_experiment(tmp_path, TOY, mf_base=MF_BASE, mf_grid=MF_GRID)
-    out = capsys.readouterr().out
-    assert run.PEERS_HINT in out and 'pip install -e ".[peers]"' in out
-    assert results["peers_skipped"] is True
-    rows = {r["name"]: r for r in results["methods"]}
-    assert list(rows) == ["most_popular", "jaxrec_mf"]
-    for row in rows.values():
-        _check_row(row)
-    assert rows["jaxrec_mf"]["params"]["model.loss"] == "bce"
-    assert "model.dim=8" in results["jaxrec_mf_overrides"]
-    assert json.loads((tmp_path / "results.json").read_text())["methods"][1]["name"] == "jaxrec_mf"
-    table = (tmp_path / "results.md").read_text()
-    assert "| jaxrec_mf |" in table and table.strip() in out
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes the import raise ImportError
+    assert peers.run_peer_arm(tmp_path, ["experiment=ml100k_baselines/implicit_als", *TOY]) == []
+    assert 'implicit is not importable' in capsys.readouterr().out
+    (popular_dir, popular), = peers.run_peer_arm(tmp_path, ["experiment=ml100k_baselines/most_popular", *TOY])
+    (mf_dir, mf), = arms.run_arm(tmp_path, ["experiment=ml100k_baselines/mf", *TOY, *MF_TOY])
+    assert popular_dir == tmp_path / "ml100k_baselines" / "most_popular" / "0"
+    assert mf_dir == tmp_path / "ml100k_baselines" / "mf" / "0"
+    _check_metrics(popular)
+    _check_metrics(mf)
+    summary = write_report(tmp_path)["md"].read_text()
+    arm_table = summary.split("## Per arm")[1].split("\n\n| job |")[0]
+    popular_command = ("python -m experiments.peers experiment=ml100k_baselines/most_popular peer.name=most_popular "
+                       + " ".join(TOY))
+    valid, test = popular["valid_metrics"]["ndcg@10"], popular["metrics"]["ndcg@10"]
+    assert f"| ml100k_baselines/most_popular | 1/1 | ml100k_baselines/most_popular/0 | {valid:.4f} | {test:.4f} |" \
+        in arm_table
+    assert f"`{popular_command}`" in arm_table
+    mf_command = next(line for line in arm_table.splitlines() if "| ml100k_baselines/mf |" in line).split("`")[1]
+    assert mf_command.startswith("python -m jaxrec.train experiment=ml100k_baselines/mf ")
+    rerun = compose_config(mf_command.split()[3:])  # the command composes the job's config exactly
+    assert rerun == config_from_dict(json.loads((mf_dir / "results.json").read_text())["config"])

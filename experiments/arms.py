@@ -1,0 +1,95 @@
+"""Experiment arms run from Python, laid out as `python -m jaxrec.train -m` lays out a multirun, so
+one `python -m jaxrec.report <sweep dir>` reads both.
+
+An arm is a file conf/experiment/<experiment>/<arm>.yaml, selected as `experiment=<experiment>/<arm>`;
+its grid is its `hydra.sweeper.params`. Job i of the arm lives in <sweep dir>/<experiment>/<arm>/<i>/
+(the arm files' hydra.sweep.subdir) and holds `.hydra/overrides.yaml`, the overrides that rerun it
+alone, and `results.json`. The two-stage experiments (ml100k_rating, ncf_vs_mf) and the peer runner
+(experiments/peers.py) use this; everything else is a plain Hydra multirun.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from jaxrec.config import CONF_DIR, compose_config, register_configs
+
+def sweep_params(overrides: list[str]) -> dict[str, str]:
+    """The composed config's hydra.sweeper.params (an arm's grid), {} if it has none."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    return {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
+
+
+def grid(overrides: list[str], params: dict[str, str] | None = None) -> list[list[str]]:
+    """Every job's overrides: the arm's grid with `overrides` after it, an override of a swept key
+    replacing that axis (a sweep such as data.fold=0,1 adds one): Hydra's basic sweeper's rule.
+    `params` is the arm's grid when the caller already read it."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    if params is None:  # the grid depends on the chosen options only (experiment=, data=, ...)
+        choices = [o.input_line for o in parser.parse_overrides(list(overrides))
+                   if not o.is_sweep_override() and "." not in o.key_or_group]
+        params = sweep_params(choices)
+    parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def arm_name(overrides: list[str]) -> str:
+    """The experiment=<experiment>/<arm> choice among the overrides."""
+    choices = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    if not choices:
+        raise ValueError(f"no experiment=<experiment>/<arm> among the overrides {overrides}")
+    return choices[-1]
+
+
+def write_job_overrides(job_dir: Path, overrides: list[str]) -> None:
+    """`.hydra/overrides.yaml`, as Hydra writes it: what jaxrec.report reads and prints to rerun the job."""
+    (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+
+
+def run_arm(sweep_dir: Path, overrides: list[str], subdir: str | None = None) -> list[tuple[Path, dict]]:
+    """Every job of the arm through jaxrec.runner.run, one after another in this process (so the
+    data set loads once): [(job dir, results)]. `subdir` replaces the arm's name in the job dirs
+    (a second stage of the same arm)."""
+    from jaxrec import runner
+
+    jobs = []
+    for index, job in enumerate(grid(overrides)):
+        job_dir = Path(sweep_dir) / (subdir or arm_name(job)) / str(index)
+        write_job_overrides(job_dir, job)
+        jobs.append((job_dir, runner.run(compose_config(job), job_dir)))
+    return jobs
+
+
+def read_job_overrides(job_dir: Path) -> list[str]:
+    return yaml.safe_load((Path(job_dir) / ".hydra" / "overrides.yaml").read_text())
+
+
+def select(jobs: list[tuple[Path, dict]], metric: str) -> tuple[Path, dict]:
+    """The job with the best VALIDATION value of `metric` (rmse, mae, logloss: lowest)."""
+    from jaxrec.runner import LOWER_IS_BETTER
+
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+
+    def key(job):
+        value = job[1].get("valid_metrics", {}).get(metric)
+        return sign * value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    best = min(jobs, key=key)
+    if key(best) == math.inf:
+        raise ValueError(f"no job has a finite validation {metric}")
+    return best
