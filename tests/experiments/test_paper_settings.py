@@ -44,12 +44,12 @@ PAPERS = {
         setting={"data.name": "ml1m", "data.min_rating": None, "data.split": "leave_one_out",
                  "data.num_negatives": 4, "model.name": "neumf", "model.dim": 32, "model.hidden": [32, 16, 8],
                  "model.init_std": 0.01, "model.l2": 0.0, "model.loss": "bce", "optimizer.lr": 1e-3,
-                 "train.batch_size": 256, "train.epochs": 20, "train.sampled_negatives": 99},
+                 "train.batch_size": 51, "train.epochs": 20, "train.sampled_negatives": 99},
         stand_in=ML1M_STAND_IN, reported=SAMPLED_AT_10),
     "gmf_ml1m": dict(
         setting={"data.name": "ml1m", "data.num_negatives": 4, "model.name": "mf", "model.dim": 8,
                  "model.use_bias": False, "model.init_std": 0.01, "model.l2": 0.0, "optimizer.lr": 1e-3,
-                 "train.batch_size": 256, "train.epochs": 20, "train.sampled_negatives": 99},
+                 "train.batch_size": 51, "train.epochs": 20, "train.sampled_negatives": 99},
         stand_in=ML1M_STAND_IN, reported=SAMPLED_AT_10),
     "dcn_v2_criteo": dict(
         setting={"data.name": "criteo", "model.name": "dcn_v2", "model.bottom_mlp": [], "model.loss": "bce",
