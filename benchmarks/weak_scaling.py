@@ -43,7 +43,7 @@ DCN_TABLES = 26
 def make_config(model: str, strategy: str, num_devices: int, args):
     from jaxrec.config import compose_config
 
-    cfg = compose_config(["model=mf"])
+    cfg = compose_config([f"model={model}"])
     cfg.sharding.strategy, cfg.sharding.mesh.data, cfg.sharding.mesh.model = strategy, 1, num_devices
     cfg.sharding.memory_budget_gb = 80.0
     cfg.sharding.capacity_factor = args.capacity_factor
@@ -52,7 +52,7 @@ def make_config(model: str, strategy: str, num_devices: int, args):
     if model == "mf":
         cfg.model.dim, cfg.model.use_bias = 64, False
     else:
-        cfg.model.name, cfg.model.dim, cfg.model.cross_layers = "dcn_v2", 16, 3
+        cfg.model.dim, cfg.model.cross_layers = 16, 3
         cfg.model.bottom_mlp, cfg.model.hidden = [64, 16], [256, 128]
     return cfg
 

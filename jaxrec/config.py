@@ -29,7 +29,7 @@ EMBEDDING_DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 LR_SCALING = ("none", "linear", "sqrt")
 TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "lazy_adam")
-STRATEGIES = ("none", "data_parallel", "table_wise", "row_wise", "column_wise", "auto")
+STRATEGIES = ("none", "data_parallel", "table_wise", "table_row_wise", "row_wise", "column_wise", "auto")
 
 
 @dataclasses.dataclass

@@ -5,7 +5,9 @@ serves all of a group's tables, as FBGEMM's table-batched embeddings do. Row-wis
 table-wise tables share the `row` layout: a table is spread over `shards` consecutive model-axis
 devices starting at `owner`, its row i living on device `owner + i % shards` at local row
 `base + i // shards` (`i % shards` spreads hot ids over devices, which contiguous ranges would
-not). Row-wise is shards = model axis size, table-wise is shards = 1.
+not). Row-wise is shards = model axis size, table-wise is shards = 1, and table-row-wise (as
+TorchRec's) gives each table a block of consecutive devices sized by its share of the lookups, so
+no table's owners take more than their share of every device's keys as the mesh grows.
 
 Estimates are per device, in bytes, from shapes alone: nothing is allocated or generated.
 """
@@ -26,6 +28,7 @@ KIND_OF_STRATEGY = {
     "none": "replicated",
     "data_parallel": "replicated",
     "table_wise": "row",
+    "table_row_wise": "row",
     "row_wise": "row",
     "column_wise": "column",
 }
@@ -93,8 +96,24 @@ def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str
     return chosen
 
 
+def _row_blocks(specs: list[TableSpec], model: int) -> dict[str, int]:
+    """Devices per table-row-wise table: the model axis split in proportion to each table's ids
+    per example (its share of the lookups), at least one each; with more tables than devices,
+    one each (they are then packed like table-wise ones)."""
+    if len(specs) >= model:
+        return {s.name: 1 for s in specs}
+    weights = np.array([s.ids_per_example for s in specs], dtype=np.float64)
+    shards = np.maximum(1, np.floor(model * weights / weights.sum())).astype(int)
+    while shards.sum() > model:
+        shards[np.argmax(shards)] -= 1
+    for index in np.argsort(-weights, kind="stable")[: model - shards.sum()]:
+        shards[index] += 1
+    return {s.name: int(n) for s, n in zip(specs, shards)}
+
+
 def _layout_row_group(specs: list[TableSpec], strategies: dict[str, str], model: int):
-    """Row-wise tables at one base on every device, then table-wise ones greedily onto the
+    """Row-wise tables at one base on every device; table-row-wise ones on consecutive blocks of
+    devices (_row_blocks), each at its block's fill; then table-wise ones greedily onto the
     least-filled device (largest first), as TorchRec's greedy proposer does."""
     fill = np.zeros(model, dtype=np.int64)
     placements = {}
@@ -102,6 +121,16 @@ def _layout_row_group(specs: list[TableSpec], strategies: dict[str, str], model:
         base = int(fill.max())
         placements[spec.name] = (0, model, base)
         fill[:] = base + math.ceil(spec.rows / model)
+    blocked = [s for s in specs if strategies[s.name] == "table_row_wise"]
+    blocks, owner = _row_blocks(blocked, model), 0
+    for spec in blocked:
+        shards = blocks[spec.name]
+        if shards == 1:
+            owner = int(np.argmin(fill))
+        base = int(fill[owner: owner + shards].max())
+        placements[spec.name] = (owner, shards, base)
+        fill[owner: owner + shards] = base + math.ceil(spec.rows / shards)
+        owner = (owner + shards) % model
     for spec in sorted((s for s in specs if strategies[s.name] == "table_wise"), key=lambda s: -s.rows):
         owner = int(np.argmin(fill))
         placements[spec.name] = (owner, 1, int(fill[owner]))

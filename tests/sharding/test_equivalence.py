@@ -60,6 +60,8 @@ CASES = [
     ("adam", None, "data_parallel", (8, 1)),
     ("adam", None, "table_wise", (1, 8)),
     ("adam", None, "table_wise", (2, 4)),
+    ("adam", None, "table_row_wise", (1, 8)),
+    ("adam", None, "table_row_wise", (2, 4)),
     ("adam", None, "row_wise", (1, 8)),
     ("adam", None, "row_wise", (4, 2)),
     ("adam", None, "row_wise", (8, 1)),

@@ -10,7 +10,8 @@ import pytest
 from jaxrec.config import compose_config
 from jaxrec.embedding import TableSpec
 from jaxrec.errors import JaxrecError
-from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
+from jaxrec.sharding.memory import (check_fits, estimate_memory, group_comm_bytes, largest_batch_that_fits,
+                                    table_bytes_per_device)
 from jaxrec.sharding.planner import make_plan
 from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, compiled_step_bytes, dense_bytes
@@ -24,7 +25,7 @@ def _dlrm_like_tables() -> list[TableSpec]:
 
 def test_group_keys_are_distinct_rows_for_every_strategy():
     specs = _dlrm_like_tables()
-    for strategy in ("data_parallel", "table_wise", "row_wise", "column_wise", "auto"):
+    for strategy in ("data_parallel", "table_wise", "table_row_wise", "row_wise", "column_wise", "auto"):
         plan = make_plan(specs, (2, 4), strategy, budget_bytes=1.6e6)
         keys = {}
         for spec in specs:
@@ -51,6 +52,24 @@ def test_auto_replicates_tiny_packs_medium_and_splits_large_tables():
     # Every device holds the same block: t2..t4 split (+1,875 rows each) after t5..t8 were packed
     # leaves the fullest at 15,000 + 1,875 + 5,000 = 21,875 rows, within 5% of perfect balance.
     assert plan.groups[plan.placements["t9"].group].block_rows == 21_875
+
+
+def test_table_row_wise_gives_each_table_devices_in_proportion_to_its_lookups():
+    """MF-like: 1 user id and 5 item candidates per example. On 8 devices the user table gets
+    floor(8/6) = 1 device and the item table the other 7; on 64, 10 and 54. Its owners' share of
+    a device's keys, and so the all_to_all buckets, shrink like 1/devices: the bytes a device
+    receives stay flat (the planner's estimate grows 1.07x from 8 to 64 devices, table-wise's 8x)."""
+    specs = [TableSpec("user", 1 << 20, 16, "sgd"), TableSpec("item", 1 << 20, 16, "sgd", ids_per_example=5)]
+    received = {}
+    for model, (user, item) in ((8, (1, 7)), (64, (10, 54))):
+        plan = make_plan(specs, (1, model), "table_row_wise")
+        assert (plan.placements["user"].shards, plan.placements["item"].shards) == (user, item)
+        assert plan.placements["item"].owner == (plan.placements["user"].owner + user) % model
+        for strategy in ("table_row_wise", "table_wise"):
+            other = make_plan(specs, (1, model), strategy)
+            received[strategy, model] = sum(group_comm_bytes(other, g, 1024 * model) for g in other.groups)
+    assert received["table_row_wise", 64] / received["table_row_wise", 8] < 1.3
+    assert received["table_wise", 64] / received["table_wise", 8] > 4
 
 
 def test_table_wise_puts_each_table_on_one_device():
