@@ -119,11 +119,11 @@ def measure(rows: int, update: str, args: argparse.Namespace) -> dict:
     jax.block_until_ready(state)
     after = [x.unsafe_buffer_pointer() for x in table_sized(state, group_rows)]
 
-    holder, cycle = {"state": state}, itertools.cycle(batches)
+    holder, cycle = {"state": state, "step": compiled}, itertools.cycle(batches)
     del state
 
     def call():
-        holder["state"], _ = compiled(holder["state"], next(cycle))
+        holder["state"], _ = holder["step"](holder["state"], next(cycle))
         jax.block_until_ready(holder["state"])
 
     times = summarize(time_calls(call, warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds))
@@ -141,7 +141,8 @@ def measure(rows: int, update: str, args: argparse.Namespace) -> dict:
         "hlo_table_ops": sum(ops.values()), "hlo_table_ops_by_opcode": ops, "hlo_table_copies": ops.get("copy", 0),
         "unique_items_per_batch": float(np.mean([np.unique(b["item"]).size for b in host])),
     }
-    del holder, compiled, step, engine, batches
+    holder.clear()  # the state and the executable, before the caches are cleared
+    del compiled, step, engine, batches
     gc.collect()
     jax.clear_caches()
     return record
