@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import platform
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -144,12 +146,29 @@ def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing, iden
     timing.paused_s += time.perf_counter() - tick
 
 
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_info(run_dir: Path) -> None:
+    info = {"git_sha": git_sha(), "jax": jax.__version__, "python": platform.python_version(),
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+    write_json_atomic(run_dir / "run_info.json", info)
+
+
 def run(cfg: Config, run_dir: Path) -> dict:
     """Train (resuming from the run dir's latest checkpoint), evaluate, and write the outputs.
 
     Stop signals are caught from the start: one that arrives while the data loads or the state
     is restored stops the run after its first step, with that step saved."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        write_run_info(run_dir)
     with StopSignals() as signals:
         return _run(cfg, run_dir, signals)
 
@@ -196,7 +215,7 @@ def _start_state(engine: Engine, ckpt: Checkpointer, iterator, identity: dict, r
         if cfg.train.resume_step is not None:
             raise JaxrecError(f"train.resume_step={cfg.train.resume_step}: {ckpt.directory} holds no checkpoints")
         state, best, step = init_state(engine, cfg.train.seed), Best(), 0
-        if cfg.model.init_from:
+        if getattr(cfg.model, "init_from", None):  # neumf: GMF tables from a trained MF run
             state = warm_start(engine, state, cfg.model.init_from)
     if distributed.is_main():
         _truncate_metrics(run_dir / "metrics.jsonl", step)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.config import Config, validate
+from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.models import feature_ids
 from jaxrec.restore import restore_run, warm_start
@@ -13,10 +13,9 @@ from jaxrec.train_lib import build_engine, init_state, make_train_step
 
 
 def _config(name="neumf") -> Config:
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic", f"model={name}"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 120, 60, 3000
-    cfg.model.name, cfg.model.dim, cfg.model.hidden = name, 8, [16, 8]
+    cfg.model.dim, cfg.model.hidden = 8, [16, 8]
     cfg.optimizer.lr = 0.03
     cfg.train.batch_size, cfg.train.progress = 64, False
     return validate(cfg)

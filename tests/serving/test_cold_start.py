@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxrec.config import Config, validate
+from jaxrec.config import compose_config, validate
 from jaxrec.data.dataset import read_raw
 from jaxrec.data.sequences import eval_histories
 from jaxrec.models import feature_ids
@@ -20,10 +20,9 @@ from jaxrec.serving.recommender import Recommender, RequestError
 
 
 def _train(tmp_path_factory, model: str, **model_overrides):
-    cfg = Config()
-    cfg.data.name = "synthetic"
+    cfg = compose_config(["data=synthetic", f"model={model}"])
     cfg.data.num_users, cfg.data.num_items, cfg.data.num_interactions = 60, 40, 1500
-    cfg.model.name, cfg.model.dim = model, 8
+    cfg.model.dim = 8
     for key, value in model_overrides.items():
         setattr(cfg.model, key, value)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.progress, cfg.train.eval_every = 1, 32, False, 0
