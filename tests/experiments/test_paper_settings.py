@@ -70,7 +70,13 @@ def test_the_config_holds_the_papers_setting(name):
     assert {key: _value(cfg, key) for key in PAPERS[name]["setting"]} == PAPERS[name]["setting"]
 
 
-@pytest.mark.parametrize("name", sorted(PAPERS))
+# The Transformers' runs are most of this file's cost: measured on 2 shared CPU cores, ~30 s (SASRec)
+# and ~40 s (BERT4Rec) of CPU each, nearly all compilation (train step, ranking sweep, sampled picks).
+SLOW = {"sasrec_ml1m", "bert4rec_ml1m"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [])
+                                  for name in sorted(PAPERS)])
 def test_a_few_steps_on_a_stand_in_report_the_papers_metrics(name, tmp_path):
     paper = PAPERS[name]
     cfg = compose_config([f"experiment=paper/{name}", *paper["stand_in"], *SHORT_RUN])
