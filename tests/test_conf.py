@@ -3,6 +3,7 @@ validates and builds its engine; the dataclasses' defaults agree with the YAML, 
 key of its option's schema; a key the chosen option lacks fails naming the option's keys."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,24 @@ def test_a_model_on_data_it_cannot_read_fails_at_compose():
         compose_config(["data=criteo_synthetic"])
 
 
-@pytest.mark.parametrize("overrides", [["model.cross_layers=5"], ["data=criteo_synthetic"], ["model.loss=hinge"],
-                                       ["train.resume=no"], ["train.epochs=0"], ["data=nope"]])
-def test_the_readmes_quoted_config_errors_are_the_real_ones(overrides):
+def _readme_config_errors() -> list[str]:
+    """Every `jaxrec: error: config key K=V...` the README quotes whose K=V alone triggers it."""
+    readme = (CONF.parent / "README.md").read_text()
+    quoted = sorted(set(re.findall(r"`(jaxrec: error: config key [^`]*)`", readme)))
+    return [q for q in quoted if "catalogue" not in q]  # that one needs a loaded data set (tests/test_failures.py)
+
+
+@pytest.mark.parametrize("quoted", _readme_config_errors())
+def test_the_readmes_quoted_config_errors_are_the_real_ones(quoted):
+    key, value = re.match(r"jaxrec: error: config key ([\w.]+)(?:=('[^']*'|[^:]*))?", quoted).groups()
+    override = f"{key}={(value or '5').strip(chr(39))}"
+    with pytest.raises(JaxrecError) as err:
+        compose_config([override])
+    assert f"jaxrec: error: {err.value}" == quoted
+
+
+@pytest.mark.parametrize("overrides", [["data=criteo_synthetic"], ["data=nope"]])
+def test_the_readmes_quoted_composition_errors_are_the_real_ones(overrides):
     with pytest.raises(JaxrecError) as err:
         compose_config(overrides)
     quoted = f"jaxrec: error: {err.value}"
@@ -122,3 +138,40 @@ def test_the_readmes_quoted_config_errors_are_the_real_ones(overrides):
     if "(...)" in readme.split(quoted[:60], 1)[-1].split("`", 1)[0]:  # a long list elided in the README
         quoted = quoted[: quoted.index("(", 60)] + "(...)"
     assert quoted in readme, quoted
+
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """The overrides of every `python -m jaxrec.train|plan` command in the READMEs, one sweep value
+    each (the first), placeholders filled, Hydra's own keys and flags left out."""
+    found = []
+    for readme in [CONF.parent / "README.md", *sorted((CONF.parent / "experiments").rglob("README.md"))]:
+        text = readme.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            command = re.search(r"(?:python -m jaxrec\.(?:train|plan)|jaxrec-(?:train|plan))\b(.*)", line)
+            if not command:
+                continue
+            args = command.group(1).split("#")[0].split("`")[0].replace("$V", "[10,10]").replace("$RANK", "0")
+            overrides = [arg.strip("\"'") for arg in args.split()]
+            overrides = [arg for arg in overrides if "=" in arg and not arg.startswith(("-", "hydra", "+hydra"))]
+            overrides = [re.sub(r"=([^\[,]*),.*", r"=\1", arg) for arg in overrides]  # a sweep's first value
+            if any("$" in arg for arg in overrides):  # a shell loop's variable
+                group, _, option = next(arg for arg in overrides if "$" in arg).partition("=")
+                if group != "experiment":
+                    continue
+                arms = [f"experiment={p.relative_to(CONF / group).with_suffix('').as_posix()}"
+                        for p in sorted((CONF / group / option.split("/$")[0]).glob("*.yaml"))]
+                found += [(readme.relative_to(CONF.parent).as_posix(),
+                           [arm if "$" in arg else arg for arg in overrides]) for arm in arms]
+                continue
+            models = MODEL_CONFIGS if "model=<m>" in overrides else [None]
+            for model in models:
+                found.append((readme.relative_to(CONF.parent).as_posix(),
+                              [f"model={model}" if arg == "model=<m>" else arg for arg in overrides]))
+    return found
+
+
+@pytest.mark.parametrize("where,overrides", _readme_commands())
+def test_every_documented_command_composes(where, overrides):
+    if any(arg.endswith("optuna_lr_wd") for arg in overrides):
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    compose_config(overrides)
