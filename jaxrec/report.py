@@ -191,7 +191,7 @@ ARM_TEST_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "coverage@10", "samp
 
 
 def summarise_arms(jobs: list[dict], metric: str) -> list[dict]:
-    """One entry per arm (job folder), in order of first appearance: the job its validation metric
+    """One entry per arm (job folder), in folder order: the job its validation metric
     selects and that job's test metrics, or, when none of its jobs has the metric (the folds of a
     cross-validation), the mean and sample spread of each test metric over its finished jobs."""
     arms = sorted({job["arm"] for job in jobs}, key=lambda arm: _job_order(Path(arm)))
