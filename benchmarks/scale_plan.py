@@ -15,9 +15,9 @@ the dense parameters, row-wise Adagrad for the tables; global batch 65,536. The 
 A process sees the number of simulated CPU devices it started with, so the parent runs one child
 process per device count (`--child N`, with jax_num_cpu_devices = N) and gathers their records.
 bytes_per_device_xla: argument + output - alias + temp of the compiled step (as jaxrec.plan);
-comm_bytes_xla: result bytes of the compiled step's collectives x devices
-(benchmarks.common.hlo_collective_bytes), the dense gradients' all-reduce included;
-comm_bytes_planner: the planner's embedding traffic (bytes received, all devices).
+received_per_device_xla: bytes one device receives in a step, read from the compiled HLO by
+jaxrec.sharding.hlo (the one accounting jaxrec.plan and benchmarks.weak_scaling use), the dense
+gradients' all-reduce included; received_per_device_planner: the planner's estimate of the same.
 
 Run:   python -m benchmarks.scale_plan --out runs/bench/scale_plan
 Smoke: python -m benchmarks.scale_plan --out /tmp/p --params 1e6 --devices 8 --dim 8 --batch 64 --small \
@@ -40,7 +40,7 @@ MLPERF_VOCABS = (40_000_000, 39_060, 17_295, 7_424, 20_265, 3, 7_122, 1_543, 63,
                  2_209, 11_938, 155, 4, 976, 14, 40_000_000, 40_000_000, 40_000_000, 590_152, 12_973, 108, 36)
 LARGE = 10**6  # tables at least this large are scaled with the parameter count
 COLUMNS = ("params", "num_devices", "plan", "largest_table_rows", "bytes_per_device_planner", "bytes_per_device_xla",
-           "planner_over_xla", "fits", "comm_bytes_planner", "comm_bytes_xla", "compile_s")
+           "planner_over_xla", "fits", "received_per_device_planner", "received_per_device_xla", "compile_s")
 
 
 def vocab_sizes(params: float, dim: int, small: bool = False, tables: int = 26) -> tuple[int, ...]:
@@ -75,15 +75,15 @@ def plan_one(params: float, num_devices: int, args: argparse.Namespace) -> dict:
     """Planner numbers, then XLA's, for one model on this process's `num_devices` devices."""
     import jax
 
-    from benchmarks.common import hlo_collective_bytes
     from jaxrec.data.ctr import ctr_schema
+    from jaxrec.sharding.hlo import received_bytes_per_device
     from jaxrec.sharding.memory import estimate_memory
-    from jaxrec.train_lib import abstract_inputs, build_engine, dense_bytes, make_train_step
+    from jaxrec.train_lib import abstract_inputs, build_engine, dense_bytes, dense_param_bytes, make_train_step
 
     vocabs = vocab_sizes(params, args.dim, args.small, args.tables)
     engine = build_engine(make_config(num_devices, args), ctr_schema(vocabs, 13))
     dense = dense_bytes(engine)
-    estimate = estimate_memory(engine.plan, args.batch, dense)
+    estimate = estimate_memory(engine.plan, args.batch, dense, dense_param_bytes=dense_param_bytes(engine))
     peak = max(estimate.peak)
     counts = Counter(p.strategy for p in engine.plan.placements.values())
     record = {
@@ -92,8 +92,8 @@ def plan_one(params: float, num_devices: int, args: argparse.Namespace) -> dict:
         "num_devices": num_devices, "batch": args.batch, "dim": args.dim, "budget_gb": args.budget_gb,
         "plan": ", ".join(f"{s} x{c}" for s, c in sorted(counts.items())), "largest_table_rows": max(vocabs),
         "bytes_per_device_planner": int(peak), "fits": peak <= args.budget_gb * 1e9,
-        "comm_bytes_planner": estimate.comm_bytes_per_step,
-        "bytes_per_device_xla": None, "planner_over_xla": None, "comm_bytes_xla": None, "compile_s": None,
+        "received_per_device_planner": estimate.comm_bytes_received_per_device,
+        "bytes_per_device_xla": None, "planner_over_xla": None, "received_per_device_xla": None, "compile_s": None,
     }
     if params > args.xla_max_params:
         return record | {"xla_skipped": f"params > --xla-max-params {args.xla_max_params:g}"}
@@ -103,7 +103,7 @@ def plan_one(params: float, num_devices: int, args: argparse.Namespace) -> dict:
     xla = int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
               + stats.temp_size_in_bytes)
     return record | {"bytes_per_device_xla": xla, "planner_over_xla": peak / xla,
-                     "comm_bytes_xla": sum(hlo_collective_bytes(compiled.as_text()).values()) * num_devices,
+                     "received_per_device_xla": received_bytes_per_device(compiled.as_text()),
                      "compile_s": time.perf_counter() - tick}
 
 

@@ -21,9 +21,10 @@ Conventions:
 - step times: medians (p50, p90) of --steps timed steps after --warmup untimed ones, cycling
   --num-batches distinct batches; `compile_s` is the compilation alone.
 - bytes_per_device: XLA's memory analysis of the compiled step (argument + output - alias + temp).
-- comm_bytes_per_step: the result bytes of every collective in the compiled HLO of one device
-  (benchmarks.common.hlo_collective_bytes) times the device count: what the collectives write
-  in one step, all devices together. It includes the all-reduce of the dense gradients.
+- comm_bytes_per_step: the bytes one device receives in a step, read from the compiled HLO by
+  jaxrec.sharding.hlo (benchmarks.common.hlo_collective_bytes: ring formulas, the one accounting
+  of jaxrec.plan and benchmarks.weak_scaling), times the device count. It includes the
+  all-reduce of the dense gradients.
   `comm_bytes_planner` is the planner's estimate of the embedding traffic alone (bytes received).
 - embedding_gbps: embedding bytes per step / p50 step time, where a step reads each unique row
   it looks up once and reads and writes each updated row and its optimiser slots on every

@@ -109,17 +109,18 @@ def ideal_bytes(plan, per_device: int, dense_param_bytes: int) -> float:
 
 
 def measure(model: str, strategy: str, num_devices: int, args, compile_step: bool) -> dict:
-    import jax
     from collections import Counter
+
+    import jax
 
     from jaxrec.sharding.hlo import received_bytes_per_device
     from jaxrec.sharding.memory import estimate_memory
-    from jaxrec.train_lib import abstract_inputs, make_train_step
+    from jaxrec.train_lib import abstract_inputs, dense_param_bytes, make_train_step
 
     devices = jax.devices() if compile_step else [None] * num_devices
     engine = build(model, strategy, num_devices, args, devices if compile_step else None) if compile_step else None
     plan = engine.plan if engine else _plan_only(model, strategy, num_devices, args)
-    dense_params = _dense_param_bytes(engine) if engine else _DENSE_CACHE.get(model, 0)
+    dense_params = dense_param_bytes(engine) if engine else _DENSE_CACHE.get(model, 0)
     batch = args.per_device * num_devices
     estimate = estimate_memory(plan, batch, dense_param_bytes=dense_params)
     counts = Counter(p.strategy for p in plan.placements.values())
@@ -145,19 +146,15 @@ def measure(model: str, strategy: str, num_devices: int, args, compile_step: boo
 _DENSE_CACHE: dict[str, int] = {}
 
 
-def _dense_param_bytes(engine) -> int:
-    import jax
-
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.abstract_state.params))
-
-
 def _plan_only(model: str, strategy: str, num_devices: int, args):
     """The plan for a device count this process cannot simulate (planner-only rows)."""
     import jax
 
-    engine = build(model, strategy, 8, args, jax.devices()[:8])
-    _DENSE_CACHE[model] = _dense_param_bytes(engine)
     from jaxrec.sharding.planner import make_plan
+    from jaxrec.train_lib import dense_param_bytes
+
+    engine = build(model, strategy, 8, args, jax.devices()[:8])
+    _DENSE_CACHE[model] = dense_param_bytes(engine)
 
     return make_plan(list(engine.plan.specs.values()), (1, num_devices), strategy, budget_bytes=80e9,
                      capacity_factor=args.capacity_factor, batch_per_device=args.per_device)

@@ -61,14 +61,19 @@ def format_plan(plan_json: dict) -> str:
 
 def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = None) -> dict:
     """hlo_path: where to write the compiled train step's HLO text (with_xla only)."""
-    import jax
-
     from jaxrec import footprint
     from jaxrec.data.dataset import data_schema
     from jaxrec.models import reads_side_features
     from jaxrec.sharding.hlo import received_bytes_per_device
     from jaxrec.sharding.memory import check_fits, estimate_memory, largest_batch_that_fits, table_bytes_per_device
-    from jaxrec.train_lib import build_engine, check_batch_size, compile_step, compiled_step_bytes, dense_bytes
+    from jaxrec.train_lib import (
+        build_engine,
+        check_batch_size,
+        compile_step,
+        compiled_step_bytes,
+        dense_bytes,
+        dense_param_bytes,
+    )
 
     schema = data_schema(cfg.data, side_features=reads_side_features(cfg.model))
     engine = build_engine(cfg, schema)  # the tables training creates: the model's own specs
@@ -76,8 +81,7 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
     auto = cfg.train.batch_size == "auto"
     batch = largest_batch_that_fits(plan, budget, dense) if auto else int(cfg.train.batch_size)
     check_batch_size(batch, plan.num_devices, plan.mesh_shape)
-    dense_params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.abstract_state.params))
-    estimate = estimate_memory(plan, batch, dense, dense_param_bytes=dense_params)
+    estimate = estimate_memory(plan, batch, dense, dense_param_bytes=dense_param_bytes(engine))
     check_fits(plan, estimate, budget)
     compiled = compile_step(engine, batch) if with_xla else None
     xla = compiled_step_bytes(engine, batch, compiled) if with_xla else None

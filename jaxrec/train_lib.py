@@ -366,6 +366,11 @@ def dense_bytes(engine: Engine) -> int:
     return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
 
 
+def dense_param_bytes(engine: Engine) -> int:
+    """The dense parameters alone: the size of the gradient all-reduced every step."""
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(engine.abstract_state.params))
+
+
 def compile_step(engine: Engine, batch_size: int):
     """The train step compiled on abstract inputs (nothing allocated), for its memory and HLO."""
     return make_train_step(engine).lower(*abstract_inputs(engine, batch_size)).compile()
