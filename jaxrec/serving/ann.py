@@ -42,15 +42,19 @@ INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
 KINDS = ("hnsw", "hnsw_l2", "ivf")
 INDEX_FILE = "index.faiss"
 OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
-# hnsw, measured by benchmarks.serving on random dim-64 vectors (no structure: the hardest case) at
-# 10^6 items: recall@10 0.88 at ef_search 512 and 0.955 at 1024 (p50 6.3 and 8.4 ms on shared
-# cores); ml-100k MF vectors reach 1.0 at 512. Raise ef_search (--index-param) for more recall;
-# /health shows what export measured. ivf: the common rule of thumb (recall 0.91 at 1/4 probed).
-DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 64, "ef_search": 512},
-                  "hnsw_l2": {"m": 32, "ef_construction": 64, "ef_search": 512},
+# hnsw, measured side by side by benchmarks.serving --compare on random dim-64 vectors (no structure:
+# the hardest case) at 10^6 items, m 32, seen items excluded: ef_construction 64 reached recall@10
+# 0.877 / 0.933 / 0.955 at ef_search 512 / 768 / 1024 (287 / 200 / 151 queries/s at batch 16),
+# ef_construction 128 reached 0.938 / 0.976 / 0.985 (285 / 196 / 142 q/s) for a 1.34x longer build
+# (1,220 against 912 s on 2 shared cores). 128 / 768 beats 64 / 1024 in recall and speed; ml-100k MF
+# vectors reach 1.0. Raise ef_search (--index-param) for more recall; /health shows what export
+# measured. hnsw_l2 keeps hnsw's settings so the two compare at equal cost. ivf: the common rule
+# of thumb (recall 0.91 at 1/4 probed).
+DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 128, "ef_search": 768},
+                  "hnsw_l2": {"m": 32, "ef_construction": 128, "ef_search": 768},
                   "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
-# Exact jitted retrieval beat the default hnsw at 10^5 random dim-64 items (2.0 vs 10.1 ms a query,
+# Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items (2.0 vs 10.1 ms a query,
 # 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs 145/s): exact cost
 # grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving, shared CPU).
 AUTO_MIN_ITEMS = 500_000

@@ -66,7 +66,7 @@ def test_the_l2_reduction_ranks_exactly_but_its_graph_finds_less_than_the_inner_
     no_excludes = [np.zeros(0, np.int32)] * len(query_be)
     recalls = {}
     for kind in ("hnsw", "hnsw_l2"):
-        index = ann.build_index(items_ne, kind)
+        index = ann.build_index(items_ne, kind, {"m": 32, "ef_construction": 64})
         for ef_search in (10, 40, 2_000):
             index.params["ef_search"] = ef_search
             index.apply_search_params()
