@@ -54,9 +54,10 @@ DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 128, "ef_search": 768},
                   "hnsw_l2": {"m": 32, "ef_construction": 128, "ef_search": 768},
                   "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
-# Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items (2.0 vs 10.1 ms a query,
-# 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs 145/s): exact cost
-# grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving, shared CPU).
+# Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items
+# (2.0 vs 10.1 ms a query, 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs
+# 145/s): exact cost grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving,
+# shared CPU). The default ef_search 768 costs more a query; at 10^6 it still won (196 vs 66 q/s).
 AUTO_MIN_ITEMS = 500_000
 # OpenMP threads per search call. A served batch is small (<= --max-batch queries), and on 2 shared
 # cores 2 threads made a batch of 16 take 40-50 ms instead of 1.2 ms (each barrier waits for a
