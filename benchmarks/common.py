@@ -199,7 +199,8 @@ def copy_bandwidth_gbps(devices: Sequence[Any], megabytes: int = 256, repeats: i
     return 2 * n * 4 / (float(np.median(times_ms)) / 1e3) / 1e9
 
 
-def run_children(module: str, flags: list[str], device_counts: Iterable[int], expected: int | None = None) -> list[dict]:
+def run_children(module: str, flags: list[str], device_counts: Iterable[int],
+                 expected: int | None = None) -> list[dict]:
     """Records of `python -m <module> <flags> --child N` for each device count N (one process
     each, so each can simulate its own device count): every stdout line starting "RECORD "
     holds one JSON record. A child that fails, or returns no (or not `expected`) records, stops

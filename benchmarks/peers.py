@@ -98,7 +98,8 @@ COLUMNS = ("task", "system", "example", "threads", "epochs", "steps", "batch", "
 
 def compose(overrides: list[str]) -> Config:
     """The typed config `python -m jaxrec.train <overrides>` would run."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

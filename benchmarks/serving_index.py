@@ -176,7 +176,8 @@ def compare_variants(bundle, args, jax_batch_qps: float) -> list[dict]:
 
 
 def compare_markdown(rows: list[dict]) -> str:
-    header = "| items | index | build params | search | build s | recall@10 | b1 p50 ms | b1 p99 ms | batch q/s | x jax |"
+    header = ("| items | index | build params | search | build s | recall@10 | b1 p50 ms | b1 p99 ms | batch q/s "
+              "| x jax |")
     lines = [header, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         name = SWEEP_PARAM[r["index"].split("-", 1)[1]]

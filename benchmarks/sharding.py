@@ -56,7 +56,14 @@ import jax
 import numpy as np
 
 from benchmarks.common import (
-    copy_bandwidth_gbps, hlo_collective_bytes, int_list, machine_info, plot_lines, summarize, time_calls, write_results,
+    copy_bandwidth_gbps,
+    hlo_collective_bytes,
+    int_list,
+    machine_info,
+    plot_lines,
+    summarize,
+    time_calls,
+    write_results,
 )
 from jaxrec import distributed
 from jaxrec.config import Config, DistributedConfig, compose_config
@@ -146,7 +153,8 @@ def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofli
     step_s = times["p50"] / 1e3
     emb_bytes = embedding_bytes_per_step(engine, host)
     record = {
-        "strategy": strategy, "num_devices": num_devices, "processes": jax.process_count(), "rows": rows, "tables": args.num_sparse,
+        "strategy": strategy, "num_devices": num_devices, "processes": jax.process_count(), "rows": rows,
+        "tables": args.num_sparse,
         "dim": args.dim, "batch": args.batch, "plan": plan_summary(engine),
         "mesh": list(engine.plan.mesh_shape),
         "examples_per_sec": args.batch / step_s, "examples_per_sec_per_device": args.batch / step_s / num_devices,

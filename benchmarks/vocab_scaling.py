@@ -134,7 +134,8 @@ def measure(rows: int, update: str, args: argparse.Namespace) -> dict:
         "update": "sparse" if sparse else "dense", "optimizer": optimizer, "label": update,
         "step_ms_p50": times["p50"], "step_ms_p90": times["p90"], "step_ms_min": times["min"],
         "n_steps": times["n"], "compile_s": compile_s,
-        "in_place": bool(before) and before == after, "in_place_buffers": f"{sum(a == b for a, b in zip(before, after))}/{len(before)}",
+        "in_place": bool(before) and before == after,
+        "in_place_buffers": f"{sum(a == b for a, b in zip(before, after))}/{len(before)}",
         "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
         "alias_bytes": int(memory.alias_size_in_bytes) if memory else None,
         "table_bytes": int(table_bytes),
@@ -156,7 +157,8 @@ def add_ratios(records: list[dict]) -> None:
     dense = {r["rows"]: r["step_ms_p50"] for r in records if r["label"] == DENSE_GOAL}
     for r in records:
         r["over_smallest"] = r["step_ms_p50"] / base[r["label"]] if r["label"] in base else None
-        r["dense_over_this"] = dense[r["rows"]] / r["step_ms_p50"] if r["rows"] in dense and r["update"] == "sparse" else None
+        sparse_with_dense = r["rows"] in dense and r["update"] == "sparse"
+        r["dense_over_this"] = dense[r["rows"]] / r["step_ms_p50"] if sparse_with_dense else None
 
 
 def compute_goals(records: list[dict]) -> dict:
@@ -177,7 +179,8 @@ def compute_goals(records: list[dict]) -> dict:
         "dense_over_sparse_at_large": speedup,
         "rowwise_adagrad_large_over_small": ratio(("sparse/rowwise_adagrad", large), ("sparse/rowwise_adagrad", small)),
         "dense_over_rowwise_adagrad_at_large": ratio((DENSE_GOAL, large), ("sparse/rowwise_adagrad", large)),
-        "targets": {"sparse_large_over_small_at_most": MAX_SPARSE_GROWTH, "dense_over_sparse_at_least": MIN_DENSE_OVER_SPARSE},
+        "targets": {"sparse_large_over_small_at_most": MAX_SPARSE_GROWTH,
+                    "dense_over_sparse_at_least": MIN_DENSE_OVER_SPARSE},
         "met": {"sparse_growth": growth is not None and growth <= MAX_SPARSE_GROWTH,
                 "dense_over_sparse": speedup is not None and speedup >= MIN_DENSE_OVER_SPARSE},
         "all_sparse_in_place": all(r["in_place"] for r in records if r["update"] == "sparse"),
@@ -195,10 +198,12 @@ def _fmt(x) -> str:
 def notes(goals: dict, args: argparse.Namespace) -> str:
     return "\n".join([
         f"Sparse ({SPARSE_GOAL}) step at {goals['rows_large']:.0e} rows / at {goals['rows_small']:.0e} rows: "
-        f"{_fmt(goals['sparse_large_over_small'])} (target <= {MAX_SPARSE_GROWTH}; met: {goals['met']['sparse_growth']}).",
+        f"{_fmt(goals['sparse_large_over_small'])} (target <= {MAX_SPARSE_GROWTH}; "
+        f"met: {goals['met']['sparse_growth']}).",
         "",
         f"Dense Adam / sparse {SPARSE_GOAL} at {goals['rows_large']:.0e} rows: "
-        f"{_fmt(goals['dense_over_sparse_at_large'])} (target >= {MIN_DENSE_OVER_SPARSE}; met: {goals['met']['dense_over_sparse']}).",
+        f"{_fmt(goals['dense_over_sparse_at_large'])} (target >= {MIN_DENSE_OVER_SPARSE}; "
+        f"met: {goals['met']['dense_over_sparse']}).",
         "",
         f"rowwise_adagrad: large/small {_fmt(goals['rowwise_adagrad_large_over_small'])}, "
         f"dense/rowwise at large {_fmt(goals['dense_over_rowwise_adagrad_at_large'])}. "
@@ -248,7 +253,8 @@ def main(argv=None) -> dict:
     write_results(args.out, records, machine_info(), title="Vocabulary scaling: train step time vs item table rows",
                   columns=COLUMNS, extra={"goals": goals, "args": {k: v for k, v in vars(args).items() if k != "out"}},
                   notes=notes(goals, args))
-    series = {u: ([r["rows"] for r in records if r["label"] == u], [r["step_ms_p50"] for r in records if r["label"] == u])
+    series = {u: ([r["rows"] for r in records if r["label"] == u],
+                  [r["step_ms_p50"] for r in records if r["label"] == u])
               for u in args.updates}
     plot_lines(args.out / "step_ms_vs_rows.png", series, xlabel="item table rows", ylabel="train step ms (median)",
                title=f"MF train step, dim {args.dim}, batch {args.batch}, one {jax.default_backend()} device",

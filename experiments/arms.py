@@ -17,6 +17,7 @@ import yaml
 
 from jaxrec.config import CONF_DIR, compose_config, register_configs
 
+
 def sweep_params(overrides: list[str]) -> dict[str, str]:
     """The composed config's hydra.sweeper.params (an arm's grid), {} if it has none."""
     from hydra import compose, initialize_config_dir

@@ -151,7 +151,8 @@ class Checkpointer:
         self.directory = directory.absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
-        handlers = {"state": ocp.StandardCheckpointHandler(save_concurrent_gb=TRANSFER_GB, restore_concurrent_gb=TRANSFER_GB),
+        state_handler = ocp.StandardCheckpointHandler(save_concurrent_gb=TRANSFER_GB, restore_concurrent_gb=TRANSFER_GB)
+        handlers = {"state": state_handler,
                     "data": grain.checkpoint.CheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.good_step: int | None = None  # newest checkpoint known to be intact (verified or written here)
@@ -275,7 +276,8 @@ class Checkpointer:
         replicated = NamedSharding(engine.mesh, P())
         state = engine.abstract_state.replace(
             step=jax.device_put(saved["step"], replicated), emb=emb,
-            params=jax.device_put(saved["params"], replicated), opt_state=jax.device_put(saved["opt_state"], replicated))
+            params=jax.device_put(saved["params"], replicated),
+            opt_state=jax.device_put(saved["opt_state"], replicated))
         return jax.device_put(state, state_shardings(engine, state)), meta
 
     def _abstract_saved(self, engine, step: int, layout: dict | None, same: bool):

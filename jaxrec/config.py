@@ -216,7 +216,7 @@ class ShardingConfig:
     memory_budget_gb: float = 16.0  # per-device memory the planner may use
     tables: dict[str, str] = dataclasses.field(default_factory=dict)  # per-table strategy overrides
     num_devices: int | None = None  # simulate this many CPU devices (planning, CPU runs); None: real devices
-    capacity_factor: float = 1.5  # row exchange: all_to_all bucket size over a balanced share (overflow takes more rounds)
+    capacity_factor: float = 1.5  # row exchange: all_to_all bucket size over a balanced share (overflow: more rounds)
 
 
 @dataclasses.dataclass
@@ -355,11 +355,13 @@ def check_model_fits_data(cfg: Config) -> None:
     ctr_model, ctr_data = cfg.model.name in CTR_MODELS, isinstance(cfg.data, CTR_DATA)
     if ctr_model and not ctr_data:
         raise JaxrecError(f"model={cfg.model.name} trains on CTR examples with categorical features; "
-                          f"data={cfg.data.name} holds user-item interactions (use data=criteo_synthetic or data=criteo)")
+                          f"data={cfg.data.name} holds user-item interactions "
+                          "(use data=criteo_synthetic or data=criteo)")
     if ctr_data and not ctr_model:
+        interaction_sets = [name for name, schema in DATA_CONFIGS.items() if schema not in CTR_DATA]
         raise JaxrecError(f"data={cfg.data.name} holds CTR examples (dense and categorical features, no user-item "
                           f"pairs); model={cfg.model.name} needs interactions: use model={CTR_MODELS[0]} or an "
-                          f"interaction data set ({', '.join(n for n, c in DATA_CONFIGS.items() if c not in CTR_DATA)})")
+                          f"interaction data set ({', '.join(interaction_sets)})")
 
 
 def validate(cfg: Config) -> Config:

@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     index_params = parse_index_params(args.index_param)
 
     from jaxrec.serving.exporter import (
-        cold_start_description, cold_start_metrics, export_run, index_report, load_run, precision_report,
+        cold_start_description,
+        cold_start_metrics,
+        export_run,
+        index_report,
+        load_run,
+        precision_report,
     )
 
     run = load_run(args.run_dir, args.step)

@@ -16,9 +16,8 @@ import types
 import jax
 import jax.numpy as jnp
 
-from jaxrec.errors import JaxrecError
-
 from jaxrec.checkpoint import checksum_fn
+from jaxrec.errors import JaxrecError
 from jaxrec.train_lib import Engine, eval_chunk_users, ranking_fns, state_shardings
 
 log = logging.getLogger("jaxrec.plan")
@@ -58,7 +57,8 @@ def save_bytes(engine: Engine) -> int:
 
 def restore_bytes(engine: Engine) -> int:
     """A restore under the same layout reads every array straight into place: the state itself."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(_abstract_state(engine)))
+    leaves = jax.tree.leaves(_abstract_state(engine))
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
 
 
 def reshard_bytes(engine: Engine) -> int:
@@ -88,7 +88,8 @@ def eval_chunk_bytes(engine: Engine, num_users: int, num_items: int) -> int | No
     items_pad = -(-num_items // devices) * devices
     chunk = eval_chunk_users(engine, items_pad)
     batch, replicated = engine.batch_sharding(), engine.replicated()
-    items = {n: jax.ShapeDtypeStruct((items_pad, *v.shape[1:]), v.dtype, sharding=batch) for n, v in item_example.items()}
+    items = {n: jax.ShapeDtypeStruct((items_pad, *v.shape[1:]), v.dtype, sharding=batch)
+             for n, v in item_example.items()}
     query = {n: jax.ShapeDtypeStruct((chunk, *v.shape[1:]), v.dtype, sharding=replicated)
              for n, v in user_example.items()}
     exclude = jax.ShapeDtypeStruct((chunk, EVAL_PLAN_EXCLUDED), jnp.int32, sharding=replicated)

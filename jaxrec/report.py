@@ -100,7 +100,8 @@ def _job_order(path: Path):
 def collect_jobs(root: Path) -> list[dict]:
     if not root.is_dir():
         raise JaxrecError(f"multirun directory {root} does not exist")
-    job_dirs = sorted({p.parent for p in root.rglob(".hydra") if p.is_dir()}, key=lambda p: _job_order(p.relative_to(root)))
+    job_dirs = sorted({p.parent for p in root.rglob(".hydra") if p.is_dir()},
+                      key=lambda p: _job_order(p.relative_to(root)))
     if not job_dirs:
         raise JaxrecError(f"no jobs under {root}: expected job directories holding .hydra/ (a Hydra multirun dir)")
     return [read_job(d, root) for d in job_dirs]

@@ -25,8 +25,16 @@ from jaxrec.eval.ctr import oracle_summary
 from jaxrec.progress import MetricsLog, Progress, write_json_atomic
 from jaxrec.restore import warm_start
 from jaxrec.train_lib import (
-    Engine, build_engine, candidates_per_example, check_before_data, check_data_fits, finite_names, init_state,
-    make_evaluator, make_train_step, resolve_batch_size,
+    Engine,
+    build_engine,
+    candidates_per_example,
+    check_before_data,
+    check_data_fits,
+    finite_names,
+    init_state,
+    make_evaluator,
+    make_train_step,
+    resolve_batch_size,
 )
 
 log = logging.getLogger("jaxrec.train")
@@ -167,8 +175,6 @@ def run(cfg: Config, run_dir: Path) -> dict:
     Stop signals are caught from the start: one that arrives while the data loads or the state
     is restored stops the run after its first step, with that step saved."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        write_run_info(run_dir)
     with StopSignals() as signals:
         return _run(cfg, run_dir, signals)
 
@@ -179,6 +185,8 @@ def _run(cfg: Config, run_dir: Path, signals: StopSignals) -> dict:
     engine = build_engine(cfg, dataset.schema)
     batch_size = resolve_batch_size(engine, max_batch=train_examples(engine.model, dataset))
     check_data_fits(engine, dataset, batch_size)
+    if distributed.is_main():  # the run is possible: say what code and devices run it
+        write_run_info(run_dir)
     loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
                                            loss=cfg.model.loss, batch_size=batch_size, epochs=cfg.train.epochs,
                                            seed=cfg.train.data_seed,

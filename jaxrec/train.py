@@ -19,8 +19,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from jaxrec.config import (CONF_DIR, accept_table_overrides, check_command_line, register_configs, simulate_cpu_devices,
-                           to_config)
+from jaxrec.config import (
+    CONF_DIR,
+    accept_table_overrides,
+    check_command_line,
+    register_configs,
+    simulate_cpu_devices,
+    to_config,
+)
 from jaxrec.errors import cli_errors
 from jaxrec.progress import FAILURE_FILE, quiet_backend_probe, stop_live_bar, write_json_atomic
 

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from jaxrec.config import (CONF_DIR, DATA_CONFIGS, MODEL_CONFIGS, Config, CTR_DATA, compose_config,
-                           config_from_dict, to_dict)
+from jaxrec.config import (
+    CONF_DIR,
+    CTR_DATA,
+    DATA_CONFIGS,
+    MODEL_CONFIGS,
+    Config,
+    compose_config,
+    config_from_dict,
+    to_dict,
+)
 from jaxrec.data.dataset import data_schema
 from jaxrec.errors import JaxrecError
 from jaxrec.train_lib import build_engine

@@ -21,7 +21,15 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, accept_table_overrides, check_bool_overrides, compose_config, register_configs, to_config
+from jaxrec.config import (
+    CONF_DIR,
+    accept_table_overrides,
+    as_override,
+    check_bool_overrides,
+    compose_config,
+    register_configs,
+    to_config,
+)
 from jaxrec.data import readers
 from jaxrec.data.preprocess import preprocess
 from jaxrec.data.types import Interactions
@@ -53,8 +61,8 @@ def _compose(overrides: list[str]):
     (["train.eval_batch_size=0"], "train.eval_batch_size=0: expected an integer >= 1"),
     (["train.ks=[10,0]"], "train.ks=0: expected an integer >= 1"),
     (["train.ks=[]"], "train.ks is empty"),
-    (["model.dropout=1.5"], "model.dropout=1.5: expected a share in [0, 1)"),
-    (["model.hidden=[64,0]"], "model.hidden=0: expected an integer >= 1"),
+    (["model=two_tower", "model.dropout=1.5"], "model.dropout=1.5: expected a share in [0, 1)"),
+    (["model=two_tower", "model.hidden=[64,0]"], "model.hidden=0: expected an integer >= 1"),
     (["sharding.mesh.model=0"], "sharding.mesh.model=0: expected -1 (all remaining devices) or an integer >= 1"),
     (["sharding.memory_budget_gb=0"], "sharding.memory_budget_gb=0.0: expected a positive number"),
     (["data.split=random", "data.valid_ratio=0.5", "data.test_ratio=0.5"], "leave no training data"),
@@ -96,15 +104,13 @@ def test_every_shape_is_checked_before_data_loads(changes, message):
     """A csv path that does not exist proves no data was read: the shape error comes first."""
     from jaxrec.train_lib import check_before_data
 
-    cfg = compose_config(["data=csv"])
-    cfg.sharding.mesh.model = -1
-    cfg.data.path = "/nonexistent/interactions.csv"
+    overrides = ["data=csv", "data.path=/nonexistent/interactions.csv", "sharding.mesh.model=-1"]
     for key, value in changes.items():
-        section, *path, field = key.split(".")
-        node = getattr(cfg, section)
-        for part in path:
-            node = getattr(node, part)
-        setattr(node, field, value)
+        if key == "data.name":  # another data option: its own schema
+            overrides = [o for o in overrides if not o.startswith("data")] + [f"data={value}"]
+        else:
+            overrides.append(as_override(key, value))
+    cfg = compose_config(overrides)
     with pytest.raises(JaxrecError) as err:
         check_before_data(cfg, num_devices=8)
     assert message in str(err.value), str(err.value)

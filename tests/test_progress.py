@@ -11,7 +11,12 @@ from rich.console import Console
 from tensorboardX.proto import event_pb2
 
 from jaxrec.progress import (
-    BACKEND_PROBE_LOGGER, MetricsLog, Progress, quiet_backend_probe, stop_live_bar, tensorboard_tag,
+    BACKEND_PROBE_LOGGER,
+    MetricsLog,
+    Progress,
+    quiet_backend_probe,
+    stop_live_bar,
+    tensorboard_tag,
 )
 
 TRAIN = {"step": 10, "epoch": 0.5, "train/loss": 0.75, "train/skipped_nonfinite": 0}

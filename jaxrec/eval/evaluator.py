@@ -224,7 +224,8 @@ def _sampled_step(target_scores_bt, negative_scores_bm, targets_bt, real_b, ks):
     per_target = {"mrr": 1.0 / (rank_bt + 1)}
     for k in ks:
         hit_bt = rank_bt < k
-        per_target |= {f"hr@{k}": hit_bt.astype(jnp.float32), f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0)}
+        per_target |= {f"hr@{k}": hit_bt.astype(jnp.float32),
+                       f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0)}
     count_b = jnp.maximum(valid_bt.sum(axis=1), 1)
     picked_bc = jnp.concatenate([jnp.where(targets_bt >= 0, target_scores_bt, 0.0), negative_scores_bm], axis=1)
     broken_b = real_b & metrics.broken_scores(picked_bc)  # NaN metrics, as in metrics.rank_metrics

@@ -24,7 +24,6 @@ import jax
 from jaxrec.config import ModelConfig
 from jaxrec.data.types import Schema
 
-
 MODEL_CLASSES = {
     "mf": "jaxrec.models.mf:MF",
     "two_tower": "jaxrec.models.two_tower:TwoTower",

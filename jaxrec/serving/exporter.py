@@ -39,7 +39,14 @@ from jaxrec.eval import evaluate_ranking
 from jaxrec.models import feature_ids
 from jaxrec.serving import ann
 from jaxrec.serving.bundle import (
-    PRECISIONS, bundle_bytes, dataset_sha256, dequantize, load_bundle, quantize, seen_csr, write_bundle,
+    PRECISIONS,
+    bundle_bytes,
+    dataset_sha256,
+    dequantize,
+    load_bundle,
+    quantize,
+    seen_csr,
+    write_bundle,
 )
 from jaxrec.serving.encoders import PLATFORMS, Encoder, ExportedEncoder, FoldInEncoder
 

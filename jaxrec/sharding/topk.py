@@ -18,7 +18,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrec.eval.sweep import (
-    Sweep, block_counts, block_targets, block_top_k, excluded_mask, merge_top_k,
+    Sweep,
+    block_counts,
+    block_targets,
+    block_top_k,
+    excluded_mask,
+    merge_top_k,
 )
 from jaxrec.sharding.mesh import make_mesh
 from jaxrec.sharding.strategies import ALL_AXES, MODEL

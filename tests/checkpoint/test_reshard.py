@@ -12,10 +12,10 @@ import pytest
 from jaxrec.checkpoint import Checkpointer
 from jaxrec.config import Config, compose_config, validate
 from jaxrec.data.dataset import load_dataset
+from jaxrec.data.types import Schema
 from jaxrec.errors import JaxrecError
 from jaxrec.evaluate import evaluate_checkpoint
 from jaxrec.runner import run
-from jaxrec.data.types import Schema
 from jaxrec.train_lib import RankingEvaluator, build_engine, finite_checks, finite_names, init_state
 
 

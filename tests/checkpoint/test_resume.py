@@ -176,7 +176,8 @@ CORRUPTIONS = {
     "flipped bytes in an array": _flip_bytes,
     "empty meta/metadata": lambda step_dir: (step_dir / "meta" / "metadata").write_text(""),
     "deleted manifest.ocdbt files": lambda step_dir: [p.unlink() for p in step_dir.rglob("manifest.ocdbt")],
-    "garbage data iterator state": lambda step_dir: [p.write_text("garbage{") for p in (step_dir / "data").glob("*.json")],
+    "garbage data iterator state": lambda step_dir: [p.write_text("garbage{")
+                                                     for p in (step_dir / "data").glob("*.json")],
 }
 
 

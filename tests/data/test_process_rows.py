@@ -5,7 +5,7 @@ CTR, so P processes together feed what one process would."""
 import numpy as np
 import pytest
 
-from jaxrec.config import CriteoSyntheticConfig, DCNv2Config, MODEL_CONFIGS, SyntheticConfig
+from jaxrec.config import MODEL_CONFIGS, CriteoSyntheticConfig, DCNv2Config, SyntheticConfig
 from jaxrec.data.ctr import load_ctr_dataset
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
@@ -29,7 +29,8 @@ def _assert_halves_match(make):
 
 @pytest.mark.parametrize("name,loss", [("mf", "bce"), ("mf", "mse"), ("sasrec", "softmax"), ("bert4rec", "softmax")])
 def test_interaction_rows_of_two_processes_equal_one(dataset, name, loss):
-    model = make_model(MODEL_CONFIGS[name](loss=loss, dim=8, **({} if name == "mf" else {"max_len": 10, "num_layers": 1})), dataset.schema)
+    sequence = {} if name == "mf" else {"max_len": 10, "num_layers": 1}
+    model = make_model(MODEL_CONFIGS[name](loss=loss, dim=8, **sequence), dataset.schema)
     _assert_halves_match(lambda rows: make_train_dataset(model, dataset, num_negatives=3, loss=loss,
                                                          batch_size=BATCH, epochs=2, seed=4, rows=rows))
 

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from jaxrec.config import Config
 from jaxrec.runner import run
 

@@ -48,7 +48,8 @@ def test_without_surprise_jaxrec_is_tuned_on_fold_0_then_cross_validated(tmp_pat
         assert model["l2"] == best["config"]["model"]["l2"] and train["epochs"] == round(best["best_epoch"])
     rmse = [results["metrics"]["rmse"] for results in folds]
     assert written["rmse"] == {"mf": rmse} and rmse[0] != rmse[1]  # two disjoint test folds
-    arm_row = next(line for line in written["md"].read_text().splitlines() if line.startswith("| ml100k_rating/mf_cv |"))
+    lines = written["md"].read_text().splitlines()
+    arm_row = next(line for line in lines if line.startswith("| ml100k_rating/mf_cv |"))
     assert f"| {np.mean(rmse):.4f} ± {np.std(rmse, ddof=1):.4f} |" in arm_row
 
 

@@ -104,7 +104,8 @@ def test_the_loss_falls_on_a_repeated_batch(reference):
 def test_one_sharded_step_equals_the_unsharded_step(reference, dataset, train_sequence_batch, strategy, mesh):
     _, batch, ref_table, ref_params, ref_losses = reference
     assert (batch["history"] == N).any() and (batch["history"] == -1).any()  # masked and padded positions
-    engine, _, table, params, losses = train_sequence_batch(_config(strategy, mesh), dataset, steps=1, batch_size=B, num_negatives=K)
+    engine, _, table, params, losses = train_sequence_batch(_config(strategy, mesh), dataset, steps=1, batch_size=B,
+                                                            num_negatives=K)
     assert engine.plan.placements["item"].strategy == "row_wise"
     np.testing.assert_allclose(losses[0], ref_losses[0], rtol=1e-5)
     np.testing.assert_allclose(table, ref_table, rtol=1e-5, atol=1e-6)

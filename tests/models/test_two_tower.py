@@ -80,7 +80,7 @@ def test_in_batch_softmax_puts_the_positive_first_with_log_q_and_masks_repeats()
 
 
 def test_in_batch_needs_softmax():
-    with pytest.raises(JaxrecError, match="model.negatives=in_batch needs model=two_tower with model.loss=softmax"):
+    with pytest.raises(JaxrecError, match="model.negatives=in_batch needs model.loss=softmax"):
         _config(negatives="in_batch", loss="bce")
 
 

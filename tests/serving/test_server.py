@@ -16,8 +16,8 @@ fastapi = pytest.importorskip("fastapi", reason="the server needs the serve extr
 uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="the server tests need the serve extra: pip install -e '.[serve]'")
 
-from jaxrec.serving.app import make_app  # noqa: E402
 from jaxrec.errors import JaxrecError  # noqa: E402
+from jaxrec.serving.app import make_app  # noqa: E402
 from jaxrec.serving.bundle import load_bundle, seen_csr, write_bundle  # noqa: E402
 from jaxrec.serving.encoders import FoldInEncoder  # noqa: E402
 from jaxrec.serving.recommender import Recommender  # noqa: E402

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from jaxrec.config import Config, compose_config
-from jaxrec.errors import JaxrecError
 from jaxrec.data.types import Schema
+from jaxrec.errors import JaxrecError
 from jaxrec.train_lib import build_engine, check_batch_size, init_state, make_train_step
 
 NUM_USERS, NUM_ITEMS = 37, 53  # not divisible by 8, 4 or 2: exercises padding

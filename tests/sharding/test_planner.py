@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 
 from jaxrec.config import compose_config
+from jaxrec.data.types import Schema
 from jaxrec.embedding import TableSpec
 from jaxrec.errors import JaxrecError
-from jaxrec.sharding.memory import (check_fits, estimate_memory, group_comm_bytes, largest_batch_that_fits,
-                                    table_bytes_per_device)
+from jaxrec.sharding.memory import (
+    check_fits,
+    estimate_memory,
+    group_comm_bytes,
+    largest_batch_that_fits,
+    table_bytes_per_device,
+)
 from jaxrec.sharding.planner import make_plan
-from jaxrec.data.types import Schema
 from jaxrec.train_lib import build_engine, compiled_step_bytes, dense_bytes
 
 
