@@ -10,12 +10,17 @@ alone, and `results.json`. The two-stage experiments (ml100k_rating, ncf_vs_mf) 
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
+import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import yaml
 
 from jaxrec.config import CONF_DIR, compose_config, register_configs
+from jaxrec.progress import quiet_backend_probe
 
 
 def sweep_params(overrides: list[str]) -> dict[str, str]:
@@ -94,3 +99,17 @@ def select(jobs: list[tuple[Path, dict]], metric: str) -> tuple[Path, dict]:
     if key(best) == math.inf:
         raise ValueError(f"no job has a finite validation {metric}")
     return best
+
+
+def two_stage_main(prog: str, description: str, run_experiment: Callable[[Path, Sequence[str]], dict],
+                   argv: Sequence[str] | None = None) -> None:
+    """The command line of a two-stage experiment: overrides for every arm and --sweep-dir; runs it
+    and prints the report it wrote."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("overrides", nargs="*", help="overrides applied to every arm")
+    parser.add_argument("--sweep-dir", type=Path, default=Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_backend_probe()
+    written = run_experiment(args.sweep_dir, args.overrides)
+    print(written["md"].read_text())

@@ -12,17 +12,13 @@ The only step a Hydra multirun cannot take is passing the picked MF job's dir to
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
-from experiments.arms import run_arm, select
+from experiments.arms import run_arm, select, two_stage_main
 from jaxrec.config import compose_config
 from jaxrec.errors import cli_errors
-from jaxrec.progress import quiet_backend_probe
 from jaxrec.report import write_report
 
 ARMS = "ncf_vs_mf"
@@ -40,14 +36,7 @@ def run_experiment(sweep_dir: Path, overrides: Sequence[str] = ()) -> dict:
 
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.ncf_vs_mf.run", description=__doc__.split("\n")[0])
-    parser.add_argument("overrides", nargs="*", help="overrides applied to every arm")
-    parser.add_argument("--sweep-dir", type=Path, default=Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    quiet_backend_probe()
-    written = run_experiment(args.sweep_dir, args.overrides)
-    print(written["md"].read_text())
+    two_stage_main("python -m experiments.ncf_vs_mf.run", __doc__.split("\n")[0], run_experiment, argv)
 
 
 if __name__ == "__main__":
