@@ -131,9 +131,11 @@ def checksums(tree) -> dict[str, str]:
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts, except RESUMABLE_KEYS."""
+    """Dotted keys whose values differ between two config dicts, except RESUMABLE_KEYS. A key only
+    one side has is another option's (whose name is compared) or predates the per-option schemas
+    (a checkpoint written before them carried every option's keys): not a difference."""
     keys = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted(set(saved) & set(current)):
         dotted = f"{prefix}{key}"
         if dotted.startswith(RESUMABLE_KEYS) or f"{dotted}.".startswith(RESUMABLE_KEYS):
             continue
