@@ -83,10 +83,11 @@ def test_ranking_evaluator_on_8_devices_equals_the_host_path_on_ml100k():
         return host.collection.pool(host.collection.lookup(state.emb, ids), ids)
 
     item_acts = acts(items)
+    score_all = jax.jit(lambda query: model.apply(state.params, acts(query), query, item_acts, items,
+                                                  method=model.score_all))
 
     def score_fn(users_b):
-        query = {name: values[np.asarray(users_b)] for name, values in users.items()}
-        return model.apply(state.params, acts(query), query, item_acts, items, method=model.score_all)
+        return score_all({name: values[np.asarray(users_b)] for name, values in users.items()})
 
     split, ks = dataset.split, sharded_cfg.train.ks
     expected = evaluate_ranking(score_fn, split.train, split.test, exclude=[split.valid], ks=ks)
