@@ -59,7 +59,7 @@ import numpy as np
 
 from benchmarks.common import int_list, machine_info, markdown_table, plot_lines, summarize, time_calls, write_results
 from experiments.peers import KS, evaluate_part, factor_scores, import_implicit, train_csr
-from jaxrec.config import CONF_DIR, Config, register_configs, to_config
+from jaxrec.config import Config, compose_config
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
 from jaxrec.eval import evaluate_ranking_sweeps
@@ -94,16 +94,6 @@ TORCH_HINT = ('torch is not importable: skipping the PyTorch DCN-v2 rows. Instal
 NOISE = 0.05  # ratios within 5% of 1 count as equal speed
 COLUMNS = ("task", "system", "example", "threads", "epochs", "steps", "batch", "examples_per_sec", "epoch_s_p50",
            "step_ms_p50", "compile_s", "train_s", "hr@10", "ndcg@10", "auc", "logloss", "ratio", "verdict")
-
-
-def compose(overrides: list[str]) -> Config:
-    """The typed config `python -m jaxrec.train <overrides>` would run."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=overrides))
 
 
 def init_state_jit(engine, seed: int):
@@ -167,7 +157,7 @@ def run_mf(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     """(rows of the comparison, rows of the jaxrec step-cost breakdown)."""
     base = TOY_MF if args.toy else []
     variants = dict(list(MF_VARIANTS.items())[:1]) if args.toy else MF_VARIANTS
-    dataset = load_dataset(compose(base).data)
+    dataset = load_dataset(compose_config(base).data)
     split, threads, epochs = dataset.split, cores(), args.mf_epochs
     common = {"task": f"MF on {dataset.name}", "epochs": epochs, "threads": threads}
     peers = import_implicit()
@@ -183,7 +173,7 @@ def run_mf(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     fit_peers()
     rows = []
     for system, overrides in variants.items():
-        mine = train_jaxrec_mf(compose(base + overrides), dataset, epochs)
+        mine = train_jaxrec_mf(compose_config(base + overrides), dataset, epochs)
         _progress(f"{system}: {epochs} epochs, {sum(mine['epoch_s']):.1f} s (+ compile {mine['compile_s']:.1f} s)")
         rows.append(common | {
             "system": system, "example": mine["example"], "batch": mine["batch"],
@@ -241,8 +231,8 @@ def mf_step_costs(dataset, overrides: list[str], args: argparse.Namespace) -> li
     (`dispatch_floor_ms`)."""
     out = []
     for batch in args.breakdown_batches:
-        cfg = compose(overrides + [f"train.batch_size={batch}"])
-        engines = {update: build_engine(compose(overrides + [f"train.batch_size={batch}",
+        cfg = compose_config(overrides + [f"train.batch_size={batch}"])
+        engines = {update: build_engine(compose_config(overrides + [f"train.batch_size={batch}",
                                                              f"optimizer.sparse={update}"]),
                                         dataset.schema, devices=jax.devices()[:1]) for update in ("true", "false")}
         sharding = engines["true"].batch_sharding()
@@ -328,7 +318,7 @@ def train_alternating(systems: dict, host: list[dict], window: int) -> dict[str,
 
 def run_dcn(args: argparse.Namespace) -> list[dict]:
     overrides = DCN_OVERRIDES + (TOY_DCN if args.toy else [])
-    cfg = compose(overrides)
+    cfg = compose_config(overrides)
     dataset, batch = load_dataset(cfg.data), int(cfg.train.batch_size)
     engine = build_engine(cfg, dataset.schema, devices=jax.devices()[:1])
     loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=0, loss="bce", batch_size=batch,

@@ -19,21 +19,13 @@ from typing import Callable, Sequence
 
 import yaml
 
-from jaxrec.config import CONF_DIR, compose_config, register_configs
+from jaxrec.config import compose_conf, compose_config
 from jaxrec.progress import quiet_backend_probe
 
 
 def sweep_params(overrides: list[str]) -> dict[str, str]:
     """The composed config's hydra.sweeper.params (an arm's grid), {} if it has none."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    if GlobalHydra.instance().is_initialized():
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    else:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg = compose_conf(overrides, with_hydra=True)
     return {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
 
 

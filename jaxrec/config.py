@@ -21,9 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from jaxrec.errors import JaxrecError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-DATASETS = ("ml100k", "ml1m", "ml20m", "ml25m", "ml_latest_small", "csv", "synthetic", "criteo_synthetic", "criteo")
 SPLITS = ("leave_one_out", "random", "temporal", "kfold")
-MODELS = ("mf", "two_tower", "neumf", "dcn_v2", "sasrec", "bert4rec", "svdpp")
 LOSSES = ("bce", "bpr", "mse", "softmax")
 EMBEDDING_DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
@@ -111,6 +109,7 @@ DATA_CONFIGS = {"ml100k": MovieLensConfig, "ml1m": MovieLensConfig, "ml20m": Mov
                 "ml25m": MovieLensConfig, "ml_latest_small": MovieLensConfig, "csv": CsvConfig,
                 "synthetic": SyntheticConfig, "criteo_synthetic": CriteoSyntheticConfig, "criteo": CriteoConfig}
 CTR_DATA = (CriteoSyntheticConfig, CriteoConfig)
+DATASETS = tuple(DATA_CONFIGS)
 
 
 @dataclasses.dataclass
@@ -190,6 +189,7 @@ class BERT4RecConfig(SASRecConfig):
 MODEL_CONFIGS = {"mf": MFConfig, "two_tower": TwoTowerConfig, "neumf": NeuMFConfig, "dcn_v2": DCNv2Config,
                  "sasrec": SASRecConfig, "bert4rec": BERT4RecConfig, "svdpp": SVDppConfig}
 CTR_MODELS = ("dcn_v2",)
+MODELS = tuple(MODEL_CONFIGS)
 
 
 @dataclasses.dataclass
@@ -416,21 +416,28 @@ def to_config(cfg: DictConfig | Config) -> Config:
     return validate(cfg)
 
 
+def compose_conf(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """conf/ composed as Hydra's command line composes it (inside a running Hydra app, whose config
+    dir is conf/, through that app); with_hydra keeps the `hydra` node (sweeper params, ...)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+
+
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """conf/ composed with command-line style overrides, typed and validated: how library code,
     runners, benchmarks and tests get a config (the same result as `python -m jaxrec.train`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
     overrides = accept_table_overrides(list(overrides))
     check_bool_overrides(overrides)
-    register_configs()
     try:
-        if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its config dir is conf/
-            return to_config(compose(config_name="config", overrides=overrides))
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return to_config(compose(config_name="config", overrides=overrides))
+        return to_config(compose_conf(overrides))
     except ConfigCompositionException as err:
         raise JaxrecError(composition_error(err)) from None
 
