@@ -44,7 +44,8 @@ import jax
 import numpy as np
 
 from benchmarks.common import int_list, machine_info, plot_lines, summarize, write_results
-from benchmarks.peers import compose, init_state_jit
+from benchmarks.peers import init_state_jit
+from jaxrec.config import compose_config
 from jaxrec.data.dataset import load_dataset
 from jaxrec.data.pipeline import make_train_dataset
 from jaxrec.train_lib import build_engine, candidates_per_example, make_train_step
@@ -102,7 +103,7 @@ def make_loader(engine, cfg, dataset, batch: int, steps: int):
 
 
 def measure(name: str, overrides: list[str], batch: int, args: argparse.Namespace) -> dict:
-    cfg = compose(overrides + [f"train.batch_size={batch}"])
+    cfg = compose_config(overrides + [f"train.batch_size={batch}"])
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.schema, devices=jax.devices()[:1])
     needed = args.warmup + args.windows * args.window
