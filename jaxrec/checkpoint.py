@@ -148,9 +148,12 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, every: int, keep: int, async_save: bool = True):
+    def __init__(self, directory: Path, every: int, keep: int, async_save: bool | None = None):
         self.every = every
         self.directory = directory.absolute()
+        if async_save is None:  # a background save copies the state to host RAM, which CPU devices already are
+            async_save = jax.devices()[0].platform != "cpu"
+        self.async_save = async_save
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
         state_handler = ocp.StandardCheckpointHandler(save_concurrent_gb=TRANSFER_GB, restore_concurrent_gb=TRANSFER_GB)

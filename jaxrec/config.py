@@ -244,7 +244,9 @@ class TrainConfig:
     progress: bool = True  # console progress bar with rate and ETA
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end); always at the end
     keep_checkpoints: int = 3  # most recent checkpoints kept
-    async_checkpoint: bool = True  # save in the background; false blocks the step but holds no second host copy
+    # true: save in the background, holding a host copy of the state while training goes on; false: block
+    # the step; null: background on accelerators, blocking on CPU devices (their memory is that host RAM)
+    async_checkpoint: bool | None = None
     resume: bool = True  # continue from the latest checkpoint in the run dir, if there is one
     resume_step: int | None = None  # resume from this checkpoint step (None: the newest that verifies)
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (naming step and table) or skip the batch
@@ -289,6 +291,7 @@ NUMERIC_RANGES = {
     "data.k_core": _AT_LEAST_0, "data.valid_ratio": _SHARE, "data.test_ratio": _SHARE,
     "data.num_negatives": _AT_LEAST_0, "data.cold_users": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
     "data.cold_max_train": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.split_seed": _AT_LEAST_0,
+    "data.shuffle_block_rows": _AT_LEAST_1, "data.shuffle_window_blocks": _AT_LEAST_1,
     "train.seed": _AT_LEAST_0, "train.data_seed": _AT_LEAST_0,
     "model.dim": _AT_LEAST_1, "model.init_std": _NON_NEGATIVE, "model.l2": _NON_NEGATIVE,
     "model.hidden": _AT_LEAST_1, "model.dropout": _SHARE, "model.bottom_mlp": _AT_LEAST_1,
@@ -524,9 +527,12 @@ def check_bool_overrides(overrides: list[str]) -> None:
     'no', 'off', 0 or 2 into a bool silently (a sweep 'true,false' lists each)."""
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        if sep and _field_type(key) == "bool":
-            if any(part.strip().lower() not in ("true", "false") for part in value.split(",")):
-                raise JaxrecError(f"config key {key}={value!r}: expected true or false")
+        kind = _field_type(key)
+        if sep and kind in ("bool", "bool | None"):
+            allowed = ("true", "false") if kind == "bool" else ("true", "false", "null")
+            if any(part.strip().lower() not in allowed for part in value.split(",")):
+                expected = "true or false" if kind == "bool" else "true, false or null"
+                raise JaxrecError(f"config key {key}={value!r}: expected {expected}")
 
 
 def to_dict(cfg: Config) -> dict:

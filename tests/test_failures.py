@@ -4,6 +4,7 @@ data loads where the config alone shows the problem, and never trains a run that
 Most cases call the checks directly; a few command lines prove the one-line, exit-2 contract."""
 
 import builtins
+import dataclasses
 import gzip
 import math
 import os
@@ -11,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -23,6 +25,10 @@ from hydra import compose, initialize_config_dir
 
 from jaxrec.config import (
     CONF_DIR,
+    DATA_CONFIGS,
+    MODEL_CONFIGS,
+    NUMERIC_RANGES,
+    Config,
     accept_table_overrides,
     as_override,
     check_bool_overrides,
@@ -69,6 +75,8 @@ def _compose(overrides: list[str]):
     (["train.checkpoint_every=-5"], "train.checkpoint_every=-5: expected an integer >= 0"),
     (["train.distributed.process_id=-1"], "train.distributed.process_id=-1: expected an integer >= 0"),
     (["data.min_rating=inf"], "data.min_rating=inf: expected a finite number"),
+    (["model=dcn_v2", "data=criteo", "data.shuffle_window_blocks=0"],
+     "data.shuffle_window_blocks=0: expected an integer >= 1"),
 ])
 def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, message):
     with pytest.raises(JaxrecError, match="config key") as err:
@@ -76,18 +84,42 @@ def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, mes
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+# Numeric keys whose whole range is valid, or that are checked by a rule of their own.
+UNRANGED_KEYS = {"data.min_rating", "model.bias_init",  # any finite value
+                 "data.fold", "data.num_folds", "train.batch_size"}  # checked against each other / the data
+
+
+def test_every_numeric_config_key_has_a_range():
+    """A new numeric option must say which values it accepts (the adversarial run found keys
+    whose nonsense values trained for an epoch before failing)."""
+    def numeric_keys(schema, prefix):
+        hints = typing.get_type_hints(schema)
+        for field in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(hints[field.name]):
+                yield from numeric_keys(hints[field.name], f"{prefix}{field.name}.")
+            elif any(kind in str(hints[field.name]) for kind in ("int", "float")):
+                yield f"{prefix}{field.name}"
+
+    schemas = [(s, "data.") for s in DATA_CONFIGS.values()] + [(s, "model.") for s in MODEL_CONFIGS.values()]
+    schemas += [(s, f"{group}.") for group, s in typing.get_type_hints(Config).items()]
+    keys = {key for schema, prefix in schemas for key in numeric_keys(schema, prefix)}
+    assert keys - set(NUMERIC_RANGES) - UNRANGED_KEYS == set()
+
+
 @pytest.mark.parametrize("override,ok", [
     ("train.resume=false", True), ("+data.strict=True", True), ("train.progress=true,false", True),
     ("model.dim=0", True), ("train.resume=no", False), ("data.strict=0", False), ("train.progress=2", False),
     ("model.use_bias=off", False), ("train.distributed.process_id=1", True),
+    ("train.async_checkpoint=null", True), ("train.async_checkpoint=yes", False),
 ])
 def test_boolean_overrides_are_strict(override, ok):
-    """OmegaConf turns 'no', 'off', 0 or 2 into a bool without a word; a bool key takes true/false."""
+    """OmegaConf turns 'no', 'off', 0 or 2 into a bool without a word; a bool key takes true/false
+    (and null where null means "decide for me")."""
     if ok:
         check_bool_overrides([override])
     else:
         key, value = override.split("=")
-        with pytest.raises(JaxrecError, match=f"config key {key}='{value}': expected true or false"):
+        with pytest.raises(JaxrecError, match=f"config key {key}='{value}': expected true"):
             check_bool_overrides([override])
 
 

@@ -23,9 +23,10 @@ from jaxrec.checkpoint import Checkpointer
 
 # 43 steps an epoch, evaluated every epoch: long enough (seconds) to be killed mid-run. Saves
 # (every 9 steps) and logs (every 4) fall mostly off the evaluation steps, so a signal can land in
-# a step, an evaluation or a save.
+# a step, an evaluation or a save. Saves run in the background (on CPU devices the default
+# blocks), so a signal can also land while a save is in flight.
 RUN = ["data=synthetic", "data.num_users=200", "data.num_items=100", "data.num_interactions=6000",
-       "train.epochs=10", "train.batch_size=128", "train.progress=false", "model.dim=8",
+       "train.async_checkpoint=true", "train.epochs=10", "train.batch_size=128", "train.progress=false", "model.dim=8",
        "train.checkpoint_every=9", "train.log_every=4", "train.keep_checkpoints=4"]
 
 
@@ -57,6 +58,15 @@ def _start_and_wait_for_checkpoint(run_dir: Path, min_step: int, *extra: str) ->
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
     return proc
+
+
+def test_saves_block_on_cpu_devices_unless_asked_to_run_in_the_background(tmp_path):
+    """A background save holds a host copy of the state; on CPU devices that copy is a second
+    state in the same RAM, so the default (null) blocks there."""
+    checkpointers = [Checkpointer(tmp_path / str(a), every=0, keep=1, async_save=a) for a in (None, True, False)]
+    assert [c.async_save for c in checkpointers] == [False, True, False]
+    for c in checkpointers:
+        c.close()
 
 
 def _final_tables(run_dir: Path):

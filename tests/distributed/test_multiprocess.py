@@ -57,9 +57,10 @@ def test_two_processes_match_one_row_wise(tmp_path):
 def test_killed_table_wise_group_resumes_and_matches_one_process(tmp_path):
     """Killed (SIGKILL, both processes) after its first checkpoint, restarted, the table_wise
     2-process run ends where the uninterrupted 1-process run does: resume and process count
-    both leave the result unchanged."""
+    both leave the result unchanged. Saves run in the background (CPU devices block by default)."""
     run_dir = tmp_path / "killed"
-    launcher = _launch(run_dir, "table_wise", "train.checkpoint_every=10", wait=False)
+    saves = ("train.checkpoint_every=10", "train.async_checkpoint=true")
+    launcher = _launch(run_dir, "table_wise", *saves, wait=False)
     checkpoints = run_dir / "checkpoints"
     deadline = time.monotonic() + 300
     while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -68,7 +69,7 @@ def test_killed_table_wise_group_resumes_and_matches_one_process(tmp_path):
     os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, mid-run
     launcher.wait()
     assert not (run_dir / "results.json").exists(), "the run ended before it could be killed"
-    resumed = _launch(run_dir, "table_wise", "train.checkpoint_every=10")
+    resumed = _launch(run_dir, "table_wise", *saves)
     assert "restored checkpoint step" in (run_dir / "train.log").read_text()
     _assert_same_metrics(resumed, _single_process(tmp_path / "sp", "table_wise"))
 
