@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 
-def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int, max_seconds: float | None = None,
-               min_repeats: int = 3) -> list[float]:
+def time_calls(
+    call: Callable[[], Any], *, warmup: int, repeats: int, max_seconds: float | None = None, min_repeats: int = 3
+) -> list[float]:
     """Milliseconds of each timed call; `call` must block until its work is done.
 
     The first `warmup` calls are run and discarded (compilation, allocation, caches). Timing
@@ -43,8 +44,12 @@ def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int, max_second
 def summarize(times: Sequence[float]) -> dict[str, float]:
     """Median, 90th percentile, min and count of a list of timings (same unit as the input)."""
     values = np.asarray(times, dtype=np.float64)
-    return {"p50": float(np.median(values)), "p90": float(np.percentile(values, 90)),
-            "min": float(values.min()), "n": int(values.size)}
+    return {
+        "p50": float(np.median(values)),
+        "p90": float(np.percentile(values, 90)),
+        "min": float(values.min()),
+        "n": int(values.size),
+    }
 
 
 def _cpu_model() -> str | None:
@@ -120,14 +125,24 @@ def markdown_table(records: Iterable[dict], columns: Sequence[str]) -> str:
 
 def machine_line(machine: dict[str, Any]) -> str:
     """One readable line describing the machine, for markdown outputs."""
-    return (f"{machine.get('cpu_model')} ({machine.get('cpus_usable')} usable of {machine.get('cpu_count')} CPUs, "
-            f"{machine.get('memory_gib')} GiB), {machine.get('platform')}, Python {machine.get('python')}, "
-            f"jax {machine.get('jax')} ({machine.get('backend')}, {machine.get('device_kind')} "
-            f"x{machine.get('device_count')})")
+    return (
+        f"{machine.get('cpu_model')} ({machine.get('cpus_usable')} usable of {machine.get('cpu_count')} CPUs, "
+        f"{machine.get('memory_gib')} GiB), {machine.get('platform')}, Python {machine.get('python')}, "
+        f"jax {machine.get('jax')} ({machine.get('backend')}, {machine.get('device_kind')} "
+        f"x{machine.get('device_count')})"
+    )
 
 
-def write_results(out_dir: Path, records: list[dict], machine: dict[str, Any], *, title: str,
-                  columns: Sequence[str], extra: dict[str, Any] | None = None, notes: str = "") -> None:
+def write_results(
+    out_dir: Path,
+    records: list[dict],
+    machine: dict[str, Any],
+    *,
+    title: str,
+    columns: Sequence[str],
+    extra: dict[str, Any] | None = None,
+    notes: str = "",
+) -> None:
     """results.json = {"records", "machine", **extra}; results.md = title, machine, table, notes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +154,16 @@ def write_results(out_dir: Path, records: list[dict], machine: dict[str, Any], *
     _write_text_atomic(out_dir / "results.md", "\n".join(parts) + "\n")
 
 
-def plot_lines(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
-               ylabel: str, title: str, logx: bool = False, logy: bool = False) -> None:
+def plot_lines(
+    path: Path,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    logy: bool = False,
+) -> None:
     """One line with markers per series (label -> (xs, ys)), saved as a PNG with the Agg backend."""
     import matplotlib
 
@@ -199,8 +222,9 @@ def copy_bandwidth_gbps(devices: Sequence[Any], megabytes: int = 256, repeats: i
     return 2 * n * 4 / (float(np.median(times_ms)) / 1e3) / 1e9
 
 
-def run_children(module: str, flags: list[str], device_counts: Iterable[int],
-                 expected: int | None = None) -> list[dict]:
+def run_children(
+    module: str, flags: list[str], device_counts: Iterable[int], expected: int | None = None
+) -> list[dict]:
     """Records of `python -m <module> <flags> --child N` for each device count N (one process
     each, so each can simulate its own device count): every stdout line starting "RECORD "
     holds one JSON record. A child that fails, or returns no (or not `expected`) records, stops
@@ -210,8 +234,13 @@ def run_children(module: str, flags: list[str], device_counts: Iterable[int],
     records, env = [], os.environ | {"JAX_PLATFORMS": "cpu"}
     for n in device_counts:
         tick = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", module, *flags, "--child", str(n)], capture_output=True, text=True,
-                             env=env, cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-m", module, *flags, "--child", str(n)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         found = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RECORD ")]
         if out.returncode or not found or (expected is not None and len(found) != expected):
             raise SystemExit(f"child for {n} devices failed (exit {out.returncode}):\n{out.stderr[-3000:]}")

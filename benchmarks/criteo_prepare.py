@@ -46,8 +46,23 @@ import psutil
 
 from benchmarks.common import int_list, machine_info, write_results
 
-COLUMNS = ("lines", "what", "workers", "rows", "seconds", "cpu_s", "mb_per_s", "speedup", "peak_rss_mb",
-           "largest_process_mb", "vocab_mb", "examples_per_sec", "examples_per_cpu_sec", "anon_rss_mb", "file_rss_mb")
+COLUMNS = (
+    "lines",
+    "what",
+    "workers",
+    "rows",
+    "seconds",
+    "cpu_s",
+    "mb_per_s",
+    "speedup",
+    "peak_rss_mb",
+    "largest_process_mb",
+    "vocab_mb",
+    "examples_per_sec",
+    "examples_per_cpu_sec",
+    "anon_rss_mb",
+    "file_rss_mb",
+)
 
 
 def run_prepare(logs: Path, out: Path, workers: int, piece_mb: float) -> dict:
@@ -55,8 +70,23 @@ def run_prepare(logs: Path, out: Path, workers: int, piece_mb: float) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     tick = time.perf_counter()
-    child = psutil.Popen([sys.executable, "-m", "jaxrec.data", "prepare", "criteo", str(logs), "--out", str(out),
-                          "--workers", str(workers), "--piece-mb", str(piece_mb)], stdout=subprocess.DEVNULL)
+    child = psutil.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jaxrec.data",
+            "prepare",
+            "criteo",
+            str(logs),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+            "--piece-mb",
+            str(piece_mb),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     peak = largest = 0
     while child.poll() is None:
         try:
@@ -71,9 +101,14 @@ def run_prepare(logs: Path, out: Path, workers: int, piece_mb: float) -> dict:
     vocab = sum(p.stat().st_size for p in (out / "vocab").glob("*.npy"))
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = sum(getattr(cpu_after, k) - getattr(cpu_before, k) for k in ("ru_utime", "ru_stime"))
-    return {"seconds": seconds, "cpu_s": cpu_s, "mb_per_s": logs.stat().st_size / 1e6 / seconds,
-            "peak_rss_mb": peak / 1e6,
-            "largest_process_mb": largest / 1e6, "vocab_mb": vocab / 1e6}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "mb_per_s": logs.stat().st_size / 1e6 / seconds,
+        "peak_rss_mb": peak / 1e6,
+        "largest_process_mb": largest / 1e6,
+        "vocab_mb": vocab / 1e6,
+    }
 
 
 def pipeline_child(folder: str, batch: int, batches: int) -> None:
@@ -98,8 +133,12 @@ def pipeline_child(folder: str, batch: int, batches: int) -> None:
         result[f"{name}_cpu"] = (rows.stop - rows.start) * batches / float(np.median(cpu))
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     kb = {key: int(status[key].split()[0]) for key in ("VmHWM", "RssAnon", "RssFile")}
-    print(json.dumps(result | {"anon_rss_mb": kb["RssAnon"] / 1e3, "file_rss_mb": kb["RssFile"] / 1e3,
-                               "peak_rss_mb": kb["VmHWM"] / 1e3}))
+    print(
+        json.dumps(
+            result
+            | {"anon_rss_mb": kb["RssAnon"] / 1e3, "file_rss_mb": kb["RssFile"] / 1e3, "peak_rss_mb": kb["VmHWM"] / 1e3}
+        )
+    )
 
 
 def measure_pipeline(folder: Path, batch: int, batches: int) -> dict:
@@ -123,39 +162,68 @@ def measure_lines(num_lines: int, args: argparse.Namespace) -> list[dict]:
         tick = time.perf_counter()
         write_fake_logs(logs.with_suffix(".tmp"), num_lines, seed=0, vocab=args.vocab)
         logs.with_suffix(".tmp").rename(logs)
-        print(f"generated {logs} ({logs.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - tick:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"generated {logs} ({logs.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - tick:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     records = []
     for workers in args.workers:
         record = {"lines": num_lines, "what": "prepare", "workers": workers, "mb": logs.stat().st_size / 1e6}
         record |= run_prepare(logs, args.data_dir / f"prepared-{num_lines}-w{workers}", workers, args.piece_mb)
         record["speedup"] = records[0]["seconds"] / record["seconds"] if records else 1.0
         records.append(record)
-        print(f"{num_lines:>9} lines, {workers} workers: {record['seconds']:.1f} s, {record['mb_per_s']:.1f} MB/s, "
-              f"peak {record['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        print(
+            f"{num_lines:>9} lines, {workers} workers: {record['seconds']:.1f} s, {record['mb_per_s']:.1f} MB/s, "
+            f"peak {record['peak_rss_mb']:.0f} MB",
+            file=sys.stderr,
+            flush=True,
+        )
     folder = args.data_dir / f"prepared-{num_lines}-w{args.workers[0]}"
     meta = json.loads((folder / "metadata.json").read_text())
     pipe = measure_pipeline(folder, args.batch, args.pipeline_batches)
     for name, rows in (("whole", args.batch), ("half", args.batch // 2)):
-        records.append({"lines": num_lines, "what": f"pipeline ({name} batch)", "rows": rows,
-                        "examples_per_sec": pipe[name], "examples_per_cpu_sec": pipe[f"{name}_cpu"],
-                        "anon_rss_mb": pipe["anon_rss_mb"],
-                        "file_rss_mb": pipe["file_rss_mb"], "peak_rss_mb": pipe["peak_rss_mb"],
-                        "vocab_sizes": meta["vocab_sizes"]})
-    print(f"{num_lines:>9} lines: pipeline {pipe['whole']:,.0f} ex/s (half batch {pipe['half']:,.0f})",
-          file=sys.stderr, flush=True)
+        records.append(
+            {
+                "lines": num_lines,
+                "what": f"pipeline ({name} batch)",
+                "rows": rows,
+                "examples_per_sec": pipe[name],
+                "examples_per_cpu_sec": pipe[f"{name}_cpu"],
+                "anon_rss_mb": pipe["anon_rss_mb"],
+                "file_rss_mb": pipe["file_rss_mb"],
+                "peak_rss_mb": pipe["peak_rss_mb"],
+                "vocab_sizes": meta["vocab_sizes"],
+            }
+        )
+    print(
+        f"{num_lines:>9} lines: pipeline {pipe['whole']:,.0f} ex/s (half batch {pipe['half']:,.0f})",
+        file=sys.stderr,
+        flush=True,
+    )
     if args.step and num_lines == args.lines[0]:
         step = measure_step(folder, args.batch)
-        records.append({"lines": num_lines, "what": "DCN-v2 step (1 device)", "rows": args.batch,
-                        "examples_per_sec": step["step_examples_per_sec"], "detail": step})
+        records.append(
+            {
+                "lines": num_lines,
+                "what": "DCN-v2 step (1 device)",
+                "rows": args.batch,
+                "examples_per_sec": step["step_examples_per_sec"],
+                "detail": step,
+            }
+        )
     return records
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and results.md")
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/jaxrec-criteo-bench"),
-                        help="generated logs and prepared folders (kept: reruns reuse the logs)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("/tmp/jaxrec-criteo-bench"),
+        help="generated logs and prepared folders (kept: reruns reuse the logs)",
+    )
     parser.add_argument("--lines", type=int_list, default=[1_000_000, 10_000_000], help="file sizes in lines")
     parser.add_argument("--workers", type=int_list, default=[1, 2], help="prepare --workers to compare")
     parser.add_argument("--piece-mb", type=float, default=64, help="prepare --piece-mb (pieces run in parallel)")
@@ -173,9 +241,15 @@ def main(argv=None) -> None:
     for num_lines in args.lines:
         records += measure_lines(num_lines, args)
     machine = machine_info() | {"loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())}
-    write_results(args.out, records, machine, title="Criteo prepare and the data=criteo pipeline", columns=COLUMNS,
-                  notes=__doc__.split("\n\n", 1)[1].split("Run:")[0],
-                  extra={"args": {k: str(v) for k, v in vars(args).items()}})
+    write_results(
+        args.out,
+        records,
+        machine,
+        title="Criteo prepare and the data=criteo pipeline",
+        columns=COLUMNS,
+        notes=__doc__.split("\n\n", 1)[1].split("Run:")[0],
+        extra={"args": {k: str(v) for k, v in vars(args).items()}},
+    )
 
 
 if __name__ == "__main__":

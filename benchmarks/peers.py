@@ -70,30 +70,73 @@ from jaxrec.train_lib import RankingEvaluator, build_engine, candidates_per_exam
 # jaxrec MF-BPR: conf/ defaults (dim 64, Adam lr 3e-3 with lazy-Adam tables, l2 0.01, batch 1024,
 # 4 sampled negatives: tuned with BCE in experiments/ml100k_baselines) with the BPR loss; and with
 # one negative, implicit BPR's example (cheaper, and lower quality: README). Toy runs the first.
-MF_VARIANTS = {"jaxrec MF-BPR": ["model.loss=bpr"],
-               "jaxrec MF-BPR, 1 neg": ["model.loss=bpr", "data.num_negatives=1"]}
+MF_VARIANTS = {"jaxrec MF-BPR": ["model.loss=bpr"], "jaxrec MF-BPR, 1 neg": ["model.loss=bpr", "data.num_negatives=1"]}
 # implicit: the settings tuned on validation in experiments/ml100k_baselines (iterations = --epochs).
-IMPLICIT_PARAMS = {"bpr": {"factors": 64, "learning_rate": 0.01, "regularization": 0.01},
-                   "als": {"factors": 32, "regularization": 0.01, "alpha": 1.0}}
-IMPLICIT_EXAMPLE = {"bpr": "1 (user, pos, neg) triple per interaction, Hogwild SGD",
-                    "als": "1 interaction per closed-form sweep (not SGD)"}
+IMPLICIT_PARAMS = {
+    "bpr": {"factors": 64, "learning_rate": 0.01, "regularization": 0.01},
+    "als": {"factors": 32, "regularization": 0.01, "alpha": 1.0},
+}
+IMPLICIT_EXAMPLE = {
+    "bpr": "1 (user, pos, neg) triple per interaction, Hogwild SGD",
+    "als": "1 interaction per closed-form sweep (not SGD)",
+}
 # DCN-v2: conf/model/dcn_v2.yaml (dim 16, bottom [64,16], 3 cross layers, top [128,64]) trained
 # with Adagrad everywhere (element-wise on the table rows, as torch's sparse Adagrad).
 # optimizer.table_lr 10: with optax's initial accumulator 0.1 and per-row gradients of ~1e-3,
 # Adagrad's first row steps are ~3 x lr x g. Picked on validation after one epoch, (lr, table_lr):
 # (0.05, 0.2) 0.658, (0.1, 0.1) 0.659, (0.02, 0.5) 0.653, (0.05, 3) 0.717, (0.2, 5) 0.729,
 # (0.1, 10) 0.735 (logloss 0.530), (0.05, 10) 0.734 (logloss 0.506, the best). Adam: 0.757.
-DCN_OVERRIDES = ["data=criteo_synthetic", "model=dcn_v2", "optimizer=adagrad", "optimizer.lr=0.05",
-                 "optimizer.table_lr=10", "data.num_examples=200000", "train.batch_size=1024"]
-TOY_MF = ["data=synthetic", "data.num_users=300", "data.num_items=200", "data.num_interactions=6000",
-          "model.dim=8", "train.batch_size=256"]
-TOY_DCN = ["data.num_examples=3000", "data.num_sparse=4", "data.vocab_size=100", "model.dim=4",
-           "model.bottom_mlp=[8,4]", "model.hidden=[8]", "model.cross_layers=1", "train.batch_size=64"]
-TORCH_HINT = ('torch is not importable: skipping the PyTorch DCN-v2 rows. Install the peers with: '
-              'pip install -e ".[peers]"')
+DCN_OVERRIDES = [
+    "data=criteo_synthetic",
+    "model=dcn_v2",
+    "optimizer=adagrad",
+    "optimizer.lr=0.05",
+    "optimizer.table_lr=10",
+    "data.num_examples=200000",
+    "train.batch_size=1024",
+]
+TOY_MF = [
+    "data=synthetic",
+    "data.num_users=300",
+    "data.num_items=200",
+    "data.num_interactions=6000",
+    "model.dim=8",
+    "train.batch_size=256",
+]
+TOY_DCN = [
+    "data.num_examples=3000",
+    "data.num_sparse=4",
+    "data.vocab_size=100",
+    "model.dim=4",
+    "model.bottom_mlp=[8,4]",
+    "model.hidden=[8]",
+    "model.cross_layers=1",
+    "train.batch_size=64",
+]
+TORCH_HINT = (
+    'torch is not importable: skipping the PyTorch DCN-v2 rows. Install the peers with: pip install -e ".[peers]"'
+)
 NOISE = 0.05  # ratios within 5% of 1 count as equal speed
-COLUMNS = ("task", "system", "example", "threads", "epochs", "steps", "batch", "examples_per_sec", "epoch_s_p50",
-           "step_ms_p50", "compile_s", "train_s", "hr@10", "ndcg@10", "auc", "logloss", "ratio", "verdict")
+COLUMNS = (
+    "task",
+    "system",
+    "example",
+    "threads",
+    "epochs",
+    "steps",
+    "batch",
+    "examples_per_sec",
+    "epoch_s_p50",
+    "step_ms_p50",
+    "compile_s",
+    "train_s",
+    "hr@10",
+    "ndcg@10",
+    "auc",
+    "logloss",
+    "ratio",
+    "verdict",
+)
 
 
 def init_state_jit(engine, seed: int):
@@ -118,8 +161,15 @@ def train_jaxrec_mf(cfg: Config, dataset, epochs: int) -> dict:
     """The real loop (Grain pipeline -> device_put -> jitted step), timed per epoch; test metrics."""
     engine = build_engine(cfg, dataset.schema, devices=jax.devices()[:1])
     batch, negatives = int(cfg.train.batch_size), candidates_per_example(cfg) - 1
-    loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=negatives, loss=cfg.model.loss,
-                                           batch_size=batch, epochs=epochs, seed=cfg.train.data_seed)
+    loader, per_epoch = make_train_dataset(
+        engine.model,
+        dataset,
+        num_negatives=negatives,
+        loss=cfg.model.loss,
+        batch_size=batch,
+        epochs=epochs,
+        seed=cfg.train.data_seed,
+    )
     iterator, sharding = iter(loader.to_iter_dataset()), engine.batch_sharding()
     state, step_fn = init_state_jit(engine, cfg.train.seed), make_train_step(engine)
     tick = time.perf_counter()
@@ -133,11 +183,23 @@ def train_jaxrec_mf(cfg: Config, dataset, epochs: int) -> dict:
         jax.block_until_ready(state)
         epoch_s.append(time.perf_counter() - tick)
     evaluator, split = RankingEvaluator(engine, dataset), dataset.split  # the same protocol as evaluate_part
-    test = evaluate_ranking_sweeps(evaluator.sweep_fn(state, "test"), split.train, split.test, exclude=[split.valid],
-                                   ks=KS, batch_size=evaluator.chunk)
-    return {"batch": batch, "examples_per_epoch": per_epoch * batch, "compile_s": compile_s, "epoch_s": epoch_s,
-            "final_loss": float(out["loss"]), "test": test,
-            "example": f"1 (user, pos) + {negatives} sampled neg, minibatch Adam"}
+    test = evaluate_ranking_sweeps(
+        evaluator.sweep_fn(state, "test"),
+        split.train,
+        split.test,
+        exclude=[split.valid],
+        ks=KS,
+        batch_size=evaluator.chunk,
+    )
+    return {
+        "batch": batch,
+        "examples_per_epoch": per_epoch * batch,
+        "compile_s": compile_s,
+        "epoch_s": epoch_s,
+        "final_loss": float(out["loss"]),
+        "test": test,
+        "example": f"1 (user, pos) + {negatives} sampled neg, minibatch Adam",
+    }
 
 
 def fit_implicit_timed(model_cls, params: dict, user_items, epochs: int, threads: int, seed: int):
@@ -166,8 +228,9 @@ def run_mf(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
     def fit_peers():
         for name in fits:
-            fits[name].append(fit_implicit_timed(peers[name], IMPLICIT_PARAMS[name], user_items, epochs, threads,
-                                                 args.seed))
+            fits[name].append(
+                fit_implicit_timed(peers[name], IMPLICIT_PARAMS[name], user_items, epochs, threads, args.seed)
+            )
             _progress(f"implicit {name}: {epochs} iterations, {sum(fits[name][-1][1]):.2f} s")
 
     fit_peers()
@@ -175,23 +238,45 @@ def run_mf(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     for system, overrides in variants.items():
         mine = train_jaxrec_mf(compose_config(base + overrides), dataset, epochs)
         _progress(f"{system}: {epochs} epochs, {sum(mine['epoch_s']):.1f} s (+ compile {mine['compile_s']:.1f} s)")
-        rows.append(common | {
-            "system": system, "example": mine["example"], "batch": mine["batch"],
-            "examples_per_epoch": mine["examples_per_epoch"], "compile_s": mine["compile_s"],
-            "epoch_s_p50": _median_after_first(mine["epoch_s"]), "train_s": sum(mine["epoch_s"]),
-            "hr@10": mine["test"]["hr@10"], "ndcg@10": mine["test"]["ndcg@10"], "final_loss": mine["final_loss"],
-            "config": " ".join(overrides), "test_metrics": mine["test"]})
+        rows.append(
+            common
+            | {
+                "system": system,
+                "example": mine["example"],
+                "batch": mine["batch"],
+                "examples_per_epoch": mine["examples_per_epoch"],
+                "compile_s": mine["compile_s"],
+                "epoch_s_p50": _median_after_first(mine["epoch_s"]),
+                "train_s": sum(mine["epoch_s"]),
+                "hr@10": mine["test"]["hr@10"],
+                "ndcg@10": mine["test"]["ndcg@10"],
+                "final_loss": mine["final_loss"],
+                "config": " ".join(overrides),
+                "test_metrics": mine["test"],
+            }
+        )
     fit_peers()
     for name, runs in fits.items():
         model, _ = runs[0]
         epoch_s = [s for _, times in runs for s in times[1:]] or [s for _, times in runs for s in times]
-        test = evaluate_part(factor_scores(np.asarray(model.user_factors), np.asarray(model.item_factors)),
-                             split, "test")
-        rows.append(common | {
-            "system": f"implicit {name.upper()}", "example": IMPLICIT_EXAMPLE[name],
-            "examples_per_epoch": user_items.nnz, "compile_s": 0.0, "epoch_s_p50": float(np.median(epoch_s)),
-            "train_s": float(np.median([sum(times) for _, times in runs])), "hr@10": test["hr@10"],
-            "ndcg@10": test["ndcg@10"], "config": str(IMPLICIT_PARAMS[name]), "test_metrics": test})
+        test = evaluate_part(
+            factor_scores(np.asarray(model.user_factors), np.asarray(model.item_factors)), split, "test"
+        )
+        rows.append(
+            common
+            | {
+                "system": f"implicit {name.upper()}",
+                "example": IMPLICIT_EXAMPLE[name],
+                "examples_per_epoch": user_items.nnz,
+                "compile_s": 0.0,
+                "epoch_s_p50": float(np.median(epoch_s)),
+                "train_s": float(np.median([sum(times) for _, times in runs])),
+                "hr@10": test["hr@10"],
+                "ndcg@10": test["ndcg@10"],
+                "config": str(IMPLICIT_PARAMS[name]),
+                "test_metrics": test,
+            }
+        )
     for row in rows:
         row["examples_per_sec"] = row["examples_per_epoch"] / row["epoch_s_p50"]
     costs = mf_step_costs(dataset, base + list(MF_VARIANTS.values())[0], args) if args.breakdown else []
@@ -204,8 +289,10 @@ def plain_jax_mf_step(num_users: int, num_items: int, dim: int, lr: float):
     import optax
 
     keys = jax.random.split(jax.random.key(0))
-    params = {"user": 0.1 * jax.random.normal(keys[0], (num_users, dim)),
-              "item": 0.1 * jax.random.normal(keys[1], (num_items, dim))}
+    params = {
+        "user": 0.1 * jax.random.normal(keys[0], (num_users, dim)),
+        "item": 0.1 * jax.random.normal(keys[1], (num_items, dim)),
+    }
     tx = optax.adam(lr)
 
     def loss(p, user_b1, item_bc):
@@ -232,16 +319,29 @@ def mf_step_costs(dataset, overrides: list[str], args: argparse.Namespace) -> li
     out = []
     for batch in args.breakdown_batches:
         cfg = compose_config(overrides + [f"train.batch_size={batch}"])
-        engines = {update: build_engine(compose_config(overrides + [f"train.batch_size={batch}",
-                                                             f"optimizer.sparse={update}"]),
-                                        dataset.schema, devices=jax.devices()[:1]) for update in ("true", "false")}
+        engines = {
+            update: build_engine(
+                compose_config(overrides + [f"train.batch_size={batch}", f"optimizer.sparse={update}"]),
+                dataset.schema,
+                devices=jax.devices()[:1],
+            )
+            for update in ("true", "false")
+        }
         sharding = engines["true"].batch_sharding()
-        loader, _ = make_train_dataset(engines["true"].model, dataset, num_negatives=candidates_per_example(cfg) - 1,
-                                       loss=cfg.model.loss, batch_size=batch, epochs=2, seed=0)
+        loader, _ = make_train_dataset(
+            engines["true"].model,
+            dataset,
+            num_negatives=candidates_per_example(cfg) - 1,
+            loss=cfg.model.loss,
+            batch_size=batch,
+            epochs=2,
+            seed=0,
+        )
         host = itertools.cycle([loader[k] for k in range(min(4, len(loader)))])
         device = itertools.cycle([jax.device_put(b, sharding) for b in itertools.islice(host, 4)])
-        plain_step, plain_state = plain_jax_mf_step(dataset.num_users, dataset.num_items, cfg.model.dim,
-                                                    cfg.optimizer.lr)
+        plain_step, plain_state = plain_jax_mf_step(
+            dataset.num_users, dataset.num_items, cfg.model.dim, cfg.optimizer.lr
+        )
         steps = {update: make_train_step(engine) for update, engine in engines.items()}
         holder = {update: init_state_jit(engine, 0) for update, engine in engines.items()} | {"plain": plain_state}
         index = itertools.count()
@@ -254,14 +354,24 @@ def mf_step_costs(dataset, overrides: list[str], args: argparse.Namespace) -> li
             holder["plain"] = plain_step(holder["plain"], next(device))
             jax.block_until_ready(holder["plain"])
 
-        calls = {"step_ms": lambda: step("true", lambda: next(device)),
-                 "put_step_ms": lambda: step("true", lambda: jax.device_put(next(host), sharding)),
-                 "dense_update_step_ms": lambda: step("false", lambda: next(device)),
-                 "plain_jax_step_ms": plain, "pipeline_batch_ms": lambda: loader[next(index) % len(loader)]}
-        timed = {name: summarize(time_calls(call, warmup=3, repeats=args.repeats))["p50"]
-                 for name, call in calls.items()}
-        out.append({"batch": batch, **timed, "step_us_per_example": 1e3 * timed["step_ms"] / batch,
-                    "put_step_us_per_example": 1e3 * timed["put_step_ms"] / batch})
+        calls = {
+            "step_ms": lambda: step("true", lambda: next(device)),
+            "put_step_ms": lambda: step("true", lambda: jax.device_put(next(host), sharding)),
+            "dense_update_step_ms": lambda: step("false", lambda: next(device)),
+            "plain_jax_step_ms": plain,
+            "pipeline_batch_ms": lambda: loader[next(index) % len(loader)],
+        }
+        timed = {
+            name: summarize(time_calls(call, warmup=3, repeats=args.repeats))["p50"] for name, call in calls.items()
+        }
+        out.append(
+            {
+                "batch": batch,
+                **timed,
+                "step_us_per_example": 1e3 * timed["step_ms"] / batch,
+                "put_step_us_per_example": 1e3 * timed["put_step_ms"] / batch,
+            }
+        )
         _progress(f"MF step costs, batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in timed.items()))
     add_one, x = jax.jit(lambda a: a + 1, donate_argnums=0), {"x": jnp.zeros(4)}
 
@@ -311,8 +421,8 @@ def train_alternating(systems: dict, host: list[dict], window: int) -> dict[str,
     for start in range(1, len(host), window):
         for name, system in systems.items():
             tick = time.perf_counter()
-            system.steps(host[start:start + window])
-            timing[name]["windows"].append((len(host[start:start + window]), time.perf_counter() - tick))
+            system.steps(host[start : start + window])
+            timing[name]["windows"].append((len(host[start : start + window]), time.perf_counter() - tick))
     return timing
 
 
@@ -321,8 +431,9 @@ def run_dcn(args: argparse.Namespace) -> list[dict]:
     cfg = compose_config(overrides)
     dataset, batch = load_dataset(cfg.data), int(cfg.train.batch_size)
     engine = build_engine(cfg, dataset.schema, devices=jax.devices()[:1])
-    loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=0, loss="bce", batch_size=batch,
-                                           epochs=1, seed=cfg.train.data_seed)
+    loader, per_epoch = make_train_dataset(
+        engine.model, dataset, num_negatives=0, loss="bce", batch_size=batch, epochs=1, seed=cfg.train.data_seed
+    )
     host = [loader[k] for k in range(min(args.dcn_steps or per_epoch, len(loader)))]  # the same batches for both
     evaluator, state = CtrEvaluator(engine, dataset), init_state_jit(engine, cfg.train.seed)
     systems, extra = {}, {}
@@ -330,8 +441,9 @@ def run_dcn(args: argparse.Namespace) -> list[dict]:
     if torch_dcn is not None:
         torch_dcn.set_threads(cores())
         model = torch_dcn.from_jaxrec(engine, state)
-        extra["initial_logit_max_abs_diff"] = float(np.max(np.abs(
-            torch_dcn.logits(model, dataset.test) - evaluator.logits(state, "test"))))
+        extra["initial_logit_max_abs_diff"] = float(
+            np.max(np.abs(torch_dcn.logits(model, dataset.test) - evaluator.logits(state, "test")))
+        )
         table_lr = cfg.optimizer.table_lr or cfg.optimizer.lr
         systems["PyTorch DCN-v2"] = torch_dcn.Trainer(model, cfg.optimizer.lr, table_lr)
     systems = {"jaxrec DCN-v2": JaxrecSteps(engine, state)} | systems
@@ -347,14 +459,25 @@ def run_dcn(args: argparse.Namespace) -> list[dict]:
         t = timing[name]
         rates = [batch * n / seconds for n, seconds in t["windows"]] or [batch / t["first_s"]]
         rate = float(np.median(rates))
-        rows.append({
-            "task": "DCN-v2 on criteo_synthetic", "system": name, "threads": cores(),
-            "example": f"1 click example ({cfg.data.num_dense} dense, {len(dataset.vocab_sizes)} categorical)",
-            "steps": len(host), "batch": batch, "examples_per_sec": rate, "step_ms_p50": 1e3 * batch / rate,
-            "compile_s": t["first_s"], "train_s": t["first_s"] + sum(s for _, s in t["windows"]),
-            "auc": quality["auc"], "logloss": quality["logloss"], "test_metrics": quality,
-            "config": " ".join(overrides),
-            **(extra if name != "jaxrec DCN-v2" else {})})
+        rows.append(
+            {
+                "task": "DCN-v2 on criteo_synthetic",
+                "system": name,
+                "threads": cores(),
+                "example": f"1 click example ({cfg.data.num_dense} dense, {len(dataset.vocab_sizes)} categorical)",
+                "steps": len(host),
+                "batch": batch,
+                "examples_per_sec": rate,
+                "step_ms_p50": 1e3 * batch / rate,
+                "compile_s": t["first_s"],
+                "train_s": t["first_s"] + sum(s for _, s in t["windows"]),
+                "auc": quality["auc"],
+                "logloss": quality["logloss"],
+                "test_metrics": quality,
+                "config": " ".join(overrides),
+                **(extra if name != "jaxrec DCN-v2" else {}),
+            }
+        )
     return rows
 
 
@@ -402,16 +525,25 @@ def plot(out: Path, rows: list[dict], costs: list[dict]) -> None:
     plt.close(fig)
     if costs:
         batches = [c["batch"] for c in costs]
-        series = {"jaxrec step + device_put": (batches, [c["put_step_ms"] for c in costs]),
-                  "jaxrec step alone": (batches, [c["step_ms"] for c in costs]),
-                  "jaxrec dense update path": (batches, [c["dense_update_step_ms"] for c in costs]),
-                  "plain JAX step (dense Adam)": (batches, [c["plain_jax_step_ms"] for c in costs]),
-                  "one pipeline batch": (batches, [c["pipeline_batch_ms"] for c in costs])}
+        series = {
+            "jaxrec step + device_put": (batches, [c["put_step_ms"] for c in costs]),
+            "jaxrec step alone": (batches, [c["step_ms"] for c in costs]),
+            "jaxrec dense update path": (batches, [c["dense_update_step_ms"] for c in costs]),
+            "plain JAX step (dense Adam)": (batches, [c["plain_jax_step_ms"] for c in costs]),
+            "one pipeline batch": (batches, [c["pipeline_batch_ms"] for c in costs]),
+        }
         for r in rows:
             if r["system"] == "implicit BPR":
                 series["implicit BPR, same examples"] = (batches, [1e3 * b / r["examples_per_sec"] for b in batches])
-        plot_lines(out / "mf_step_costs.png", series, xlabel="batch", ylabel="ms per batch (median)",
-                   title="MF-BPR on one CPU device: where a step's time goes", logx=True, logy=True)
+        plot_lines(
+            out / "mf_step_costs.png",
+            series,
+            xlabel="batch",
+            ylabel="ms per batch (median)",
+            title="MF-BPR on one CPU device: where a step's time goes",
+            logx=True,
+            logy=True,
+        )
 
 
 def _progress(message: str) -> None:
@@ -426,8 +558,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mf-epochs", type=int, default=None, help="epochs = implicit iterations (default 30; toy 3)")
     parser.add_argument("--dcn-steps", type=int, default=None, help="train steps (default one epoch; toy 9)")
     parser.add_argument("--window", type=int, default=None, help="steps per timed DCN window (default 10; toy 4)")
-    parser.add_argument("--breakdown-batches", type=int_list, default=None,
-                        help="batch sizes of the MF step-cost breakdown (default 256,1024,4096,16384; toy: none)")
+    parser.add_argument(
+        "--breakdown-batches",
+        type=int_list,
+        default=None,
+        help="batch sizes of the MF step-cost breakdown (default 256,1024,4096,16384; toy: none)",
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per breakdown measurement")
     parser.add_argument("--seed", type=int, default=0, help="implicit random_state")
     args = parser.parse_args(argv)
@@ -450,17 +586,35 @@ def main(argv=None) -> dict:
     rows += run_dcn(args) if "dcn" in args.tasks else []
     add_verdicts(rows)
     wall_s = time.perf_counter() - start
-    machine = machine_info() | {"loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()),
-                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    machine = machine_info() | {
+        "loadavg_start": list(load_start),
+        "loadavg_end": list(os.getloadavg()),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
     notes = __doc__.split("\n\n", 1)[1].split("Run:")[0]
     if costs:
         notes += "\nWhere jaxrec MF-BPR's step time goes (ms, medians; see mf_step_costs):\n\n" + markdown_table(
-            costs, ("batch", "put_step_ms", "step_ms", "dense_update_step_ms", "plain_jax_step_ms", "pipeline_batch_ms",
-                    "dispatch_floor_ms", "step_us_per_example"))
-    write_results(args.out, rows, machine, title="jaxrec against peers, trained side by side", columns=COLUMNS,
-                  extra={"wall_s": wall_s, "mf_step_costs": costs,
-                         "args": {k: v for k, v in vars(args).items() if k != "out"}},
-                  notes=notes + f"\n\nWall time {wall_s:.0f} s.")
+            costs,
+            (
+                "batch",
+                "put_step_ms",
+                "step_ms",
+                "dense_update_step_ms",
+                "plain_jax_step_ms",
+                "pipeline_batch_ms",
+                "dispatch_floor_ms",
+                "step_us_per_example",
+            ),
+        )
+    write_results(
+        args.out,
+        rows,
+        machine,
+        title="jaxrec against peers, trained side by side",
+        columns=COLUMNS,
+        extra={"wall_s": wall_s, "mf_step_costs": costs, "args": {k: v for k, v in vars(args).items() if k != "out"}},
+        notes=notes + f"\n\nWall time {wall_s:.0f} s.",
+    )
     if rows:
         plot(args.out, rows, costs)
     _progress(f"wrote {args.out / 'results.json'} ({wall_s:.0f} s)")

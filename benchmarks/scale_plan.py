@@ -36,11 +36,48 @@ from pathlib import Path
 from benchmarks.common import machine_info, run_children, write_results
 
 # MLPerf DLRM-DCNv2 on Criteo 1TB: rows per table (ids hashed to at most 40M).
-MLPERF_VOCABS = (40_000_000, 39_060, 17_295, 7_424, 20_265, 3, 7_122, 1_543, 63, 40_000_000, 3_067_956, 405_282, 10,
-                 2_209, 11_938, 155, 4, 976, 14, 40_000_000, 40_000_000, 40_000_000, 590_152, 12_973, 108, 36)
+MLPERF_VOCABS = (
+    40_000_000,
+    39_060,
+    17_295,
+    7_424,
+    20_265,
+    3,
+    7_122,
+    1_543,
+    63,
+    40_000_000,
+    3_067_956,
+    405_282,
+    10,
+    2_209,
+    11_938,
+    155,
+    4,
+    976,
+    14,
+    40_000_000,
+    40_000_000,
+    40_000_000,
+    590_152,
+    12_973,
+    108,
+    36,
+)
 LARGE = 10**6  # tables at least this large are scaled with the parameter count
-COLUMNS = ("params", "num_devices", "plan", "largest_table_rows", "bytes_per_device_planner", "bytes_per_device_xla",
-           "planner_over_xla", "fits", "received_per_device_planner", "received_per_device_xla", "compile_s")
+COLUMNS = (
+    "params",
+    "num_devices",
+    "plan",
+    "largest_table_rows",
+    "bytes_per_device_planner",
+    "bytes_per_device_xla",
+    "planner_over_xla",
+    "fits",
+    "received_per_device_planner",
+    "received_per_device_xla",
+    "compile_s",
+)
 
 
 def vocab_sizes(params: float, dim: int, small: bool = False, tables: int = 26) -> tuple[int, ...]:
@@ -87,24 +124,37 @@ def plan_one(params: float, num_devices: int, args: argparse.Namespace) -> dict:
     peak = max(estimate.peak)
     counts = Counter(p.strategy for p in engine.plan.placements.values())
     record = {
-        "params": params, "embedding_params": sum(vocabs) * args.dim,
+        "params": params,
+        "embedding_params": sum(vocabs) * args.dim,
         "dense_params": sum(x.size for x in jax.tree.leaves(engine.abstract_state.params)),
-        "num_devices": num_devices, "batch": args.batch, "dim": args.dim, "budget_gb": args.budget_gb,
-        "plan": ", ".join(f"{s} x{c}" for s, c in sorted(counts.items())), "largest_table_rows": max(vocabs),
-        "bytes_per_device_planner": int(peak), "fits": peak <= args.budget_gb * 1e9,
+        "num_devices": num_devices,
+        "batch": args.batch,
+        "dim": args.dim,
+        "budget_gb": args.budget_gb,
+        "plan": ", ".join(f"{s} x{c}" for s, c in sorted(counts.items())),
+        "largest_table_rows": max(vocabs),
+        "bytes_per_device_planner": int(peak),
+        "fits": peak <= args.budget_gb * 1e9,
         "received_per_device_planner": estimate.comm_bytes_received_per_device,
-        "bytes_per_device_xla": None, "planner_over_xla": None, "received_per_device_xla": None, "compile_s": None,
+        "bytes_per_device_xla": None,
+        "planner_over_xla": None,
+        "received_per_device_xla": None,
+        "compile_s": None,
     }
     if params > args.xla_max_params:
         return record | {"xla_skipped": f"params > --xla-max-params {args.xla_max_params:g}"}
     tick = time.perf_counter()
     compiled = make_train_step(engine).lower(*abstract_inputs(engine, args.batch)).compile()
     stats = compiled.memory_analysis()
-    xla = int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-              + stats.temp_size_in_bytes)
-    return record | {"bytes_per_device_xla": xla, "planner_over_xla": peak / xla,
-                     "received_per_device_xla": received_bytes_per_device(compiled.as_text()),
-                     "compile_s": time.perf_counter() - tick}
+    xla = int(
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    )
+    return record | {
+        "bytes_per_device_xla": xla,
+        "planner_over_xla": peak / xla,
+        "received_per_device_xla": received_bytes_per_device(compiled.as_text()),
+        "compile_s": time.perf_counter() - tick,
+    }
 
 
 def child(num_devices: int, args: argparse.Namespace) -> None:
@@ -151,11 +201,20 @@ def main(argv=None) -> None:
     records = run_children("benchmarks.scale_plan", flags, args.devices, expected=len(args.params))
     wall_s = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
-    notes = (f"{len(records)} configurations in {wall_s:.0f} s, one process per device count, nothing allocated. "
-             f"sharding=auto, memory budget {args.budget_gb:g} GB per device, global batch {args.batch}, dim "
-             f"{args.dim}; see benchmarks/scale_plan.py for the model and the conventions.")
-    write_results(args.out, records, machine_info(), title="Planning DLRM-style DCN-v2 at scale (abstract lowering)",
-                  columns=COLUMNS, extra={"settings": settings, "wall_s": wall_s}, notes=notes)
+    notes = (
+        f"{len(records)} configurations in {wall_s:.0f} s, one process per device count, nothing allocated. "
+        f"sharding=auto, memory budget {args.budget_gb:g} GB per device, global batch {args.batch}, dim "
+        f"{args.dim}; see benchmarks/scale_plan.py for the model and the conventions."
+    )
+    write_results(
+        args.out,
+        records,
+        machine_info(),
+        title="Planning DLRM-style DCN-v2 at scale (abstract lowering)",
+        columns=COLUMNS,
+        extra={"settings": settings, "wall_s": wall_s},
+        notes=notes,
+    )
     print(f"wrote {args.out / 'results.json'} ({wall_s:.0f} s)")
 
 

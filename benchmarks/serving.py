@@ -70,13 +70,36 @@ from jaxrec.serving import ann, retrieval
 from jaxrec.serving.bundle import load_bundle, write_bundle
 from jaxrec.serving.recommender import Recommender
 
-COLUMNS = ("items", "jax_b1_p50_ms", "jax_b1_p99_ms", "numpy_b1_p50_ms", "numpy_b1_p99_ms", "jax_batch_qps",
-           "numpy_batch_qps", "approx_b1_p50_ms", "approx_batch_qps", "approx_recall@10", "http_single_p50_ms",
-           "http_single_p99_ms", "http_single_rps", "http_concurrent_p50_ms", "http_concurrent_p99_ms",
-           "http_concurrent_rps", "http_mean_batch", "index_build_s", "index_b1_p50_ms", "index_b1_p99_ms",
-           "index_batch_qps", "index_x_jax_qps", "index_recall@10", "http_index_single_p50_ms",
-           "http_index_single_p99_ms", "http_index_concurrent_p50_ms", "http_index_concurrent_rps",
-           "http_index_mean_batch")
+COLUMNS = (
+    "items",
+    "jax_b1_p50_ms",
+    "jax_b1_p99_ms",
+    "numpy_b1_p50_ms",
+    "numpy_b1_p99_ms",
+    "jax_batch_qps",
+    "numpy_batch_qps",
+    "approx_b1_p50_ms",
+    "approx_batch_qps",
+    "approx_recall@10",
+    "http_single_p50_ms",
+    "http_single_p99_ms",
+    "http_single_rps",
+    "http_concurrent_p50_ms",
+    "http_concurrent_p99_ms",
+    "http_concurrent_rps",
+    "http_mean_batch",
+    "index_build_s",
+    "index_b1_p50_ms",
+    "index_b1_p99_ms",
+    "index_batch_qps",
+    "index_x_jax_qps",
+    "index_recall@10",
+    "http_index_single_p50_ms",
+    "http_index_single_p99_ms",
+    "http_index_concurrent_p50_ms",
+    "http_index_concurrent_rps",
+    "http_index_mean_batch",
+)
 
 
 def make_bundle(path: Path, num_items: int, args, index: ann.AnnIndex | None = None) -> None:
@@ -86,10 +109,16 @@ def make_bundle(path: Path, num_items: int, args, index: ann.AnnIndex | None = N
     users_ue = rng.standard_normal((args.users, args.dim), np.float32)
     seen = rng.integers(0, num_items, (args.users, args.seen))
     indptr = np.arange(0, args.users * args.seen + 1, args.seen, dtype=np.int64)
-    write_bundle(path, manifest={"model": "synthetic", "dataset": {"name": f"random-{num_items}"}}, items_ne=items_ne,
-                 users_ue=users_ue, user_tokens=[f"u{i}" for i in range(args.users)],
-                 item_tokens=[f"i{i}" for i in range(num_items)], seen=(indptr, np.sort(seen, axis=1).ravel()),
-                 index=index)
+    write_bundle(
+        path,
+        manifest={"model": "synthetic", "dataset": {"name": f"random-{num_items}"}},
+        items_ne=items_ne,
+        users_ue=users_ue,
+        user_tokens=[f"u{i}" for i in range(args.users)],
+        item_tokens=[f"i{i}" for i in range(num_items)],
+        seen=(indptr, np.sort(seen, axis=1).ravel()),
+        index=index,
+    )
 
 
 def numpy_top_k(items_ne: np.ndarray, query_be: np.ndarray, seen_bx: np.ndarray, k: int) -> np.ndarray:
@@ -122,8 +151,11 @@ def in_process(bundle, args) -> dict:
     for name, make in (("jax", jax_call), ("numpy", numpy_call)):
         b1 = percentiles(time_calls(lambda: make(1)(), **timing))
         batch = percentiles(time_calls(lambda: make(args.batch)(), **timing))
-        out |= {f"{name}_b1_p50_ms": b1["p50"], f"{name}_b1_p99_ms": b1["p99"],
-                f"{name}_batch_qps": args.batch / batch["p50"] * 1e3}
+        out |= {
+            f"{name}_b1_p50_ms": b1["p50"],
+            f"{name}_b1_p99_ms": b1["p99"],
+            f"{name}_batch_qps": args.batch / batch["p50"] * 1e3,
+        }
     approx = Recommender(bundle, approx_recall=args.approx_recall)
     out["approx_b1_p50_ms"] = percentiles(time_calls(lambda: approx.recommend(queries[:1]), **timing))["p50"]
     batch = percentiles(time_calls(lambda: approx.recommend(queries[: args.batch]), **timing))
@@ -132,8 +164,12 @@ def in_process(bundle, args) -> dict:
     exact_ids = [r.ids for r in rec.recommend(sample)]
     approx_ids = [r.ids for r in approx.recommend(sample)]
     out["approx_recall@10"] = retrieval.recall_at_k(np.stack(approx_ids), np.stack(exact_ids))
-    out["numpy_agrees"] = bool(np.array_equal(np.stack(exact_ids[:8]), numpy_top_k(
-        bundle.items_ne, np.stack([q.vector_e for q in sample[:8]]), seen_ux[users[:8]], K)))
+    out["numpy_agrees"] = bool(
+        np.array_equal(
+            np.stack(exact_ids[:8]),
+            numpy_top_k(bundle.items_ne, np.stack([q.vector_e for q in sample[:8]]), seen_ux[users[:8]], K),
+        )
+    )
     return out
 
 
@@ -162,20 +198,24 @@ def measure(num_items: int, args) -> tuple[dict, list[dict], list[dict]]:
         if not args.no_http:
             record |= over_http(path, args.users, args)
             if args.index != "none":
-                record |= {k.replace("http_", "http_index_", 1): v
-                           for k, v in over_http(indexed, args.users, args, exact=False).items()}
+                record |= {
+                    k.replace("http_", "http_index_", 1): v
+                    for k, v in over_http(indexed, args.users, args, exact=False).items()
+                }
     return record, sweep, compared
 
 
 def notes(args, load_before, load_after) -> str:
-    return (f"Latencies in ms (p50/p99), throughput in queries or requests per second; K = {K}, dim {args.dim}, "
-            f"{args.seen} excluded items per user. In-process phases time up to {args.repeats} calls or "
-            f"~{args.phase_seconds:.0f} s each; *_batch_qps at batch {args.batch}. HTTP: up to {args.requests} single "
-            f"requests and {args.requests * 4} requests from {args.concurrency} concurrent clients, each phase at most "
-            f"{args.seconds:.0f} s; server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}; "
-            f"http_mean_batch = mean requests per retrieval under concurrent load. Client and server share the "
-            f"machine's {os.cpu_count()} CPUs; 1-minute load average {load_before[0]:.1f} before the run and "
-            f"{load_after[0]:.1f} after it.")
+    return (
+        f"Latencies in ms (p50/p99), throughput in queries or requests per second; K = {K}, dim {args.dim}, "
+        f"{args.seen} excluded items per user. In-process phases time up to {args.repeats} calls or "
+        f"~{args.phase_seconds:.0f} s each; *_batch_qps at batch {args.batch}. HTTP: up to {args.requests} single "
+        f"requests and {args.requests * 4} requests from {args.concurrency} concurrent clients, each phase at most "
+        f"{args.seconds:.0f} s; server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}; "
+        f"http_mean_batch = mean requests per retrieval under concurrent load. Client and server share the "
+        f"machine's {os.cpu_count()} CPUs; 1-minute load average {load_before[0]:.1f} before the run and "
+        f"{load_after[0]:.1f} after it."
+    )
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -197,17 +237,33 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=1.0)
     parser.add_argument("--startup-seconds", type=float, default=180.0)
     parser.add_argument("--no-http", action="store_true", help="in-process phases only")
-    parser.add_argument("--index", default="hnsw", choices=("none", *ann.KINDS),
-                        help="index served in the index phases")
-    parser.add_argument("--index-param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a setting of --index (default: the export defaults)")
-    parser.add_argument("--sweep", default="hnsw:64,128,256,512,1024;hnsw_l2:64,128,256,512,1024;ivf:16,64,256,1024",
-                        help="search settings per index kind for the recall/latency plot (ef_search, nprobe)")
+    parser.add_argument(
+        "--index", default="hnsw", choices=("none", *ann.KINDS), help="index served in the index phases"
+    )
+    parser.add_argument(
+        "--index-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of --index (default: the export defaults)",
+    )
+    parser.add_argument(
+        "--sweep",
+        default="hnsw:64,128,256,512,1024;hnsw_l2:64,128,256,512,1024;ivf:16,64,256,1024",
+        help="search settings per index kind for the recall/latency plot (ef_search, nprobe)",
+    )
     parser.add_argument("--sweep-ivf", action="store_true", help="also build an ivf index and sweep its nprobe")
-    parser.add_argument("--compare", default="", metavar="KIND[:NAME=INT,...];...",
-                        help="index variants built side by side on the same vectors, e.g. 'hnsw;hnsw_l2'")
-    parser.add_argument("--compare-sweep", default="64,128,256,512",
-                        help="ef_search (or nprobe) values each --compare variant is searched with")
+    parser.add_argument(
+        "--compare",
+        default="",
+        metavar="KIND[:NAME=INT,...];...",
+        help="index variants built side by side on the same vectors, e.g. 'hnsw;hnsw_l2'",
+    )
+    parser.add_argument(
+        "--compare-sweep",
+        default="64,128,256,512",
+        help="ef_search (or nprobe) values each --compare variant is searched with",
+    )
     parser.add_argument("--big", default="", help="comma-separated sizes built as an index only, e.g. 1e7")
     parser.add_argument("--big-index", default="ivf", choices=("hnsw", "ivf"))  # added chunk by chunk
     parser.add_argument("--big-params", action="append", default=[], metavar="NAME=VALUE")
@@ -218,8 +274,10 @@ def parse_args(argv) -> argparse.Namespace:
     args.sizes = [int(float(x)) for x in args.sizes.split(",")]
     args.big = [int(float(x)) for x in args.big.split(",") if x]
     args.index_params, args.big_params = parse_index_params(args.index_param), parse_index_params(args.big_params)
-    args.sweep = {kind: [int(v) for v in values.split(",")]
-                  for kind, values in (part.split(":") for part in args.sweep.split(";"))}
+    args.sweep = {
+        kind: [int(v) for v in values.split(",")]
+        for kind, values in (part.split(":") for part in args.sweep.split(";"))
+    }
     args.big_sweep = [int(v) for v in args.big_sweep.split(",")]
     args.compare, args.compare_sweep = parse_variants(args.compare), [int(v) for v in args.compare_sweep.split(",")]
     if min(args.sizes) <= K + args.seen:
@@ -240,18 +298,42 @@ def main(argv=None) -> dict:
         big += big_rows(num_items, args)
         log(big[-1])
     load_after = os.getloadavg()
-    extra = {"args": {k: str(v) for k, v in vars(args).items() if k != "out"}, "sweep": sweep, "compare": compared,
-             "big": big, "load_average_before": load_before, "load_average_after": load_after}
-    write_results(args.out, records, machine_info(), title="Serving: top-10 latency and throughput vs catalogue size",
-                  columns=COLUMNS, extra=extra, notes=notes(args, load_before, load_after))
+    extra = {
+        "args": {k: str(v) for k, v in vars(args).items() if k != "out"},
+        "sweep": sweep,
+        "compare": compared,
+        "big": big,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    }
+    write_results(
+        args.out,
+        records,
+        machine_info(),
+        title="Serving: top-10 latency and throughput vs catalogue size",
+        columns=COLUMNS,
+        extra=extra,
+        notes=notes(args, load_before, load_after),
+    )
     sizes = [r["items"] for r in records]
-    series = {"jax batch 1": (sizes, [r["jax_b1_p50_ms"] for r in records]),
-              "numpy batch 1": (sizes, [r["numpy_b1_p50_ms"] for r in records])}
+    series = {
+        "jax batch 1": (sizes, [r["jax_b1_p50_ms"] for r in records]),
+        "numpy batch 1": (sizes, [r["numpy_b1_p50_ms"] for r in records]),
+    }
     if not args.no_http:
-        series |= {"http single": (sizes, [r["http_single_p50_ms"] for r in records]),
-                   f"http {args.concurrency} clients": (sizes, [r["http_concurrent_p50_ms"] for r in records])}
-    plot_lines(args.out / "latency_vs_items.png", series, xlabel="catalogue items", ylabel="p50 latency, ms",
-               title=f"top-{K} latency, dim {args.dim}", logx=True, logy=True)
+        series |= {
+            "http single": (sizes, [r["http_single_p50_ms"] for r in records]),
+            f"http {args.concurrency} clients": (sizes, [r["http_concurrent_p50_ms"] for r in records]),
+        }
+    plot_lines(
+        args.out / "latency_vs_items.png",
+        series,
+        xlabel="catalogue items",
+        ylabel="p50 latency, ms",
+        title=f"top-{K} latency, dim {args.dim}",
+        logx=True,
+        logy=True,
+    )
     plot_recall_vs_latency(args.out / "recall_vs_latency.png", sweep, "p50_ms", args.dim)
     plot_recall_vs_latency(args.out / "compare_recall_vs_latency.png", compared, "b1_p50_ms", args.dim)
     markdown = ann_markdown(sweep, big) + ("\n" + compare_markdown(compared) if compared else "")

@@ -23,5 +23,8 @@ def seen_lists(bundle, users) -> list[np.ndarray]:
 
 
 def log(record: dict) -> None:
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-          file=sys.stderr, flush=True)
+    print(
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+        file=sys.stderr,
+        flush=True,
+    )

@@ -25,8 +25,20 @@ def free_port() -> int:
 def start_server(bundle_dir: Path, port: int, args, exact: bool = True) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-m", "jaxrec.serve", str(bundle_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)] + (["--exact"] if exact else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxrec.serve",
+        str(bundle_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ] + (["--exact"] if exact else [])
     server = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + args.startup_seconds
     while time.monotonic() < deadline:
@@ -53,11 +65,14 @@ async def post_loop(port: int, payloads: list[bytes], state: dict, latencies: li
             body = payloads[state["sent"] % len(payloads)]
             state["sent"] += 1
             tick = time.perf_counter()
-            writer.write(b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            )
             await reader.readexactly(length)
             latencies.append((time.perf_counter() - tick) * 1e3)
             state["failures"] += head.split(b" ", 2)[1] != b"200"
@@ -70,8 +85,9 @@ async def load(port: int, payloads: list[bytes], concurrency: int, max_requests:
     await post_loop(port, payloads[:1], {"sent": 0, "max": 1, "failures": 0}, [], time.perf_counter() + 60)
     state, latencies = {"sent": 0, "max": max_requests, "failures": 0}, []
     start = time.perf_counter()
-    await asyncio.gather(*(post_loop(port, payloads, state, latencies, start + max_seconds)
-                           for _ in range(concurrency)))
+    await asyncio.gather(
+        *(post_loop(port, payloads, state, latencies, start + max_seconds) for _ in range(concurrency))
+    )
     wall = time.perf_counter() - start
     return percentiles(latencies) | {"rps": len(latencies) / wall, "failures": state["failures"]}
 
@@ -91,9 +107,16 @@ def over_http(bundle_dir: Path, num_users: int, args, exact: bool = True) -> dic
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"http_single_p50_ms": single["p50"], "http_single_p99_ms": single["p99"], "http_single_rps": single["rps"],
-            "http_single_n": single["n"], "http_concurrent_p50_ms": concurrent["p50"],
-            "http_concurrent_p99_ms": concurrent["p99"], "http_concurrent_rps": concurrent["rps"],
-            "http_concurrent_n": concurrent["n"], "http_failures": single["failures"] + concurrent["failures"],
-            "http_mean_batch": (after["batched_requests"] - before["batched_requests"])
-            / max(after["batches"] - before["batches"], 1)}
+    return {
+        "http_single_p50_ms": single["p50"],
+        "http_single_p99_ms": single["p99"],
+        "http_single_rps": single["rps"],
+        "http_single_n": single["n"],
+        "http_concurrent_p50_ms": concurrent["p50"],
+        "http_concurrent_p99_ms": concurrent["p99"],
+        "http_concurrent_rps": concurrent["rps"],
+        "http_concurrent_n": concurrent["n"],
+        "http_failures": single["failures"] + concurrent["failures"],
+        "http_mean_batch": (after["batched_requests"] - before["batched_requests"])
+        / max(after["batches"] - before["batches"], 1),
+    }

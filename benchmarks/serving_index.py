@@ -15,8 +15,17 @@ from benchmarks.serving_common import K, percentiles, random_items, seen_lists
 from jaxrec.serving import ann
 from jaxrec.serving.recommender import Recommender
 
-BIG_COLUMNS = ("items", "index", "params", "build_s", "peak_rss_gb", "rss_after_gb", "recall@10", "search_p50_ms",
-               "search_p99_ms")
+BIG_COLUMNS = (
+    "items",
+    "index",
+    "params",
+    "build_s",
+    "peak_rss_gb",
+    "rss_after_gb",
+    "recall@10",
+    "search_p50_ms",
+    "search_p99_ms",
+)
 SWEEP_PARAM = {"hnsw": "ef_search", "hnsw_l2": "ef_search", "ivf": "nprobe"}
 
 
@@ -38,11 +47,18 @@ def index_in_process(bundle, args, jax_batch_qps: float) -> dict:
     b1 = percentiles(time_calls(lambda: call(1)(), **timing))
     batch = percentiles(time_calls(lambda: call(args.batch)(), **timing))
     qps = args.batch / batch["p50"] * 1e3
-    return {"index": bundle.index.name, "index_params": dict(bundle.index.params),
-            "index_build_s": bundle.index.details["build_seconds"], "index_b1_p50_ms": b1["p50"],
-            "index_b1_p99_ms": b1["p99"], "index_batch_qps": qps, "index_x_jax_qps": qps / jax_batch_qps,
-            "index_recall@10": index_recall(bundle.index, bundle, users[: args.recall_queries]),
-            "index_refills": bundle.index.refills, "index_exact_fallbacks": bundle.index.exact_fallbacks}
+    return {
+        "index": bundle.index.name,
+        "index_params": dict(bundle.index.params),
+        "index_build_s": bundle.index.details["build_seconds"],
+        "index_b1_p50_ms": b1["p50"],
+        "index_b1_p99_ms": b1["p99"],
+        "index_batch_qps": qps,
+        "index_x_jax_qps": qps / jax_batch_qps,
+        "index_recall@10": index_recall(bundle.index, bundle, users[: args.recall_queries]),
+        "index_refills": bundle.index.refills,
+        "index_exact_fallbacks": bundle.index.exact_fallbacks,
+    }
 
 
 def sweep_index(index: ann.AnnIndex, bundle, args) -> list[dict]:
@@ -61,8 +77,16 @@ def sweep_index(index: ann.AnnIndex, bundle, args) -> list[dict]:
             index.search(queries_ue[row : row + 1], excludes[row : row + 1], K)
 
         times = percentiles(time_calls(one, warmup=2, repeats=args.repeats, max_seconds=args.phase_seconds))
-        points.append({"items": bundle.num_items, "index": index.name, name: value, "p50_ms": times["p50"],
-                       "p99_ms": times["p99"], "recall@10": ann.recall_at_k(index, queries_ue, excludes, K, exact)})
+        points.append(
+            {
+                "items": bundle.num_items,
+                "index": index.name,
+                name: value,
+                "p50_ms": times["p50"],
+                "p99_ms": times["p99"],
+                "recall@10": ann.recall_at_k(index, queries_ue, excludes, K, exact),
+            }
+        )
     return points
 
 
@@ -110,11 +134,27 @@ def big_rows(num_items: int, args) -> list[dict]:
         _, ids_qk = index.search(queries_qe, K)
         recall = np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(ids_qk, best_ids)])
         cursor = itertools.count()
-        times = percentiles(time_calls(lambda: index.search(queries_qe[next(cursor) % args.big_queries][None], K + 20),
-                                       warmup=2, repeats=args.repeats, max_seconds=args.phase_seconds))
-        rows.append({"items": num_items, "index": f"{ann.LIBRARY}-{args.big_index}", "params": dict(params),
-                     "build_s": build_s, "peak_rss_gb": peak, "rss_after_gb": current, "recall@10": float(recall),
-                     "search_p50_ms": times["p50"], "search_p99_ms": times["p99"]})
+        times = percentiles(
+            time_calls(
+                lambda: index.search(queries_qe[next(cursor) % args.big_queries][None], K + 20),
+                warmup=2,
+                repeats=args.repeats,
+                max_seconds=args.phase_seconds,
+            )
+        )
+        rows.append(
+            {
+                "items": num_items,
+                "index": f"{ann.LIBRARY}-{args.big_index}",
+                "params": dict(params),
+                "build_s": build_s,
+                "peak_rss_gb": peak,
+                "rss_after_gb": current,
+                "recall@10": float(recall),
+                "search_p50_ms": times["p50"],
+                "search_p99_ms": times["p99"],
+            }
+        )
     return rows
 
 
@@ -123,17 +163,25 @@ def ann_markdown(sweep: list[dict], big: list[dict]) -> str:
     lines = ["| items | index | setting | recall@10 | p50 ms | p99 ms |", "|---:|---|---|---:|---:|---:|"]
     for p in sweep:
         name = SWEEP_PARAM[p["index"].split("-", 1)[1]]
-        lines.append(f"| {p['items']:,} | {p['index']} | {name}={p[name]} | {p['recall@10']:.3f} | "
-                     f"{p['p50_ms']:.3f} | {p['p99_ms']:.3f} |")
+        lines.append(
+            f"| {p['items']:,} | {p['index']} | {name}={p[name]} | {p['recall@10']:.3f} | "
+            f"{p['p50_ms']:.3f} | {p['p99_ms']:.3f} |"
+        )
     lines += ["", "| " + " | ".join(BIG_COLUMNS) + " |", "|" + "---|" * len(BIG_COLUMNS)]
     for r in big:
-        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(
-            r[c], int) else str(r[c]) for c in BIG_COLUMNS) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                f"{r[c]:.3f}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(r[c], int) else str(r[c])
+                for c in BIG_COLUMNS
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse_variants(text: str) -> list[tuple[str, dict]]:
-    """"hnsw;hnsw_l2:ef_construction=128" -> [("hnsw", {}), ("hnsw_l2", {"ef_construction": 128})]."""
+    """ "hnsw;hnsw_l2:ef_construction=128" -> [("hnsw", {}), ("hnsw_l2", {"ef_construction": 128})]."""
     variants = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         kind, _, settings = part.partition(":")
@@ -166,25 +214,38 @@ def compare_variants(bundle, args, jax_batch_qps: float) -> list[dict]:
 
             b1 = percentiles(time_calls(lambda: search(1), **timing))
             qps = args.batch / percentiles(time_calls(lambda: search(args.batch), **timing))["p50"] * 1e3
-            rows.append({"items": bundle.num_items, "index": index.name, "params": dict(index.params), name: value,
-                         "build_s": index.details["build_seconds"], "recall@10": ann.recall_at_k(
-                             index, queries_ue, excludes, K, exact), "b1_p50_ms": b1["p50"], "b1_p99_ms": b1["p99"],
-                         "batch_qps": qps, "x_jax_qps": qps / jax_batch_qps})
+            rows.append(
+                {
+                    "items": bundle.num_items,
+                    "index": index.name,
+                    "params": dict(index.params),
+                    name: value,
+                    "build_s": index.details["build_seconds"],
+                    "recall@10": ann.recall_at_k(index, queries_ue, excludes, K, exact),
+                    "b1_p50_ms": b1["p50"],
+                    "b1_p99_ms": b1["p99"],
+                    "batch_qps": qps,
+                    "x_jax_qps": qps / jax_batch_qps,
+                }
+            )
         del index
         gc.collect()
     return rows
 
 
 def compare_markdown(rows: list[dict]) -> str:
-    header = ("| items | index | build params | search | build s | recall@10 | b1 p50 ms | b1 p99 ms | batch q/s "
-              "| x jax |")
+    header = (
+        "| items | index | build params | search | build s | recall@10 | b1 p50 ms | b1 p99 ms | batch q/s | x jax |"
+    )
     lines = [header, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         name = SWEEP_PARAM[r["index"].split("-", 1)[1]]
         build = ", ".join(f"{k} {v}" for k, v in r["params"].items() if k != name)
-        lines.append(f"| {r['items']:,} | {r['index']} | {build} | {name} {r[name]} | {r['build_s']:.1f} | "
-                     f"{r['recall@10']:.3f} | {r['b1_p50_ms']:.3f} | {r['b1_p99_ms']:.3f} | {r['batch_qps']:.0f} | "
-                     f"{r['x_jax_qps']:.1f} |")
+        lines.append(
+            f"| {r['items']:,} | {r['index']} | {build} | {name} {r[name]} | {r['build_s']:.1f} | "
+            f"{r['recall@10']:.3f} | {r['b1_p50_ms']:.3f} | {r['b1_p99_ms']:.3f} | {r['batch_qps']:.0f} | "
+            f"{r['x_jax_qps']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -199,5 +260,11 @@ def plot_recall_vs_latency(path: Path, points: list[dict], latency_key: str, dim
         line = lines.setdefault(f"{p['index']} {build}".strip(), ([], []))
         line[0].append(p[latency_key])
         line[1].append(p["recall@10"])
-    plot_lines(path, lines, xlabel="batch-1 p50 latency, ms", ylabel="recall@10", logx=True,
-               title=f"{largest:,} items, dim {dim}: each point one ef_search / nprobe")
+    plot_lines(
+        path,
+        lines,
+        xlabel="batch-1 p50 latency, ms",
+        ylabel="recall@10",
+        logx=True,
+        title=f"{largest:,} items, dim {dim}: each point one ef_search / nprobe",
+    )

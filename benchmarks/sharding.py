@@ -75,9 +75,23 @@ from jaxrec.sharding.memory import estimate_memory
 from jaxrec.train_lib import build_engine, dense_bytes, init_state, make_train_step
 
 STRATEGIES = ("data_parallel", "table_wise", "row_wise", "column_wise", "auto")
-COLUMNS = ("strategy", "num_devices", "processes", "rows", "plan", "examples_per_sec", "examples_per_sec_per_device",
-           "step_ms_p50", "step_ms_p90", "compile_s", "bytes_per_device", "comm_bytes_per_step",
-           "comm_bytes_planner", "embedding_gbps", "roofline_gbps")
+COLUMNS = (
+    "strategy",
+    "num_devices",
+    "processes",
+    "rows",
+    "plan",
+    "examples_per_sec",
+    "examples_per_sec_per_device",
+    "step_ms_p50",
+    "step_ms_p90",
+    "compile_s",
+    "bytes_per_device",
+    "comm_bytes_per_step",
+    "comm_bytes_planner",
+    "embedding_gbps",
+    "roofline_gbps",
+)
 
 
 def make_config(strategy: str, num_devices: int, args: argparse.Namespace) -> Config:
@@ -92,8 +106,9 @@ def make_config(strategy: str, num_devices: int, args: argparse.Namespace) -> Co
 
 
 def make_batches(rows: int, args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
-    dense, sparse, label, _ = generate_ctr(args.batch * args.num_batches, (rows,) * args.num_sparse, 13,
-                                           seed=args.seed, zipf_a=args.zipf_a)
+    dense, sparse, label, _ = generate_ctr(
+        args.batch * args.num_batches, (rows,) * args.num_sparse, 13, seed=args.seed, zipf_a=args.zipf_a
+    )
     part = CtrPart(dense, sparse, label)
     return [batch_inputs(part, np.arange(i * args.batch, (i + 1) * args.batch)) for i in range(args.num_batches)]
 
@@ -121,12 +136,16 @@ def plan_summary(engine) -> str:
 def mesh_devices(num_devices: int) -> list:
     """n devices, an equal share from every process (all n on this one when it is alone)."""
     per_process = num_devices // jax.process_count()
-    return [d for p in range(jax.process_count())
-            for d in [device for device in jax.devices() if device.process_index == p][:per_process]]
+    return [
+        d
+        for p in range(jax.process_count())
+        for d in [device for device in jax.devices() if device.process_index == p][:per_process]
+    ]
 
 
-def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofline: float,
-            args: argparse.Namespace) -> dict:
+def measure(
+    strategy: str, num_devices: int, rows: int, host: list[dict], roofline: float, args: argparse.Namespace
+) -> dict:
     """Build, compile and time one configuration (its arrays are freed once it returns)."""
     cfg = make_config(strategy, num_devices, args)
     engine = build_engine(cfg, ctr_schema((rows,) * args.num_sparse, 13), devices=mesh_devices(num_devices))
@@ -153,36 +172,63 @@ def measure(strategy: str, num_devices: int, rows: int, host: list[dict], roofli
     step_s = times["p50"] / 1e3
     emb_bytes = embedding_bytes_per_step(engine, host)
     record = {
-        "strategy": strategy, "num_devices": num_devices, "processes": jax.process_count(), "rows": rows,
+        "strategy": strategy,
+        "num_devices": num_devices,
+        "processes": jax.process_count(),
+        "rows": rows,
         "tables": args.num_sparse,
-        "dim": args.dim, "batch": args.batch, "plan": plan_summary(engine),
+        "dim": args.dim,
+        "batch": args.batch,
+        "plan": plan_summary(engine),
         "mesh": list(engine.plan.mesh_shape),
-        "examples_per_sec": args.batch / step_s, "examples_per_sec_per_device": args.batch / step_s / num_devices,
-        "step_ms_p50": times["p50"], "step_ms_p90": times["p90"], "step_ms_min": times["min"],
-        "n_steps": times["n"], "compile_s": compile_s,
-        "bytes_per_device": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+        "examples_per_sec": args.batch / step_s,
+        "examples_per_sec_per_device": args.batch / step_s / num_devices,
+        "step_ms_p50": times["p50"],
+        "step_ms_p90": times["p90"],
+        "step_ms_min": times["min"],
+        "n_steps": times["n"],
+        "compile_s": compile_s,
+        "bytes_per_device": int(
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes
+        ),
         "bytes_per_device_planner": int(max(estimate.peak)),
-        "comm_bytes_per_step": sum(comm.values()) * num_devices, "comm_bytes_by_op": comm,
+        "comm_bytes_per_step": sum(comm.values()) * num_devices,
+        "comm_bytes_by_op": comm,
         "comm_bytes_planner": estimate.comm_bytes_per_step,
-        "embedding_bytes_per_step": emb_bytes, "embedding_gbps": emb_bytes / step_s / 1e9,
-        "roofline_gbps": roofline, "roofline_fraction": emb_bytes / step_s / 1e9 / roofline,
+        "embedding_bytes_per_step": emb_bytes,
+        "embedding_gbps": emb_bytes / step_s / 1e9,
+        "roofline_gbps": roofline,
+        "roofline_fraction": emb_bytes / step_s / 1e9 / roofline,
     }
     return record
 
 
 def plot(out: Path, records: list[dict]) -> None:
     for rows in sorted({r["rows"] for r in records}):
-        for key, label in (("examples_per_sec_per_device", "examples/s per device"),
-                           ("bytes_per_device", "bytes per device (XLA)")):
+        for key, label in (
+            ("examples_per_sec_per_device", "examples/s per device"),
+            ("bytes_per_device", "bytes per device (XLA)"),
+        ):
             series = {}
             for strategy, processes in dict.fromkeys((r["strategy"], r["processes"]) for r in records):
-                points = sorted((r["num_devices"], r[key]) for r in records if r["strategy"] == strategy
-                                and r["processes"] == processes and r["rows"] == rows)
+                points = sorted(
+                    (r["num_devices"], r[key])
+                    for r in records
+                    if r["strategy"] == strategy and r["processes"] == processes and r["rows"] == rows
+                )
                 label = strategy if processes == 1 else f"{strategy}, {processes} processes"
                 series[label] = ([p[0] for p in points], [p[1] for p in points])
-            plot_lines(out / f"{key}_rows{rows}.png", series, xlabel="devices", ylabel=label,
-                       logy=key == "bytes_per_device", title=f"DCN-v2, {records[0]['tables']} tables x {rows:,} rows")
+            plot_lines(
+                out / f"{key}_rows{rows}.png",
+                series,
+                xlabel="devices",
+                ylabel=label,
+                logy=key == "bytes_per_device",
+                title=f"DCN-v2, {records[0]['tables']} tables x {rows:,} rows",
+            )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -190,8 +236,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--devices", type=int_list, default=[1, 2, 4, 8], help="device counts, e.g. 1,2,4,8")
-    parser.add_argument("--processes", type=int_list, default=[1, 2],
-                        help="process counts; P > 1 measures the device counts divisible by P across P processes")
+    parser.add_argument(
+        "--processes",
+        type=int_list,
+        default=[1, 2],
+        help="process counts; P > 1 measures the device counts divisible by P across P processes",
+    )
     parser.add_argument("--rows", type=int_list, default=[10**4, 10**5], help="rows per table, e.g. 1e4,1e5")
     parser.add_argument("--num-sparse", type=int, default=26, help="categorical features (tables)")
     parser.add_argument("--dim", type=int, default=16)
@@ -227,9 +277,12 @@ def measure_all(args: argparse.Namespace, device_counts: list[int]) -> list[dict
             jax.clear_caches()
             records.append(record)
             if distributed.is_main():
-                print(f"{strategy:>13} n={n} processes={record['processes']} rows={rows:,}: "
-                      f"{record['examples_per_sec_per_device']:,.0f} ex/s/device, p50 {record['step_ms_p50']:.1f} ms, "
-                      f"compile {record['compile_s']:.1f} s", flush=True)
+                print(
+                    f"{strategy:>13} n={n} processes={record['processes']} rows={rows:,}: "
+                    f"{record['examples_per_sec_per_device']:,.0f} ex/s/device, p50 {record['step_ms_p50']:.1f} ms, "
+                    f"compile {record['compile_s']:.1f} s",
+                    flush=True,
+                )
     return records
 
 
@@ -241,8 +294,9 @@ def run_worker(args: argparse.Namespace) -> None:
     """One process of a --processes group: its records go to --out/records.json (written by rank 0)."""
     processes = args.processes[0]
     jax.config.update("jax_num_cpu_devices", max(group_counts(args, processes)) // processes)
-    distributed.initialize(DistributedConfig(coordinator_address=args.coordinator, num_processes=processes,
-                                             process_id=args.process_id))
+    distributed.initialize(
+        DistributedConfig(coordinator_address=args.coordinator, num_processes=processes, process_id=args.process_id)
+    )
     records = measure_all(args, group_counts(args, processes))
     if distributed.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
@@ -255,12 +309,23 @@ def run_group_of(processes: int, args: argparse.Namespace, argv: list[str]) -> l
         print(f"--processes {processes}: no device count in {args.devices} divides evenly; skipped")
         return []
     out, port = args.out / f"processes_{processes}", free_port()
-    worker = [sys.executable, "-m", "benchmarks.sharding", *argv, "--processes", str(processes), "--out", str(out),
-              "--coordinator", f"127.0.0.1:{port}"]
+    worker = [
+        sys.executable,
+        "-m",
+        "benchmarks.sharding",
+        *argv,
+        "--processes",
+        str(processes),
+        "--out",
+        str(out),
+        "--coordinator",
+        f"127.0.0.1:{port}",
+    ]
     status = run_group([[*worker, "--process-id", str(rank)] for rank in range(processes)], out / "launch")
     if status != 0:
-        raise SystemExit(f"benchmarks.sharding: the {processes}-process group failed (status {status}); "
-                         f"logs in {out / 'launch'}")
+        raise SystemExit(
+            f"benchmarks.sharding: the {processes}-process group failed (status {status}); logs in {out / 'launch'}"
+        )
     return json.loads((out / "records.json").read_text())["records"]
 
 
@@ -285,17 +350,28 @@ def main(argv=None) -> None:
         roofline |= {(r["processes"], r["num_devices"]): r["roofline_gbps"] for r in group}
     wall_s = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    notes = (f"{len(records)} configurations in {wall_s:.0f} s. DCN-v2 with {args.num_sparse} tables of dim "
-             f"{args.dim}, {args.cross_layers} cross layers, {args.table_optimizer} tables, global batch "
-             f"{args.batch}; p50/p90 of {args.steps} steps after {args.warmup} warm-up. comm_bytes_per_step: "
-             "result bytes of the compiled step's collectives x devices (dense all-reduce included); "
-             "comm_bytes_planner: the planner's embedding traffic (bytes received). embedding_gbps and "
-             "roofline_gbps (donated x <- x + 1 on the same devices): see benchmarks/sharding.py. "
-             "processes > 1: the same devices split over local processes (gloo on loopback on CPU).")
-    write_results(args.out, records, machine_info(), title="Sharding strategies: DCN-v2 on synthetic Zipf data",
-                  columns=COLUMNS, notes=notes,
-                  extra={"settings": settings, "wall_s": wall_s,
-                         "roofline_gbps": {f"{n}" if p == 1 else f"{n}x{p}proc": v for (p, n), v in roofline.items()}})
+    notes = (
+        f"{len(records)} configurations in {wall_s:.0f} s. DCN-v2 with {args.num_sparse} tables of dim "
+        f"{args.dim}, {args.cross_layers} cross layers, {args.table_optimizer} tables, global batch "
+        f"{args.batch}; p50/p90 of {args.steps} steps after {args.warmup} warm-up. comm_bytes_per_step: "
+        "result bytes of the compiled step's collectives x devices (dense all-reduce included); "
+        "comm_bytes_planner: the planner's embedding traffic (bytes received). embedding_gbps and "
+        "roofline_gbps (donated x <- x + 1 on the same devices): see benchmarks/sharding.py. "
+        "processes > 1: the same devices split over local processes (gloo on loopback on CPU)."
+    )
+    write_results(
+        args.out,
+        records,
+        machine_info(),
+        title="Sharding strategies: DCN-v2 on synthetic Zipf data",
+        columns=COLUMNS,
+        notes=notes,
+        extra={
+            "settings": settings,
+            "wall_s": wall_s,
+            "roofline_gbps": {f"{n}" if p == 1 else f"{n}x{p}proc": v for (p, n), v in roofline.items()},
+        },
+    )
     plot(args.out, records)
     print(f"wrote {args.out / 'results.json'} ({wall_s:.0f} s)")
 

@@ -27,8 +27,14 @@ from pathlib import Path
 from benchmarks.common import int_list, machine_info, write_results
 
 PATHS = ("init", "checkpoint", "restore", "reshard", "eval")
-MF_1E9 = ["data=synthetic", "data.num_users=12000000", "data.num_items=4000000", "model.dim=64",
-          "train.batch_size=65536", "sharding=row_wise"]
+MF_1E9 = [
+    "data=synthetic",
+    "data.num_users=12000000",
+    "data.num_items=4000000",
+    "model.dim=64",
+    "train.batch_size=65536",
+    "sharding=row_wise",
+]
 
 EVAL_CHILD = """
 import json, resource, sys, time
@@ -57,8 +63,19 @@ def _env(devices: int) -> dict:
 
 def plan_record(devices: int) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
-        subprocess.run([sys.executable, "-m", "jaxrec.plan", *MF_1E9, f"sharding.num_devices={devices}",
-                        f"hydra.run.dir={run_dir}"], check=True, capture_output=True, env=_env(devices))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jaxrec.plan",
+                *MF_1E9,
+                f"sharding.num_devices={devices}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            check=True,
+            capture_output=True,
+            env=_env(devices),
+        )
         plan = json.loads((Path(run_dir) / "plan.json").read_text())
     step = max(plan["xla_bytes_per_device"])
     record = {"question": "plan", "devices": devices, "step_MB": step / 1e6}
@@ -70,13 +87,21 @@ def plan_record(devices: int) -> dict:
 
 
 def eval_record(num_items: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", EVAL_CHILD, str(num_items)], check=True, capture_output=True,
-                         text=True, env=_env(8))
+    out = subprocess.run(
+        [sys.executable, "-c", EVAL_CHILD, str(num_items)], check=True, capture_output=True, text=True, env=_env(8)
+    )
     child = json.loads(out.stdout.strip().splitlines()[-1])
     table = num_items * 64 * 4
-    return {"question": "eval", "devices": 8, "items": num_items, "users": 1000, "item_table_MB": table / 1e6,
-            "peak_rss_MB": child["peak_rss_bytes"] / 1e6, "goal_MB": (2 * table + 1e9) / 1e6,
-            "seconds": child["seconds"]}
+    return {
+        "question": "eval",
+        "devices": 8,
+        "items": num_items,
+        "users": 1000,
+        "item_table_MB": table / 1e6,
+        "peak_rss_MB": child["peak_rss_bytes"] / 1e6,
+        "goal_MB": (2 * table + 1e9) / 1e6,
+        "seconds": child["seconds"],
+    }
 
 
 def main() -> None:
@@ -89,8 +114,17 @@ def main() -> None:
     records.append(eval_record(args.eval_items))
     for record in records:
         print(json.dumps(record), flush=True)
-    columns = ["question", "devices", "step_MB", *(f"{p}_x_step" for p in PATHS), "items", "item_table_MB",
-               "peak_rss_MB", "goal_MB", "seconds"]
+    columns = [
+        "question",
+        "devices",
+        "step_MB",
+        *(f"{p}_x_step" for p in PATHS),
+        "items",
+        "item_table_MB",
+        "peak_rss_MB",
+        "goal_MB",
+        "seconds",
+    ]
     write_results(args.out, records, machine_info(), title="Whole-state paths: bytes per device", columns=columns)
 
 

@@ -69,8 +69,9 @@ def from_jaxrec(engine, state) -> TorchDCN:
     model = engine.model
     if not model.num_dense:
         raise ValueError("the PyTorch peer expects dense features (data.num_dense > 0)")
-    torch_model = TorchDCN(model.vocab_sizes, model.num_dense, model.dim, model.bottom_mlp, model.top_mlp,
-                           model.cross_layers)
+    torch_model = TorchDCN(
+        model.vocab_sizes, model.num_dense, model.dim, model.bottom_mlp, model.top_mlp, model.cross_layers
+    )
     params = jax.device_get(state.params["params"])
     with torch.no_grad():
         _load_dense([m for m in torch_model.bottom if isinstance(m, nn.Linear)], params["MLP_0"])
@@ -93,9 +94,10 @@ class Trainer:
         self.model = model
         tables = [bag.weight for bag in model.bags]
         dense = [p for name, p in model.named_parameters() if not name.startswith("bags.")]
-        self.optimizers = [torch.optim.Adagrad(tables, lr=table_lr, initial_accumulator_value=ADAGRAD_INIT,
-                                               eps=ADAGRAD_EPS),
-                           torch.optim.Adagrad(dense, lr=lr, initial_accumulator_value=ADAGRAD_INIT, eps=ADAGRAD_EPS)]
+        self.optimizers = [
+            torch.optim.Adagrad(tables, lr=table_lr, initial_accumulator_value=ADAGRAD_INIT, eps=ADAGRAD_EPS),
+            torch.optim.Adagrad(dense, lr=lr, initial_accumulator_value=ADAGRAD_INIT, eps=ADAGRAD_EPS),
+        ]
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.last_loss = float("nan")
 

@@ -46,9 +46,24 @@ UPDATES = {  # label -> (optimizer.sparse, table optimiser)
 SPARSE_GOAL, DENSE_GOAL = "sparse/lazy_adam", "dense/adam"
 MAX_SPARSE_GROWTH = 2.0  # target: sparse step at the largest size within 2x of the smallest
 MIN_DENSE_OVER_SPARSE = 10.0  # target: sparse >= 10x faster than dense Adam at the largest size
-COLUMNS = ("rows", "dim", "batch", "update", "optimizer", "step_ms_p50", "step_ms_p90", "n_steps", "compile_s",
-           "in_place", "temp_bytes", "table_bytes", "hlo_table_ops", "hlo_table_copies", "over_smallest",
-           "dense_over_this")
+COLUMNS = (
+    "rows",
+    "dim",
+    "batch",
+    "update",
+    "optimizer",
+    "step_ms_p50",
+    "step_ms_p90",
+    "n_steps",
+    "compile_s",
+    "in_place",
+    "temp_bytes",
+    "table_bytes",
+    "hlo_table_ops",
+    "hlo_table_copies",
+    "over_smallest",
+    "dense_over_this",
+)
 _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = \w+\[(\d+)(?:,\d+)*\]\{[^}]*\} ([\w-]+)\((.*)$")
 
 
@@ -63,14 +78,20 @@ def make_config(dim: int, update: str) -> Config:
     return cfg
 
 
-def make_batches(rng: np.random.Generator, num_users: int, num_items: int, batch: int, candidates: int,
-                 count: int) -> list[dict[str, np.ndarray]]:
+def make_batches(
+    rng: np.random.Generator, num_users: int, num_items: int, batch: int, candidates: int, count: int
+) -> list[dict[str, np.ndarray]]:
     """Uniform random users and items (the least cache-friendly ids); label 1 on candidate 0."""
     label_bc = np.zeros((batch, candidates), np.float32)
     label_bc[:, 0] = 1.0
-    return [{"user": rng.integers(0, num_users, (batch, 1), dtype=np.int32),
-             "item": rng.integers(0, num_items, (batch, candidates), dtype=np.int32),
-             "label": label_bc} for _ in range(count)]
+    return [
+        {
+            "user": rng.integers(0, num_users, (batch, 1), dtype=np.int32),
+            "item": rng.integers(0, num_items, (batch, candidates), dtype=np.int32),
+            "label": label_bc,
+        }
+        for _ in range(count)
+    ]
 
 
 def table_sized(state, group_rows: int) -> list[jax.Array]:
@@ -130,16 +151,26 @@ def measure(rows: int, update: str, args: argparse.Namespace) -> dict:
     table_bytes = sum(x.nbytes for x in table_sized(holder["state"], group_rows))
     sparse, optimizer = UPDATES[update]
     record = {
-        "rows": rows, "users": args.users, "dim": args.dim, "batch": args.batch,
-        "update": "sparse" if sparse else "dense", "optimizer": optimizer, "label": update,
-        "step_ms_p50": times["p50"], "step_ms_p90": times["p90"], "step_ms_min": times["min"],
-        "n_steps": times["n"], "compile_s": compile_s,
+        "rows": rows,
+        "users": args.users,
+        "dim": args.dim,
+        "batch": args.batch,
+        "update": "sparse" if sparse else "dense",
+        "optimizer": optimizer,
+        "label": update,
+        "step_ms_p50": times["p50"],
+        "step_ms_p90": times["p90"],
+        "step_ms_min": times["min"],
+        "n_steps": times["n"],
+        "compile_s": compile_s,
         "in_place": bool(before) and before == after,
         "in_place_buffers": f"{sum(a == b for a, b in zip(before, after))}/{len(before)}",
         "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
         "alias_bytes": int(memory.alias_size_in_bytes) if memory else None,
         "table_bytes": int(table_bytes),
-        "hlo_table_ops": sum(ops.values()), "hlo_table_ops_by_opcode": ops, "hlo_table_copies": ops.get("copy", 0),
+        "hlo_table_ops": sum(ops.values()),
+        "hlo_table_ops_by_opcode": ops,
+        "hlo_table_copies": ops.get("copy", 0),
         "unique_items_per_batch": float(np.mean([np.unique(b["item"]).size for b in host])),
     }
     holder.clear()  # the state and the executable, before the caches are cleared
@@ -172,17 +203,22 @@ def compute_goals(records: list[dict]) -> dict:
     speedup = ratio((DENSE_GOAL, large), (SPARSE_GOAL, large))
     standard = (small, large) == (10**4, 10**7)
     return {
-        "rows_small": small, "rows_large": large,
+        "rows_small": small,
+        "rows_large": large,
         "sparse_1e7_over_1e4": growth if standard else None,
         "dense_over_sparse_at_1e7": speedup if large == 10**7 else None,
         "sparse_large_over_small": growth,
         "dense_over_sparse_at_large": speedup,
         "rowwise_adagrad_large_over_small": ratio(("sparse/rowwise_adagrad", large), ("sparse/rowwise_adagrad", small)),
         "dense_over_rowwise_adagrad_at_large": ratio((DENSE_GOAL, large), ("sparse/rowwise_adagrad", large)),
-        "targets": {"sparse_large_over_small_at_most": MAX_SPARSE_GROWTH,
-                    "dense_over_sparse_at_least": MIN_DENSE_OVER_SPARSE},
-        "met": {"sparse_growth": growth is not None and growth <= MAX_SPARSE_GROWTH,
-                "dense_over_sparse": speedup is not None and speedup >= MIN_DENSE_OVER_SPARSE},
+        "targets": {
+            "sparse_large_over_small_at_most": MAX_SPARSE_GROWTH,
+            "dense_over_sparse_at_least": MIN_DENSE_OVER_SPARSE,
+        },
+        "met": {
+            "sparse_growth": growth is not None and growth <= MAX_SPARSE_GROWTH,
+            "dense_over_sparse": speedup is not None and speedup >= MIN_DENSE_OVER_SPARSE,
+        },
         "all_sparse_in_place": all(r["in_place"] for r in records if r["update"] == "sparse"),
     }
 
@@ -196,23 +232,25 @@ def _fmt(x) -> str:
 
 
 def notes(goals: dict, args: argparse.Namespace) -> str:
-    return "\n".join([
-        f"Sparse ({SPARSE_GOAL}) step at {goals['rows_large']:.0e} rows / at {goals['rows_small']:.0e} rows: "
-        f"{_fmt(goals['sparse_large_over_small'])} (target <= {MAX_SPARSE_GROWTH}; "
-        f"met: {goals['met']['sparse_growth']}).",
-        "",
-        f"Dense Adam / sparse {SPARSE_GOAL} at {goals['rows_large']:.0e} rows: "
-        f"{_fmt(goals['dense_over_sparse_at_large'])} (target >= {MIN_DENSE_OVER_SPARSE}; "
-        f"met: {goals['met']['dense_over_sparse']}).",
-        "",
-        f"rowwise_adagrad: large/small {_fmt(goals['rowwise_adagrad_large_over_small'])}, "
-        f"dense/rowwise at large {_fmt(goals['dense_over_rowwise_adagrad_at_large'])}. "
-        f"All sparse updates in place: {goals['all_sparse_in_place']}.",
-        "",
-        f"Step times are medians of up to {args.repeats} steps after {args.warmup} warm-up steps "
-        f"(at most ~{args.max_seconds:.0f} s of timing per configuration); rows = item table rows, user table "
-        f"{args.users} rows; {args.num_batches} distinct random batches cycled.",
-    ])
+    return "\n".join(
+        [
+            f"Sparse ({SPARSE_GOAL}) step at {goals['rows_large']:.0e} rows / at {goals['rows_small']:.0e} rows: "
+            f"{_fmt(goals['sparse_large_over_small'])} (target <= {MAX_SPARSE_GROWTH}; "
+            f"met: {goals['met']['sparse_growth']}).",
+            "",
+            f"Dense Adam / sparse {SPARSE_GOAL} at {goals['rows_large']:.0e} rows: "
+            f"{_fmt(goals['dense_over_sparse_at_large'])} (target >= {MIN_DENSE_OVER_SPARSE}; "
+            f"met: {goals['met']['dense_over_sparse']}).",
+            "",
+            f"rowwise_adagrad: large/small {_fmt(goals['rowwise_adagrad_large_over_small'])}, "
+            f"dense/rowwise at large {_fmt(goals['dense_over_rowwise_adagrad_at_large'])}. "
+            f"All sparse updates in place: {goals['all_sparse_in_place']}.",
+            "",
+            f"Step times are medians of up to {args.repeats} steps after {args.warmup} warm-up steps "
+            f"(at most ~{args.max_seconds:.0f} s of timing per configuration); rows = item table rows, user table "
+            f"{args.users} rows; {args.num_batches} distinct random batches cycled.",
+        ]
+    )
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -243,22 +281,37 @@ def main(argv=None) -> dict:
     for rows in args.rows:
         for update in args.updates:
             record = measure(rows, update, args)
-            _progress(f"rows={rows:<9d} {update:<23s} p50 {record['step_ms_p50']:9.2f} ms  "
-                      f"p90 {record['step_ms_p90']:9.2f} ms  compile {record['compile_s']:5.1f} s  "
-                      f"in_place={record['in_place']} temp={record['temp_bytes']} "
-                      f"hlo_ops={record['hlo_table_ops_by_opcode']}")
+            _progress(
+                f"rows={rows:<9d} {update:<23s} p50 {record['step_ms_p50']:9.2f} ms  "
+                f"p90 {record['step_ms_p90']:9.2f} ms  compile {record['compile_s']:5.1f} s  "
+                f"in_place={record['in_place']} temp={record['temp_bytes']} "
+                f"hlo_ops={record['hlo_table_ops_by_opcode']}"
+            )
             records.append(record)
     add_ratios(records)
     goals = compute_goals(records)
-    write_results(args.out, records, machine_info(), title="Vocabulary scaling: train step time vs item table rows",
-                  columns=COLUMNS, extra={"goals": goals, "args": {k: v for k, v in vars(args).items() if k != "out"}},
-                  notes=notes(goals, args))
-    series = {u: ([r["rows"] for r in records if r["label"] == u],
-                  [r["step_ms_p50"] for r in records if r["label"] == u])
-              for u in args.updates}
-    plot_lines(args.out / "step_ms_vs_rows.png", series, xlabel="item table rows", ylabel="train step ms (median)",
-               title=f"MF train step, dim {args.dim}, batch {args.batch}, one {jax.default_backend()} device",
-               logx=True, logy=True)
+    write_results(
+        args.out,
+        records,
+        machine_info(),
+        title="Vocabulary scaling: train step time vs item table rows",
+        columns=COLUMNS,
+        extra={"goals": goals, "args": {k: v for k, v in vars(args).items() if k != "out"}},
+        notes=notes(goals, args),
+    )
+    series = {
+        u: ([r["rows"] for r in records if r["label"] == u], [r["step_ms_p50"] for r in records if r["label"] == u])
+        for u in args.updates
+    }
+    plot_lines(
+        args.out / "step_ms_vs_rows.png",
+        series,
+        xlabel="item table rows",
+        ylabel="train step ms (median)",
+        title=f"MF train step, dim {args.dim}, batch {args.batch}, one {jax.default_backend()} device",
+        logx=True,
+        logy=True,
+    )
     _progress(f"goals: {goals}")
     return {"records": records, "goals": goals}
 

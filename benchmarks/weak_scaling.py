@@ -35,8 +35,21 @@ import numpy as np
 
 from benchmarks.common import int_list, machine_info, plot_lines, run_children, write_results
 
-COLUMNS = ("model", "strategy", "num_devices", "plan", "xla_received_mb", "planner_received_mb", "planner_over_xla",
-           "ideal_mb", "xla_over_ideal", "temp_mb", "overflow_zipf", "overflow_uniform", "compile_s")
+COLUMNS = (
+    "model",
+    "strategy",
+    "num_devices",
+    "plan",
+    "xla_received_mb",
+    "planner_received_mb",
+    "planner_over_xla",
+    "ideal_mb",
+    "xla_over_ideal",
+    "temp_mb",
+    "overflow_zipf",
+    "overflow_uniform",
+    "compile_s",
+)
 DCN_TABLES = 26
 
 
@@ -125,7 +138,10 @@ def measure(model: str, strategy: str, num_devices: int, args, compile_step: boo
     estimate = estimate_memory(plan, batch, dense_param_bytes=dense_params)
     counts = Counter(p.strategy for p in plan.placements.values())
     record = {
-        "model": model, "strategy": strategy, "num_devices": num_devices, "per_device": args.per_device,
+        "model": model,
+        "strategy": strategy,
+        "num_devices": num_devices,
+        "per_device": args.per_device,
         "plan": ", ".join(f"{s} x{c}" for s, c in sorted(counts.items())),
         "planner_received_mb": estimate.comm_bytes_received_per_device / 1e6,
         "ideal_mb": ideal_bytes(plan, args.per_device, dense_params) / 1e6,
@@ -137,10 +153,13 @@ def measure(model: str, strategy: str, num_devices: int, args, compile_step: boo
     tick = time.perf_counter()
     compiled = make_train_step(engine).lower(*abstract_inputs(engine, batch)).compile()
     xla = received_bytes_per_device(compiled.as_text())
-    return record | {"xla_received_mb": xla / 1e6, "planner_over_xla": estimate.comm_bytes_received_per_device / xla,
-                     "xla_over_ideal": xla / 1e6 / record["ideal_mb"],
-                     "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 1e6,
-                     "compile_s": time.perf_counter() - tick}
+    return record | {
+        "xla_received_mb": xla / 1e6,
+        "planner_over_xla": estimate.comm_bytes_received_per_device / xla,
+        "xla_over_ideal": xla / 1e6 / record["ideal_mb"],
+        "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 1e6,
+        "compile_s": time.perf_counter() - tick,
+    }
 
 
 _DENSE_CACHE: dict[str, int] = {}
@@ -156,8 +175,14 @@ def _plan_only(model: str, strategy: str, num_devices: int, args):
     engine = build(model, strategy, 8, args, jax.devices()[:8])
     _DENSE_CACHE[model] = dense_param_bytes(engine)
 
-    return make_plan(list(engine.plan.specs.values()), (1, num_devices), strategy, budget_bytes=80e9,
-                     capacity_factor=args.capacity_factor, batch_per_device=args.per_device)
+    return make_plan(
+        list(engine.plan.specs.values()),
+        (1, num_devices),
+        strategy,
+        budget_bytes=80e9,
+        capacity_factor=args.capacity_factor,
+        batch_per_device=args.per_device,
+    )
 
 
 def child(num_devices: int, args) -> None:
@@ -170,8 +195,12 @@ def child(num_devices: int, args) -> None:
             try:
                 record = measure(model, strategy, num_devices, args, compile_step)
             except Exception as err:  # noqa: BLE001 - a failed configuration is reported, not fatal
-                record = {"model": model, "strategy": strategy, "num_devices": num_devices,
-                          "error": f"{type(err).__name__}: {err}"[:500]}
+                record = {
+                    "model": model,
+                    "strategy": strategy,
+                    "num_devices": num_devices,
+                    "error": f"{type(err).__name__}: {err}"[:500],
+                }
             print("RECORD " + json.dumps(record), flush=True)
 
 
@@ -179,18 +208,31 @@ def plot(out: Path, records: list[dict]) -> None:
     for model in sorted({r["model"] for r in records}):
         series = {}
         for strategy in sorted({r["strategy"] for r in records if r["model"] == model}):
-            rows = sorted((r for r in records if r["model"] == model and r["strategy"] == strategy
-                           and r.get("xla_received_mb")), key=lambda r: r["num_devices"])
+            rows = sorted(
+                (r for r in records if r["model"] == model and r["strategy"] == strategy and r.get("xla_received_mb")),
+                key=lambda r: r["num_devices"],
+            )
             if rows:
                 series[f"{strategy} (XLA)"] = ([r["num_devices"] for r in rows], [r["xla_received_mb"] for r in rows])
-        planned = sorted((r for r in records if r["model"] == model and r["strategy"] == "row_wise"
-                          and "planner_received_mb" in r), key=lambda r: r["num_devices"])
+        planned = sorted(
+            (r for r in records if r["model"] == model and r["strategy"] == "row_wise" and "planner_received_mb" in r),
+            key=lambda r: r["num_devices"],
+        )
         if planned:
-            series["row_wise (planner)"] = ([r["num_devices"] for r in planned],
-                                            [r["planner_received_mb"] for r in planned])
+            series["row_wise (planner)"] = (
+                [r["num_devices"] for r in planned],
+                [r["planner_received_mb"] for r in planned],
+            )
             series["ideal"] = ([r["num_devices"] for r in planned], [r["ideal_mb"] for r in planned])
-        plot_lines(out / f"bytes_{model}.png", series, xlabel="devices", ylabel="MB received per device per step",
-                   title=f"{model}: weak scaling, fixed batch per device", logx=True, logy=True)
+        plot_lines(
+            out / f"bytes_{model}.png",
+            series,
+            xlabel="devices",
+            ylabel="MB received per device per step",
+            title=f"{model}: weak scaling, fixed batch per device",
+            logx=True,
+            logy=True,
+        )
 
 
 def parse_args(argv=None):
@@ -221,12 +263,21 @@ def main(argv=None) -> None:
     records = run_children("benchmarks.weak_scaling", flags, [*args.devices, *args.planner_only])
     wall_s = time.perf_counter() - start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
-    notes = (f"{len(records)} configurations in {wall_s:.0f} s, one process per device count, nothing allocated; "
-             f"{args.per_device} examples per device, capacity_factor {args.capacity_factor}, Zipf exponent "
-             f"{args.zipf}, {args.batches} simulated batches per overflow rate. MB = 10^6 bytes received per "
-             "device per normal step (jaxrec.sharding.hlo). See benchmarks/weak_scaling.py for the conventions.")
-    write_results(args.out, records, machine_info(), title="Weak scaling of the sharded embedding engine",
-                  columns=COLUMNS, extra={"settings": settings, "wall_s": wall_s}, notes=notes)
+    notes = (
+        f"{len(records)} configurations in {wall_s:.0f} s, one process per device count, nothing allocated; "
+        f"{args.per_device} examples per device, capacity_factor {args.capacity_factor}, Zipf exponent "
+        f"{args.zipf}, {args.batches} simulated batches per overflow rate. MB = 10^6 bytes received per "
+        "device per normal step (jaxrec.sharding.hlo). See benchmarks/weak_scaling.py for the conventions."
+    )
+    write_results(
+        args.out,
+        records,
+        machine_info(),
+        title="Weak scaling of the sharded embedding engine",
+        columns=COLUMNS,
+        extra={"settings": settings, "wall_s": wall_s},
+        notes=notes,
+    )
     plot(args.out, records)
     print(f"wrote {args.out / 'results.json'} ({wall_s:.0f} s)")
 

@@ -38,8 +38,11 @@ def grid(overrides: list[str], params: dict[str, str] | None = None) -> list[lis
 
     parser = OverridesParser.create()
     if params is None:  # the grid depends on the chosen options only (experiment=, data=, ...)
-        choices = [o.input_line for o in parser.parse_overrides(list(overrides))
-                   if not o.is_sweep_override() and "." not in o.key_or_group]
+        choices = [
+            o.input_line
+            for o in parser.parse_overrides(list(overrides))
+            if not o.is_sweep_override() and "." not in o.key_or_group
+        ]
         params = sweep_params(choices)
     parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
     return BasicSweeper.split_arguments(parsed, None)[0]
@@ -93,8 +96,12 @@ def select(jobs: list[tuple[Path, dict]], metric: str) -> tuple[Path, dict]:
     return best
 
 
-def two_stage_main(prog: str, description: str, run_experiment: Callable[[Path, Sequence[str]], dict],
-                   argv: Sequence[str] | None = None) -> None:
+def two_stage_main(
+    prog: str,
+    description: str,
+    run_experiment: Callable[[Path, Sequence[str]], dict],
+    argv: Sequence[str] | None = None,
+) -> None:
     """The command line of a two-stage experiment: overrides for every arm and --sweep-dir; runs it
     and prints the report it wrote."""
     parser = argparse.ArgumentParser(prog=prog, description=description)

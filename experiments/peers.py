@@ -52,12 +52,12 @@ RANKING_PEERS = ("most_popular", "implicit_als", "implicit_bpr")
 RATING_PEERS = ("surprise_svd", "surprise_svdpp")
 
 
-def evaluate_part(score_fn: ScoreFn, split: Split, part: str, ks: Sequence[int] = KS,
-                  batch_size: int = 256) -> dict[str, float]:
+def evaluate_part(
+    score_fn: ScoreFn, split: Split, part: str, ks: Sequence[int] = KS, batch_size: int = 256
+) -> dict[str, float]:
     """The protocol of train_lib.RankingEvaluator: valid excludes train; test excludes train and valid."""
     exclude = [split.valid] if part == "test" else []
-    return evaluate_ranking(score_fn, split.train, getattr(split, part), exclude=exclude, ks=ks,
-                            batch_size=batch_size)
+    return evaluate_ranking(score_fn, split.train, getattr(split, part), exclude=exclude, ks=ks, batch_size=batch_size)
 
 
 def factor_scores(user_factors_ud: np.ndarray, item_factors_nd: np.ndarray) -> ScoreFn:
@@ -119,8 +119,11 @@ def ranking_peer(name: str, params: dict, dataset: Dataset, ks: Sequence[int], i
         model_cls = implicit[name.removeprefix("implicit_")]
         score_fn = factor_scores(*fit_implicit(model_cls, params, train_csr(split.train)))
     seconds = time.perf_counter() - start
-    return {"valid_metrics": evaluate_part(score_fn, split, "valid", ks),
-            "metrics": evaluate_part(score_fn, split, "test", ks), "train": {"wall_s": seconds}}
+    return {
+        "valid_metrics": evaluate_part(score_fn, split, "valid", ks),
+        "metrics": evaluate_part(score_fn, split, "test", ks),
+        "train": {"wall_s": seconds},
+    }
 
 
 def surprise_fold(surprise, dataset: Dataset):
@@ -129,12 +132,18 @@ def surprise_fold(surprise, dataset: Dataset):
     import pandas as pd
 
     def raw(part):
-        return list(zip(part.user_tokens[part.user], part.item_tokens[part.item], part.rating.astype(float),
-                        [None] * len(part)))
+        return list(
+            zip(part.user_tokens[part.user], part.item_tokens[part.item], part.rating.astype(float), [None] * len(part))
+        )
 
     train = dataset.split.train
-    frame = pd.DataFrame({"user": train.user_tokens[train.user], "item": train.item_tokens[train.item],
-                          "rating": train.rating.astype(float)})
+    frame = pd.DataFrame(
+        {
+            "user": train.user_tokens[train.user],
+            "item": train.item_tokens[train.item],
+            "rating": train.rating.astype(float),
+        }
+    )
     scale = (float(dataset.interactions.rating.min()), float(dataset.interactions.rating.max()))
     data = surprise.Dataset.load_from_df(frame, surprise.Reader(rating_scale=scale))
     trainset = data.construct_trainset(raw(train) + raw(dataset.split.valid))
@@ -152,8 +161,11 @@ def rating_peer(name: str, params: dict, dataset: Dataset, surprise) -> dict:
     seconds = time.perf_counter() - start
     predictions = algo.test(testset)
     pred, true = np.array([p.est for p in predictions]), np.array([p.r_ui for p in predictions])
-    return {"valid_metrics": {}, "metrics": {k: float(v) for k, v in rating_metrics(pred, true).items()},
-            "train": {"wall_s": seconds}}
+    return {
+        "valid_metrics": {},
+        "metrics": {k: float(v) for k, v in rating_metrics(pred, true).items()},
+        "train": {"wall_s": seconds},
+    }
 
 
 def split_peer_overrides(job: list[str]) -> tuple[str, dict[str, Any], list[str]]:
@@ -169,8 +181,10 @@ def split_peer_overrides(job: list[str]) -> tuple[str, dict[str, Any], list[str]
             rest.append(override.input_line)
     name = params.pop("name", None)
     if name not in RANKING_PEERS + RATING_PEERS:
-        raise JaxrecError(f"peer.name={name!r}: expected one of {', '.join(RANKING_PEERS + RATING_PEERS)} "
-                          "(set in the arm's hydra.sweeper.params)")
+        raise JaxrecError(
+            f"peer.name={name!r}: expected one of {', '.join(RANKING_PEERS + RATING_PEERS)} "
+            "(set in the arm's hydra.sweeper.params)"
+        )
     return name, params, rest
 
 
@@ -193,11 +207,21 @@ def run_peer_arm(sweep_dir: Path, overrides: list[str]) -> list[tuple[Path, dict
             results = ranking_peer(name, params, dataset, cfg.train.ks, modules.get(kind))
         job_dir = Path(sweep_dir) / arm_name(job) / str(index)
         write_job_overrides(job_dir, job)
-        results |= {"entry": "experiments.peers", "peer": {"name": name, "params": params},
-                    "data": dataset.summary(), "config": {"data": to_dict(cfg)["data"]}}
+        results |= {
+            "entry": "experiments.peers",
+            "peer": {"name": name, "params": params},
+            "data": dataset.summary(),
+            "config": {"data": to_dict(cfg)["data"]},
+        }
         write_json_atomic(job_dir / "results.json", results)
-        log.info("%s %s: valid %s, test %s (fit %.1fs)", name, params, _short(results["valid_metrics"]),
-                 _short(results["metrics"]), results["train"]["wall_s"])
+        log.info(
+            "%s %s: valid %s, test %s (fit %.1fs)",
+            name,
+            params,
+            _short(results["valid_metrics"]),
+            _short(results["metrics"]),
+            results["train"]["wall_s"],
+        )
         jobs.append((job_dir, results))
     return jobs
 
@@ -210,8 +234,12 @@ def _short(metrics: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.peers", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="+", help="experiment=<experiment>/<peer arm> and any overrides")
-    parser.add_argument("--sweep-dir", type=Path, default=Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S"),
-                        help="where the job dirs go (default: multirun/<date>/<time>, as Hydra's)")
+    parser.add_argument(
+        "--sweep-dir",
+        type=Path,
+        default=Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S"),
+        help="where the job dirs go (default: multirun/<date>/<time>, as Hydra's)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_backend_probe()

@@ -57,10 +57,22 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save ste
 # Config keys a resumed run may change: how long it runs, how it reports, and where tables live
 # (a checkpoint restores onto any plan). Every other key changes the model, the optimiser or
 # what the saved data position means, and must match.
-RESUMABLE_KEYS = ("sharding.", "train.epochs", "train.max_steps", "train.eval_every", "train.eval_batch_size",
-                  "train.log_every", "train.progress", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.async_checkpoint",
-                  "train.resume", "train.resume_step", "train.on_nonfinite", "train.distributed.")
+RESUMABLE_KEYS = (
+    "sharding.",
+    "train.epochs",
+    "train.max_steps",
+    "train.eval_every",
+    "train.eval_batch_size",
+    "train.log_every",
+    "train.progress",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.async_checkpoint",
+    "train.resume",
+    "train.resume_step",
+    "train.on_nonfinite",
+    "train.distributed.",
+)
 
 
 # Bytes Orbax moves between device and host at once (its default, 96 GB, lets a save or restore
@@ -75,8 +87,12 @@ class DamagedCheckpoint(Exception):
 
 def _saved_tree(state) -> dict:
     """What a checkpoint's `state` item holds: the train state as laid out."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "emb": {"tables": state.emb.tables, "slots": state.emb.slots}}
+    return {
+        "step": state.step,
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "emb": {"tables": state.emb.tables, "slots": state.emb.slots},
+    }
 
 
 def reshard(engine, old_plan, saved_emb: dict):
@@ -92,7 +108,8 @@ def reshard(engine, old_plan, saved_emb: dict):
             logical["tables"][name] = to_logical(old_plan, engine.mesh, name, saved_emb["tables"][group], spec.dim)
             logical["slots"][name] = {
                 slot: to_logical(old_plan, engine.mesh, name, saved_emb["slots"][group][slot], width)
-                for slot, width in collection.slot_widths(name).items()}
+                for slot, width in collection.slot_widths(name).items()
+            }
         return logical
 
     logical = jax.jit(to_logical_form)(saved_emb)
@@ -101,9 +118,18 @@ def reshard(engine, old_plan, saved_emb: dict):
 
 def layout_meta(plan) -> dict:
     """What fixes where every row of the saved arrays lives: enough to relay them under any plan."""
-    groups = {name: {"kind": g.kind, "dim": g.dim, "padded_dim": g.padded_dim, "block_rows": g.block_rows,
-                     "optimizer": g.optimizer, "tables": list(g.tables), "dtype": g.dtype}
-              for name, g in plan.groups.items()}
+    groups = {
+        name: {
+            "kind": g.kind,
+            "dim": g.dim,
+            "padded_dim": g.padded_dim,
+            "block_rows": g.block_rows,
+            "optimizer": g.optimizer,
+            "tables": list(g.tables),
+            "dtype": g.dtype,
+        }
+        for name, g in plan.groups.items()
+    }
     placements = {name: dataclasses.asdict(p) for name, p in plan.placements.items()}
     return {"mesh": list(plan.mesh_shape), "groups": groups, "placements": placements}
 
@@ -111,23 +137,39 @@ def layout_meta(plan) -> dict:
 def saved_plan(layout: dict, current: EmbeddingPlan) -> EmbeddingPlan:
     """The plan a checkpoint was written under (the tables themselves are the current ones:
     check_compatible has compared them)."""
-    groups = {name: GroupLayout(name, g["kind"], g["dim"], g["padded_dim"], g["block_rows"], g["optimizer"], 0.0,
-                                tuple(g["tables"]), g["dtype"]) for name, g in layout["groups"].items()}
+    groups = {
+        name: GroupLayout(
+            name,
+            g["kind"],
+            g["dim"],
+            g["padded_dim"],
+            g["block_rows"],
+            g["optimizer"],
+            0.0,
+            tuple(g["tables"]),
+            g["dtype"],
+        )
+        for name, g in layout["groups"].items()
+    }
     placements = {name: TablePlacement(**p) for name, p in layout["placements"].items()}
     return EmbeddingPlan(tuple(layout["mesh"]), current.specs, placements, groups)
 
 
 def _table_meta(engine) -> dict:
-    return {name: {"rows": spec.rows, "dim": spec.dim, "optimizer": spec.optimizer}
-            for name, spec in engine.collection.specs.items()}
+    return {
+        name: {"rows": spec.rows, "dim": spec.dim, "optimizer": spec.optimizer}
+        for name, spec in engine.collection.specs.items()
+    }
 
 
 def checksums(tree) -> dict[str, str]:
     """Leaf path -> checksum (hex) of every array in `tree`, one array at a time (so the
     temporaries are those of the largest array, not of the whole state)."""
     sums = jax.device_get(jax.tree.map(lambda leaf: checksum_fn(leaf)(leaf), tree))
-    return {jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
-            for path, s in jax.tree_util.tree_leaves_with_path(sums)}
+    return {
+        jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
+        for path, s in jax.tree_util.tree_leaves_with_path(sums)
+    }
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -154,11 +196,13 @@ class Checkpointer:
         if async_save is None:  # a background save copies the state to host RAM, which CPU devices already are
             async_save = jax.devices()[0].platform != "cpu"
         self.async_save = async_save
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               create=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         state_handler = ocp.StandardCheckpointHandler(save_concurrent_gb=TRANSFER_GB, restore_concurrent_gb=TRANSFER_GB)
-        handlers = {"state": state_handler,
-                    "data": grain.checkpoint.CheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        handlers = {
+            "state": state_handler,
+            "data": grain.checkpoint.CheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.good_step: int | None = None  # newest checkpoint known to be intact (verified or written here)
         self._pending: int | None = None  # step of the save in flight, until wait() sees it committed
@@ -176,13 +220,16 @@ class Checkpointer:
         """Starts an (asynchronous) save of `state` as laid out; wait() tells when it is on disk."""
         saved = _saved_tree(state)
         step = int(state.step)
-        meta = meta | {"tables": _table_meta(engine), "layout": layout_meta(engine.plan),
-                       "checksums": checksums(saved)}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(saved),
-            data=grain.checkpoint.CheckpointSave(iterator),
-            meta=ocp.args.JsonSave(meta),
-        ), force=True)
+        meta = meta | {"tables": _table_meta(engine), "layout": layout_meta(engine.plan), "checksums": checksums(saved)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(saved),
+                data=grain.checkpoint.CheckpointSave(iterator),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
         self._pending = step
 
     def wait(self) -> int | None:
@@ -203,30 +250,44 @@ class Checkpointer:
         a checkpoint that differs in anything but RESUMABLE_KEYS is refused in one line."""
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         if step is not None and step not in self.manager.all_steps():
-            raise JaxrecError(f"train.resume_step={step}: no such checkpoint in {self.directory} "
-                              f"(steps: {self.all_steps() or 'none'})")
+            raise JaxrecError(
+                f"train.resume_step={step}: no such checkpoint in {self.directory} "
+                f"(steps: {self.all_steps() or 'none'})"
+            )
         for candidate in steps:
             where = self.directory / str(candidate)
             try:
                 state, meta = self._restore_verified(engine, iterator, candidate, expected)
             except DamagedCheckpoint as err:
                 if step is not None:
-                    raise JaxrecError(f"checkpoint {where} is damaged ({err}); choose another train.resume_step "
-                                      f"(steps: {self.all_steps()})") from None
-                log.warning("checkpoint %s is damaged (%s); trying the previous one (it is kept in %s)", where, err,
-                            self._set_aside(candidate))
+                    raise JaxrecError(
+                        f"checkpoint {where} is damaged ({err}); choose another train.resume_step "
+                        f"(steps: {self.all_steps()})"
+                    ) from None
+                log.warning(
+                    "checkpoint %s is damaged (%s); trying the previous one (it is kept in %s)",
+                    where,
+                    err,
+                    self._set_aside(candidate),
+                )
                 continue
             self.good_step = candidate
             newer = [s for s in self.all_steps() if s > candidate]
             if step is not None and newer:  # an explicit older step: its later history is replaced
-                log.warning("train.resume_step=%d: later checkpoints %s moved to %s", step, newer,
-                            [str(self._set_aside(s, "checkpoints-superseded")) for s in newer][0].rsplit("/", 1)[0])
+                log.warning(
+                    "train.resume_step=%d: later checkpoints %s moved to %s",
+                    step,
+                    newer,
+                    [str(self._set_aside(s, "checkpoints-superseded")) for s in newer][0].rsplit("/", 1)[0],
+                )
             if candidate != steps[0]:
                 log.warning("resumed from step %d, the newest checkpoint that verifies", candidate)
             log.info("restored checkpoint step %d from %s", candidate, self.directory)
             return state, meta, candidate
-        raise JaxrecError(f"no checkpoint in {self.directory} verifies (steps tried: {steps}); "
-                          "start afresh with train.resume=false in a new hydra.run.dir")
+        raise JaxrecError(
+            f"no checkpoint in {self.directory} verifies (steps tried: {steps}); "
+            "start afresh with train.resume=false in a new hydra.run.dir"
+        )
 
     def _set_aside(self, step: int, folder: str = "checkpoints-damaged") -> Path:
         """Moves a step out of the manager's sight, so that training can write that step again,
@@ -269,39 +330,49 @@ class Checkpointer:
             actual = checksums(saved)
             bad = sorted(k for k, v in meta["checksums"].items() if actual.get(k) != v)
             if bad:
-                raise DamagedCheckpoint(f"checksum mismatch in {', '.join(bad[:3])}"
-                                        f"{' and more' if len(bad) > 3 else ''}")
+                raise DamagedCheckpoint(
+                    f"checksum mismatch in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}"
+                )
         if same:
             emb = EmbeddingState(**saved["emb"])
         elif layout is None:  # written in logical form (before the plan layout was saved)
             emb = jax.jit(engine.collection.from_logical, out_shardings=engine.collection.shardings())(
-                saved["embeddings"])
+                saved["embeddings"]
+            )
         else:
             emb = reshard(engine, saved_plan(layout, engine.plan), saved["emb"])
         replicated = NamedSharding(engine.mesh, P())
         state = engine.abstract_state.replace(
-            step=jax.device_put(saved["step"], replicated), emb=emb,
+            step=jax.device_put(saved["step"], replicated),
+            emb=emb,
             params=jax.device_put(saved["params"], replicated),
-            opt_state=jax.device_put(saved["opt_state"], replicated))
+            opt_state=jax.device_put(saved["opt_state"], replicated),
+        )
         return jax.device_put(state, state_shardings(engine, state)), meta
 
     def _abstract_saved(self, engine, step: int, layout: dict | None, same: bool):
         """The restore target. Same layout: the current state's shapes and shardings. Otherwise
         each embedding array at its saved shape, split by rows over the current mesh where its
         row count divides (checkpoints written in logical form: the logical arrays)."""
-        abstract = {"step": engine.abstract_state.step, "params": engine.abstract_state.params,
-                    "opt_state": engine.abstract_state.opt_state}
+        abstract = {
+            "step": engine.abstract_state.step,
+            "params": engine.abstract_state.params,
+            "opt_state": engine.abstract_state.opt_state,
+        }
         replicated = NamedSharding(engine.mesh, P())
         dense = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), abstract)
         if same:
-            emb = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                               engine.abstract_state.emb, engine.collection.shardings())
+            emb = jax.tree.map(
+                lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                engine.abstract_state.emb,
+                engine.collection.shardings(),
+            )
             return dense | {"emb": {"tables": emb.tables, "slots": emb.slots}}
         key = "emb" if layout is not None else "embeddings"
         saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")[key]
         rows_split = lambda leaf: jax.ShapeDtypeStruct(  # noqa: E731
-            tuple(leaf.shape), leaf.dtype,
-            sharding=NamedSharding(engine.mesh, logical_spec(engine.mesh, leaf.shape[0])))
+            tuple(leaf.shape), leaf.dtype, sharding=NamedSharding(engine.mesh, logical_spec(engine.mesh, leaf.shape[0]))
+        )
         return dense | {key: jax.tree.map(rows_split, saved, is_leaf=lambda x: hasattr(x, "shape"))}
 
     def close(self) -> None:
@@ -328,11 +399,13 @@ def _drop_orbax_reads_left_unfinished(hook):
     """Wraps sys.unraisablehook: the same siblings, when still suspended at interpreter exit, are
     finalised with "Exception ignored in: <coroutine object _read_array_index_and_device_put>";
     those go to the debug log, everything else to the previous hook."""
+
     def unraisable(info):
         if _from_failed_orbax_read(info.exc_value):
             log.debug("an Orbax read of a damaged checkpoint finished after its restore failed: %s", info.exc_value)
         else:
             hook(info)
+
     return unraisable
 
 
@@ -403,27 +476,33 @@ def check_same_run(meta: dict, expected: dict, where: Path) -> None:
     if meta.get("data_fingerprint") not in (None, expected["data_fingerprint"]):
         changed.append("the data set (its fingerprint differs)")
     if changed:
-        raise JaxrecError(f"checkpoint {where} was written by a different run: {'; '.join(changed)}. "
-                          "Resume with the saved settings, or start afresh with train.resume=false in a new "
-                          "hydra.run.dir")
+        raise JaxrecError(
+            f"checkpoint {where} was written by a different run: {'; '.join(changed)}. "
+            "Resume with the saved settings, or start afresh with train.resume=false in a new "
+            "hydra.run.dir"
+        )
 
 
 def check_compatible(saved: dict, current: dict, where: Path) -> None:
     """A checkpoint restores only onto the same tables (shapes and optimiser slots)."""
     for name in sorted(set(saved) | set(current)):
         if name not in current or name not in saved:
-            raise JaxrecError(f"checkpoint {where} has tables {sorted(saved)}, but the current model has "
-                              f"{sorted(current)}")
+            raise JaxrecError(
+                f"checkpoint {where} has tables {sorted(saved)}, but the current model has {sorted(current)}"
+            )
         old, new = saved[name], current[name]
         if (old["rows"], old["dim"]) != (new["rows"], new["dim"]):
-            raise JaxrecError(f"checkpoint {where}: table '{name}' is {old['rows']} x {old['dim']} there but "
-                              f"{new['rows']} x {new['dim']} in the current config (model.dim or data changed)")
+            raise JaxrecError(
+                f"checkpoint {where}: table '{name}' is {old['rows']} x {old['dim']} there but "
+                f"{new['rows']} x {new['dim']} in the current config (model.dim or data changed)"
+            )
         if old["optimizer"] != new["optimizer"]:
-            raise JaxrecError(f"checkpoint {where}: table '{name}' was trained with {old['optimizer']} but the "
-                              f"current config uses {new['optimizer']} (optimizer.table_optimizer)")
+            raise JaxrecError(
+                f"checkpoint {where}: table '{name}' was trained with {old['optimizer']} but the "
+                f"current config uses {new['optimizer']} (optimizer.table_optimizer)"
+            )
 
 
 def data_fingerprint(dataset) -> str:
     """A short hash of the data set's summary (counts, sizes): what a saved position refers to."""
     return hashlib.sha256(json.dumps(dataset.summary(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-

@@ -105,9 +105,17 @@ class CriteoConfig(DataConfig):
     shuffle_window_blocks: int = 16  # blocks whose rows are permuted together (the shuffle window)
 
 
-DATA_CONFIGS = {"ml100k": MovieLensConfig, "ml1m": MovieLensConfig, "ml20m": MovieLensConfig,
-                "ml25m": MovieLensConfig, "ml_latest_small": MovieLensConfig, "csv": CsvConfig,
-                "synthetic": SyntheticConfig, "criteo_synthetic": CriteoSyntheticConfig, "criteo": CriteoConfig}
+DATA_CONFIGS = {
+    "ml100k": MovieLensConfig,
+    "ml1m": MovieLensConfig,
+    "ml20m": MovieLensConfig,
+    "ml25m": MovieLensConfig,
+    "ml_latest_small": MovieLensConfig,
+    "csv": CsvConfig,
+    "synthetic": SyntheticConfig,
+    "criteo_synthetic": CriteoSyntheticConfig,
+    "criteo": CriteoConfig,
+}
 CTR_DATA = (CriteoSyntheticConfig, CriteoConfig)
 DATASETS = tuple(DATA_CONFIGS)
 
@@ -186,8 +194,15 @@ class BERT4RecConfig(SASRecConfig):
     mask_prob: float = 0.2  # share of positions masked per training sequence
 
 
-MODEL_CONFIGS = {"mf": MFConfig, "two_tower": TwoTowerConfig, "neumf": NeuMFConfig, "dcn_v2": DCNv2Config,
-                 "sasrec": SASRecConfig, "bert4rec": BERT4RecConfig, "svdpp": SVDppConfig}
+MODEL_CONFIGS = {
+    "mf": MFConfig,
+    "two_tower": TwoTowerConfig,
+    "neumf": NeuMFConfig,
+    "dcn_v2": DCNv2Config,
+    "sasrec": SASRecConfig,
+    "bert4rec": BERT4RecConfig,
+    "svdpp": SVDppConfig,
+}
 CTR_MODELS = ("dcn_v2",)
 MODELS = tuple(MODEL_CONFIGS)
 
@@ -333,12 +348,16 @@ def check_numeric_ranges(cfg: Config) -> None:
     split = getattr(cfg.data, "split", None)
     if split in ("random", "temporal") or isinstance(cfg.data, CriteoSyntheticConfig):
         if cfg.data.valid_ratio + cfg.data.test_ratio >= 1:
-            raise JaxrecError(f"config keys data.valid_ratio={cfg.data.valid_ratio} and data.test_ratio="
-                              f"{cfg.data.test_ratio} leave no training data: their sum must be below 1")
+            raise JaxrecError(
+                f"config keys data.valid_ratio={cfg.data.valid_ratio} and data.test_ratio="
+                f"{cfg.data.test_ratio} leave no training data: their sum must be below 1"
+            )
     samples = isinstance(cfg.data, InteractionDataConfig) and cfg.model.loss != "mse" and not in_batch_negatives(cfg)
     if samples and cfg.data.num_negatives < 1:
-        raise JaxrecError(f"config key data.num_negatives={cfg.data.num_negatives}: model.loss={cfg.model.loss} "
-                          "trains against sampled negatives; expected an integer >= 1")
+        raise JaxrecError(
+            f"config key data.num_negatives={cfg.data.num_negatives}: model.loss={cfg.model.loss} "
+            "trains against sampled negatives; expected an integer >= 1"
+        )
     if not cfg.train.ks:
         raise JaxrecError("config key train.ks is empty: expected at least one metric cutoff")
 
@@ -357,14 +376,18 @@ def check_model_fits_data(cfg: Config) -> None:
     """A CTR model needs CTR examples, every other model user-item interactions."""
     ctr_model, ctr_data = cfg.model.name in CTR_MODELS, isinstance(cfg.data, CTR_DATA)
     if ctr_model and not ctr_data:
-        raise JaxrecError(f"model={cfg.model.name} trains on CTR examples with categorical features; "
-                          f"data={cfg.data.name} holds user-item interactions "
-                          "(use data=criteo_synthetic or data=criteo)")
+        raise JaxrecError(
+            f"model={cfg.model.name} trains on CTR examples with categorical features; "
+            f"data={cfg.data.name} holds user-item interactions "
+            "(use data=criteo_synthetic or data=criteo)"
+        )
     if ctr_data and not ctr_model:
         interaction_sets = [name for name, schema in DATA_CONFIGS.items() if schema not in CTR_DATA]
-        raise JaxrecError(f"data={cfg.data.name} holds CTR examples (dense and categorical features, no user-item "
-                          f"pairs); model={cfg.model.name} needs interactions: use model={CTR_MODELS[0]} or an "
-                          f"interaction data set ({', '.join(interaction_sets)})")
+        raise JaxrecError(
+            f"data={cfg.data.name} holds CTR examples (dense and categorical features, no user-item "
+            f"pairs); model={cfg.model.name} needs interactions: use model={CTR_MODELS[0]} or an "
+            f"interaction data set ({', '.join(interaction_sets)})"
+        )
 
 
 def validate(cfg: Config) -> Config:
@@ -376,11 +399,14 @@ def validate(cfg: Config) -> Config:
     if isinstance(cfg.data, InteractionDataConfig):
         _check_choice("data.split", cfg.data.split, SPLITS)
         if cfg.data.split == "kfold" and cfg.data.num_folds < 2:
-            raise JaxrecError(f"config key data.num_folds={cfg.data.num_folds}: k-fold cross-validation needs "
-                              "at least 2 folds")
+            raise JaxrecError(
+                f"config key data.num_folds={cfg.data.num_folds}: k-fold cross-validation needs at least 2 folds"
+            )
         if cfg.data.split == "kfold" and not 0 <= cfg.data.fold < cfg.data.num_folds:
-            raise JaxrecError(f"config key data.fold={cfg.data.fold} is out of range: expected 0 .. "
-                              f"{cfg.data.num_folds - 1} (data.num_folds={cfg.data.num_folds})")
+            raise JaxrecError(
+                f"config key data.fold={cfg.data.fold} is out of range: expected 0 .. "
+                f"{cfg.data.num_folds - 1} (data.num_folds={cfg.data.num_folds})"
+            )
     _check_choice("model.loss", cfg.model.loss, LOSSES)
     _check_choice("model.embedding_dtype", cfg.model.embedding_dtype, EMBEDDING_DTYPES)
     if isinstance(cfg.model, TwoTowerConfig):
@@ -447,6 +473,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
 
 def as_override(key: str, value) -> str:
     """key=value in Hydra's override syntax: None as null, booleans lower-case, lists bracketed."""
+
     def text(v):
         if v is None:
             return "null"
@@ -455,6 +482,7 @@ def as_override(key: str, value) -> str:
         if isinstance(v, (list, tuple)):
             return "[" + ",".join(text(x) for x in v) + "]"
         return str(v)
+
     return f"{key}={text(value)}"
 
 
@@ -495,8 +523,9 @@ def config_from_dict(saved: dict) -> Config:
     for group, schemas in (("data", DATA_CONFIGS), ("model", MODEL_CONFIGS)):
         schema = schemas[saved[group]["name"]]
         names = {f.name for f in dataclasses.fields(schema)}
-        root[group] = OmegaConf.merge(OmegaConf.structured(schema),
-                                      {k: v for k, v in saved[group].items() if k in names})
+        root[group] = OmegaConf.merge(
+            OmegaConf.structured(schema), {k: v for k, v in saved[group].items() if k in names}
+        )
     rest = {k: v for k, v in saved.items() if k not in ("data", "model")}
     return validate(OmegaConf.to_object(OmegaConf.merge(root, rest)))
 
@@ -581,8 +610,7 @@ def check_writable_dir(path: Path, key: str) -> None:
     except OSError as err:
         if os.environ.get("JAXREC_DEBUG") == "1":
             raise
-        print(f"jaxrec: error: cannot write the run directory {path} ({key}): {err.strerror or err}",
-              file=sys.stderr)
+        print(f"jaxrec: error: cannot write the run directory {path} ({key}): {err.strerror or err}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -49,12 +49,21 @@ def initialize(cfg: DistributedConfig) -> None:
     if cfg.coordinator_address is None:
         jax.distributed.initialize(heartbeat_timeout_seconds=cfg.heartbeat_timeout_s)
     else:
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id,
-                                   heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
-                                   initialization_timeout=max(60, cfg.heartbeat_timeout_s),
-                                   coordinator_bind_address=coordinator_bind_address(cfg.coordinator_address))
-    log.info("process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+        jax.distributed.initialize(
+            cfg.coordinator_address,
+            cfg.num_processes,
+            cfg.process_id,
+            heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
+            initialization_timeout=max(60, cfg.heartbeat_timeout_s),
+            coordinator_bind_address=coordinator_bind_address(cfg.coordinator_address),
+        )
+    log.info(
+        "process %d of %d, %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def is_main() -> bool:
@@ -72,8 +81,10 @@ def process_rows(sharding, global_batch: int) -> slice:
     bounds = [index[0] for index in sharding.addressable_devices_indices_map((global_batch,)).values()]
     start, stop = min(b.start or 0 for b in bounds), max(b.stop or global_batch for b in bounds)
     if sum((b.stop or global_batch) - (b.start or 0) for b in bounds) != stop - start:
-        raise JaxrecError("this process's devices do not hold a contiguous block of the batch; build the mesh "
-                          "with each process's devices adjacent (jax.make_mesh does)")
+        raise JaxrecError(
+            "this process's devices do not hold a contiguous block of the batch; build the mesh "
+            "with each process's devices adjacent (jax.make_mesh does)"
+        )
     return slice(start, stop)
 
 
@@ -81,8 +92,10 @@ def global_batch(local: dict, sharding, global_batch_size: int) -> dict:
     """This process's rows of a batch -> global arrays sharded over every process's devices."""
     import jax
 
-    return {name: jax.make_array_from_process_local_data(sharding, rows, (global_batch_size, *rows.shape[1:]))
-            for name, rows in local.items()}
+    return {
+        name: jax.make_array_from_process_local_data(sharding, rows, (global_batch_size, *rows.shape[1:]))
+        for name, rows in local.items()
+    }
 
 
 def gathered(x):

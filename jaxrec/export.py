@@ -60,10 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--report", action="store_true", help="compare every precision (size, HR@10, NDCG@10)")
-    parser.add_argument("--index", default="auto", choices=("auto", "none", *KINDS),
-                        help="ANN index to build (default auto: hnsw from 500,000 items, exact below)")
-    parser.add_argument("--index-param", action="append", default=[], metavar="NAME=VALUE",
-                        help="an index setting, e.g. ef_search=256 (repeatable)")
+    parser.add_argument(
+        "--index",
+        default="auto",
+        choices=("auto", "none", *KINDS),
+        help="ANN index to build (default auto: hnsw from 500,000 items, exact below)",
+    )
+    parser.add_argument(
+        "--index-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an index setting, e.g. ef_search=256 (repeatable)",
+    )
     args = parser.parse_args(argv)
     index_params = parse_index_params(args.index_param)
 
@@ -77,30 +86,55 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     run = load_run(args.run_dir, args.step)
-    path = export_run(run, args.out, args.precision, overwrite=args.overwrite, index=args.index,
-                      index_params=index_params)
+    path = export_run(
+        run, args.out, args.precision, overwrite=args.overwrite, index=args.index, index_params=index_params
+    )
     manifest = json.loads((path / "manifest.json").read_text())
     metrics, index = manifest["metrics"], manifest.get("index") or {}
-    print(json.dumps({"bundle": str(path), "precision": args.precision, "bytes": bundle_bytes(path), "step": run.step,
-                      "hr@10": metrics.get("hr@10"), "ndcg@10": metrics.get("ndcg@10"),
-                      "index": index.get("kind"), "index_params": index.get("params"),
-                      "index_recall@10": index.get("recall@10"), "index_build_seconds": index.get("build_seconds")},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "bundle": str(path),
+                "precision": args.precision,
+                "bytes": bundle_bytes(path),
+                "step": run.step,
+                "hr@10": metrics.get("hr@10"),
+                "ndcg@10": metrics.get("ndcg@10"),
+                "index": index.get("kind"),
+                "index_params": index.get("params"),
+                "index_recall@10": index.get("recall@10"),
+                "index_build_seconds": index.get("build_seconds"),
+            },
+            indent=2,
+        )
+    )
     if args.report:
         records = precision_report(run)
         cold = cold_start_metrics(run)
         print(report_markdown(records))
         served = index_report(run, path)
         if served:
-            print(f"{served['index']} index ({served['precision']}, recall@10 {served['recall@10']:.4f} at export): "
-                  f"hr@10 {served['index_hr@10']:.4f} ({served['hr@10_change']:+.4f} vs exact), "
-                  f"ndcg@10 {served['index_ndcg@10']:.4f} ({served['ndcg@10_change']:+.4f})")
+            print(
+                f"{served['index']} index ({served['precision']}, recall@10 {served['recall@10']:.4f} at export): "
+                f"hr@10 {served['index_hr@10']:.4f} ({served['hr@10_change']:+.4f} vs exact), "
+                f"ndcg@10 {served['index_ndcg@10']:.4f} ({served['ndcg@10_change']:+.4f})"
+            )
         if cold:
-            print(f"cold start (every user served as new, {cold_start_description(run.encoder)}; float32): "
-                  f"hr@10 {cold['hr@10']:.4f}, ndcg@10 {cold['ndcg@10']:.4f}")
-        write_json_atomic(path / "precision_report.json", {
-            "records": records, "cold_start": cold, "index": served, "step": run.step, "dataset": run.dataset.name,
-            "model": run.cfg.model.name})
+            print(
+                f"cold start (every user served as new, {cold_start_description(run.encoder)}; float32): "
+                f"hr@10 {cold['hr@10']:.4f}, ndcg@10 {cold['ndcg@10']:.4f}"
+            )
+        write_json_atomic(
+            path / "precision_report.json",
+            {
+                "records": records,
+                "cold_start": cold,
+                "index": served,
+                "step": run.step,
+                "dataset": run.dataset.name,
+                "model": run.cfg.model.name,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ EVAL_PLAN_EXCLUDED = 256  # excluded (seen) items per user planned for
 
 def compiled_bytes(compiled) -> int:
     stats = compiled.memory_analysis()
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-               + stats.temp_size_in_bytes)
+    return int(
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    )
 
 
 def _sharded(tree, shardings):
@@ -50,8 +51,9 @@ def save_bytes(engine: Engine) -> int:
     """A save writes the state as laid out; on device it only computes the checksums, one array
     at a time: the state plus the largest array's checksum temporaries."""
     state = _abstract_state(engine)
-    temps = [checksum_fn(leaf).lower(leaf).compile().memory_analysis().temp_size_in_bytes
-             for leaf in jax.tree.leaves(state)]
+    temps = [
+        checksum_fn(leaf).lower(leaf).compile().memory_analysis().temp_size_in_bytes for leaf in jax.tree.leaves(state)
+    ]
     return restore_bytes(engine) + int(max(temps))
 
 
@@ -88,10 +90,12 @@ def eval_chunk_bytes(engine: Engine, num_users: int, num_items: int) -> int | No
     items_pad = -(-num_items // devices) * devices
     chunk = eval_chunk_users(engine, items_pad)
     batch, replicated = engine.batch_sharding(), engine.replicated()
-    items = {n: jax.ShapeDtypeStruct((items_pad, *v.shape[1:]), v.dtype, sharding=batch)
-             for n, v in item_example.items()}
-    query = {n: jax.ShapeDtypeStruct((chunk, *v.shape[1:]), v.dtype, sharding=replicated)
-             for n, v in user_example.items()}
+    items = {
+        n: jax.ShapeDtypeStruct((items_pad, *v.shape[1:]), v.dtype, sharding=batch) for n, v in item_example.items()
+    }
+    query = {
+        n: jax.ShapeDtypeStruct((chunk, *v.shape[1:]), v.dtype, sharding=replicated) for n, v in user_example.items()
+    }
     exclude = jax.ShapeDtypeStruct((chunk, EVAL_PLAN_EXCLUDED), jnp.int32, sharding=replicated)
     targets = jax.ShapeDtypeStruct((chunk, EVAL_PLAN_TARGETS), jnp.int32, sharding=replicated)
     acts, sweep, _, _ = ranking_fns(engine, num_items, max(engine.cfg.train.ks))
@@ -107,12 +111,13 @@ def state_path_bytes(engine: Engine, num_users: int, num_items: int) -> dict[str
     """plan.json's xla_*_bytes_per_device figures (one value: every device runs the same program).
     The reshard figure is reported, not held to the budget: it is paid only when a checkpoint
     moves to another layout."""
-    return {"xla_init_bytes_per_device": init_bytes(engine),
-            "xla_checkpoint_bytes_per_device": save_bytes(engine),
-            "xla_restore_bytes_per_device": restore_bytes(engine),
-            "xla_reshard_bytes_per_device": reshard_bytes(engine),
-            "xla_eval_bytes_per_device": eval_chunk_bytes(engine, num_users, num_items)}
-
+    return {
+        "xla_init_bytes_per_device": init_bytes(engine),
+        "xla_checkpoint_bytes_per_device": save_bytes(engine),
+        "xla_restore_bytes_per_device": restore_bytes(engine),
+        "xla_reshard_bytes_per_device": reshard_bytes(engine),
+        "xla_eval_bytes_per_device": eval_chunk_bytes(engine, num_users, num_items),
+    }
 
 
 def check_state_paths_fit(paths: dict[str, int | None], budget_bytes: float) -> None:
@@ -120,6 +125,8 @@ def check_state_paths_fit(paths: dict[str, int | None], budget_bytes: float) -> 
     for name, value in paths.items():
         if value is not None and value > budget_bytes and name != "xla_reshard_bytes_per_device":
             what = name.removeprefix("xla_").removesuffix("_bytes_per_device")
-            raise JaxrecError(f"the {what} path needs {value / 1e9:.3g} GB per device (XLA), above "
-                              f"sharding.memory_budget_gb={budget_bytes / 1e9:.3g}; use more devices or a "
-                              "sharded strategy for the large tables")
+            raise JaxrecError(
+                f"the {what} path needs {value / 1e9:.3g} GB per device (XLA), above "
+                f"sharding.memory_budget_gb={budget_bytes / 1e9:.3g}; use more devices or a "
+                "sharded strategy for the large tables"
+            )

@@ -43,10 +43,16 @@ def run_dir_of(overrides: list[str]) -> tuple[Path, list[str]]:
 
 
 def process_command(overrides: list[str], processes: int, rank: int, devices: int, port: int) -> list[str]:
-    return [sys.executable, "-m", "jaxrec.train", *overrides,
-            f"train.distributed.coordinator_address=127.0.0.1:{port}",
-            f"train.distributed.num_processes={processes}", f"train.distributed.process_id={rank}",
-            f"sharding.num_devices={devices}"]
+    return [
+        sys.executable,
+        "-m",
+        "jaxrec.train",
+        *overrides,
+        f"train.distributed.coordinator_address=127.0.0.1:{port}",
+        f"train.distributed.num_processes={processes}",
+        f"train.distributed.process_id={rank}",
+        f"sharding.num_devices={devices}",
+    ]
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -81,8 +87,12 @@ def run_group(commands: list[list[str]], log_dir: Path, poll_s: float = 0.2) -> 
             failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
             if failed:
                 rank, code = failed[0]
-                print(f"jaxrec.launch_local: process {rank} exited with status {code}; stopping the others "
-                      f"(logs in {log_dir})", file=sys.stderr, flush=True)
+                print(
+                    f"jaxrec.launch_local: process {rank} exited with status {code}; stopping the others "
+                    f"(logs in {log_dir})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 stop(procs)
                 return code
             if all(code == 0 for code in codes):
@@ -103,8 +113,9 @@ def launch(overrides: list[str], processes: int, devices: int) -> int:
         raise JaxrecError(f"--processes={processes} and --devices-per-process={devices} must be >= 1")
     run_dir, overrides = run_dir_of(overrides)
     port = free_port()
-    return run_group([process_command(overrides, processes, rank, devices, port) for rank in range(processes)],
-                     run_dir / "launch")
+    return run_group(
+        [process_command(overrides, processes, rank, devices, port) for rank in range(processes)], run_dir / "launch"
+    )
 
 
 @cli_errors
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--devices-per-process", type=int, default=4)
     args = parser.parse_args(argv[:split])
-    sys.exit(launch(argv[split + 1:], args.processes, args.devices_per_process))
+    sys.exit(launch(argv[split + 1 :], args.processes, args.devices_per_process))
 
 
 if __name__ == "__main__":

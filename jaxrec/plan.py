@@ -27,9 +27,13 @@ def _row(cells, widths) -> str:
     return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
 
-STATE_PATHS = (("init", "xla_init_bytes_per_device"), ("checkpoint save", "xla_checkpoint_bytes_per_device"),
-               ("restore", "xla_restore_bytes_per_device"), ("eval chunk", "xla_eval_bytes_per_device"),
-               ("reshard (restore onto another layout)", "xla_reshard_bytes_per_device"))
+STATE_PATHS = (
+    ("init", "xla_init_bytes_per_device"),
+    ("checkpoint save", "xla_checkpoint_bytes_per_device"),
+    ("restore", "xla_restore_bytes_per_device"),
+    ("eval chunk", "xla_eval_bytes_per_device"),
+    ("reshard (restore onto another layout)", "xla_reshard_bytes_per_device"),
+)
 
 
 def format_plan(plan_json: dict) -> str:
@@ -51,8 +55,8 @@ def format_plan(plan_json: dict) -> str:
         f"{max(mem['activations']) / 1e6:,.1f} MB, dense {mem['dense'] / 1e6:,.3f} MB",
         f"peak per device: planner {max(plan_json['peak_bytes_per_device']) / 1e6:,.1f} MB, "
         f"XLA {max(plan_json['xla_bytes_per_device']) / 1e6:,.1f} MB",
-        "whole-state paths per device (XLA): " + ", ".join(
-            f"{name} {max(plan_json[key]) / 1e6:,.1f} MB" for name, key in STATE_PATHS if plan_json.get(key)),
+        "whole-state paths per device (XLA): "
+        + ", ".join(f"{name} {max(plan_json[key]) / 1e6:,.1f} MB" for name, key in STATE_PATHS if plan_json.get(key)),
         f"received per device per step: planner {plan_json['comm_bytes_received_per_device'] / 1e6:,.2f} MB, XLA "
         f"{(plan_json['xla_comm_bytes_received_per_device'] or 0) / 1e6:,.2f} MB (train_step.hlo.txt)",
     ]
@@ -95,13 +99,23 @@ def make_plan_json(cfg: Config, with_xla: bool = True, hlo_path: Path | None = N
         "batch_size_auto": auto,
         "memory_budget_bytes": budget,
         "tables": {
-            name: {"strategy": place.strategy, "rows": plan.specs[name].rows, "dim": plan.specs[name].dim,
-                   "group": place.group, "bytes_per_device": table_bytes_per_device(plan, name),
-                   "step_cost_by_strategy": plan.candidate_costs.get(name)}
+            name: {
+                "strategy": place.strategy,
+                "rows": plan.specs[name].rows,
+                "dim": plan.specs[name].dim,
+                "group": place.group,
+                "bytes_per_device": table_bytes_per_device(plan, name),
+                "step_cost_by_strategy": plan.candidate_costs.get(name),
+            }
             for name, place in plan.placements.items()
         },
-        "memory_per_device": {"params": estimate.params, "slots": estimate.slots, "buffers": estimate.buffers,
-                              "activations": estimate.activations, "dense": estimate.dense},
+        "memory_per_device": {
+            "params": estimate.params,
+            "slots": estimate.slots,
+            "buffers": estimate.buffers,
+            "activations": estimate.activations,
+            "dense": estimate.dense,
+        },
         "peak_bytes_per_device": estimate.peak,
         "comm_bytes_per_step": estimate.comm_bytes_per_step,
         "comm_bytes_received_per_device": estimate.comm_bytes_received_per_device,

@@ -38,8 +38,12 @@ class _StepRate(ProgressColumn):
 
 def _is_terminal_stream(handler: logging.Handler) -> bool:
     stream = getattr(handler, "stream", None)
-    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-            and callable(getattr(stream, "isatty", None)) and stream.isatty())
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and callable(getattr(stream, "isatty", None))
+        and stream.isatty()
+    )
 
 
 class Progress:
@@ -50,8 +54,14 @@ class Progress:
 
     _live: Progress | None = None  # at most one bar at a time (multirun jobs share a process)
 
-    def __init__(self, total: int, enabled: bool = True, initial: int = 0, eval_metric: str | None = None,
-                 console: Console | None = None):
+    def __init__(
+        self,
+        total: int,
+        enabled: bool = True,
+        initial: int = 0,
+        eval_metric: str | None = None,
+        console: Console | None = None,
+    ):
         """`console` defaults to rich's console on stdout."""
         stop_live_bar()
         self.total, self.eval_metric = total, eval_metric
@@ -61,9 +71,18 @@ class Progress:
         self.bar = None
         if not self.enabled:
             return
-        self.bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), _StepRate(),
-                                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
-                                TextColumn("{task.fields[eval]}"), console=self.console, refresh_per_second=4)
+        self.bar = RichProgress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _StepRate(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TextColumn("{task.fields[eval]}"),
+            console=self.console,
+            refresh_per_second=4,
+        )
         self.task = self.bar.add_task("train", total=total, completed=initial, loss="", eval="")
         self._swap_log_handlers()
         self.bar.start()
@@ -150,8 +169,11 @@ class MetricsLog:
         if enabled:
             last = _last_step(path)
             self.file = open(path, "a", encoding="utf-8")
-            self.events = SummaryWriter(str(path.parent), purge_step=None if last is None else last + 1,
-                                        filename_suffix=f".{os.getpid()}.{next(_event_file_ids)}")
+            self.events = SummaryWriter(
+                str(path.parent),
+                purge_step=None if last is None else last + 1,
+                filename_suffix=f".{os.getpid()}.{next(_event_file_ids)}",
+            )
 
     def write(self, record: dict) -> None:
         if self.file is not None:

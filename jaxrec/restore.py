@@ -34,8 +34,7 @@ def restore_run(run_dir: Path, step: int | None = None, one_device: bool = False
         if not saved:
             raise JaxrecError(f"{ckpt_dir} holds no finished checkpoint")
         if step is not None and step not in saved:
-            raise JaxrecError(f"{ckpt_dir} has no checkpoint of step {step}; it has steps "
-                              f"{', '.join(map(str, saved))}")
+            raise JaxrecError(f"{ckpt_dir} has no checkpoint of step {step}; it has steps {', '.join(map(str, saved))}")
         cfg = config_from_dict(_readable_meta(ckpt, [step] if step is not None else saved[::-1])["config"])
         cfg.sharding.num_devices = None
         if one_device:
@@ -68,15 +67,19 @@ def warm_start(engine: Engine, state: TrainState, run_dir: str) -> TrainState:
     logical = jax.device_get(engine.collection.to_logical(state.emb))
     for table, source_table in engine.model.pretrained_tables().items():
         if source_table not in source.collection.specs:
-            raise JaxrecError(f"model.init_from={run_dir}: that run has no table '{source_table}' "
-                              f"(tables: {sorted(source.collection.specs)})")
+            raise JaxrecError(
+                f"model.init_from={run_dir}: that run has no table '{source_table}' "
+                f"(tables: {sorted(source.collection.specs)})"
+            )
         values = np.asarray(source.collection.table(source_state.emb, source_table))
         target = logical["tables"][table]  # padded to layout.padded_rows
         shape = (engine.collection.specs[table].rows, target.shape[1])
         if values.shape != shape:
-            raise JaxrecError(f"model.init_from={run_dir}: table '{source_table}' is {values.shape} there but "
-                              f"'{table}' is {shape} here (model.dim or data differ)")
-        logical["tables"][table] = np.concatenate([values, target[len(values):]]).astype(target.dtype)
+            raise JaxrecError(
+                f"model.init_from={run_dir}: table '{source_table}' is {values.shape} there but "
+                f"'{table}' is {shape} here (model.dim or data differ)"
+            )
+        logical["tables"][table] = np.concatenate([values, target[len(values) :]]).astype(target.dtype)
     log.info("initialised %s from %s (step %d)", ", ".join(engine.model.pretrained_tables()), run_dir, step)
     emb = jax.jit(engine.collection.from_logical, out_shardings=engine.collection.shardings())(logical)
     return state.replace(emb=emb)

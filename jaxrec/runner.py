@@ -108,8 +108,9 @@ def _evaluate(evaluate, state, epoch: float, best: Best, metrics_log: MetricsLog
     record = {"step": int(state.step), "epoch": epoch, "eval/seconds": time.perf_counter() - start}
     metrics_log.write(record | {f"eval/valid/{k}": v for k, v in valid.items()})
     if valid:
-        log.info("epoch %.3g valid %s=%.4f%s", epoch, select, valid.get(select, float("nan")),
-                 " (best)" if improved else "")
+        log.info(
+            "epoch %.3g valid %s=%.4f%s", epoch, select, valid.get(select, float("nan")), " (best)" if improved else ""
+        )
     else:  # no validation part (e.g. data.split=kfold with data.valid_ratio=0): the latest epoch is reported
         log.info("epoch %.3g (no validation part) test %s=%.4f", epoch, select, best.test.get(select, float("nan")))
 
@@ -123,10 +124,11 @@ def _drain(pending: list, names: list[str], on_nonfinite: str, ckpt: Checkpointe
         step, where = bad[0]
         ckpt.wait()
         last = ckpt.good_step
-        kept = (f"the last good checkpoint is step {last}" if last is not None
-                else "no verified checkpoint exists yet")
-        raise JaxrecError(f"non-finite value at step {step} in {', '.join(where)}; stopped ({kept}); "
-                          "train.on_nonfinite=skip skips such batches instead")
+        kept = f"the last good checkpoint is step {last}" if last is not None else "no verified checkpoint exists yet"
+        raise JaxrecError(
+            f"non-finite value at step {step} in {', '.join(where)}; stopped ({kept}); "
+            "train.on_nonfinite=skip skips such batches instead"
+        )
     losses = [loss for _, loss, finite in steps if finite.all()]
     return (float(np.mean(losses)) if losses else float("nan")), len(steps), len(bad)
 
@@ -149,23 +151,33 @@ def _run_identity(cfg: Config, dataset, batch_size: int) -> dict:
 
 def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing, identity: dict) -> None:
     tick = time.perf_counter()
-    ckpt.save(engine, state, iterator, identity | {"best": dataclasses.asdict(best),
-                                                   "dense_optimizer": engine.cfg.optimizer.name})
+    ckpt.save(
+        engine,
+        state,
+        iterator,
+        identity | {"best": dataclasses.asdict(best), "dense_optimizer": engine.cfg.optimizer.name},
+    )
     timing.paused_s += time.perf_counter() - tick
 
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def write_run_info(run_dir: Path) -> None:
-    info = {"git_sha": git_sha(), "jax": jax.__version__, "python": platform.python_version(),
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+    info = {
+        "git_sha": git_sha(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
     write_json_atomic(run_dir / "run_info.json", info)
 
 
@@ -187,19 +199,41 @@ def _run(cfg: Config, run_dir: Path, signals: StopSignals) -> dict:
     check_data_fits(engine, dataset, batch_size)
     if distributed.is_main():  # the run is possible: say what code and devices run it
         write_run_info(run_dir)
-    loader, per_epoch = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
-                                           loss=cfg.model.loss, batch_size=batch_size, epochs=cfg.train.epochs,
-                                           seed=cfg.train.data_seed,
-                                           rows=distributed.process_rows(engine.batch_sharding(), batch_size))
+    loader, per_epoch = make_train_dataset(
+        engine.model,
+        dataset,
+        num_negatives=candidates_per_example(cfg) - 1,
+        loss=cfg.model.loss,
+        batch_size=batch_size,
+        epochs=cfg.train.epochs,
+        seed=cfg.train.data_seed,
+        rows=distributed.process_rows(engine.batch_sharding(), batch_size),
+    )
     total = min(len(loader), cfg.train.max_steps or len(loader))
     iterator = iter(loader.to_iter_dataset())
     identity = _run_identity(cfg, dataset, batch_size)
-    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
-                        async_save=cfg.train.async_checkpoint)
+    ckpt = Checkpointer(
+        run_dir / "checkpoints",
+        cfg.train.checkpoint_every,
+        cfg.train.keep_checkpoints,
+        async_save=cfg.train.async_checkpoint,
+    )
     try:
         state, best = _start_state(engine, ckpt, iterator, identity, run_dir)
-        state, timing = _train(engine, dataset, state, iterator, ckpt, best, run_dir, signals, identity,
-                               total=total, per_epoch=per_epoch, batch_size=batch_size)
+        state, timing = _train(
+            engine,
+            dataset,
+            state,
+            iterator,
+            ckpt,
+            best,
+            run_dir,
+            signals,
+            identity,
+            total=total,
+            per_epoch=per_epoch,
+            batch_size=batch_size,
+        )
     finally:
         ckpt.close()
     results = make_results(cfg, engine, dataset, best, steps=total, batch_size=batch_size, timing=timing)
@@ -214,8 +248,10 @@ def _start_state(engine: Engine, ckpt: Checkpointer, iterator, identity: dict, r
     cfg = engine.cfg
     steps = ckpt.all_steps()
     if steps and not cfg.train.resume:
-        raise JaxrecError(f"train.resume=false, but {ckpt.directory} holds checkpoints (steps {steps}) of an "
-                          "earlier run; choose a new hydra.run.dir, or resume it with train.resume=true")
+        raise JaxrecError(
+            f"train.resume=false, but {ckpt.directory} holds checkpoints (steps {steps}) of an "
+            "earlier run; choose a new hydra.run.dir, or resume it with train.resume=true"
+        )
     if steps:
         state, meta, step = ckpt.restore(engine, iterator, cfg.train.resume_step, identity)
         best = Best(**meta["best"])
@@ -241,17 +277,36 @@ def _exit_on_signal(signals: StopSignals, ckpt: Checkpointer, step: int) -> None
     name = signal.Signals(signals.received or signal.SIGTERM).name
     committed = ckpt.wait()
     if committed == step:
-        log.warning("received %s at step %d: checkpoint of step %d saved in %s; exiting", name, step, step,
-                    ckpt.directory)
+        log.warning(
+            "received %s at step %d: checkpoint of step %d saved in %s; exiting", name, step, step, ckpt.directory
+        )
     else:
-        log.warning("received %s at step %d: NO checkpoint of step %d was written (latest on disk: %s); exiting",
-                    name, step, step, committed)
+        log.warning(
+            "received %s at step %d: NO checkpoint of step %d was written (latest on disk: %s); exiting",
+            name,
+            step,
+            step,
+            committed,
+        )
     ckpt.close()
     raise SystemExit(128 + (signals.received or signal.SIGTERM))
 
 
-def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer, best: Best, run_dir: Path,
-           signals: StopSignals, identity: dict, *, total: int, per_epoch: int, batch_size: int):
+def _train(
+    engine: Engine,
+    dataset: Dataset,
+    state,
+    iterator,
+    ckpt: Checkpointer,
+    best: Best,
+    run_dir: Path,
+    signals: StopSignals,
+    identity: dict,
+    *,
+    total: int,
+    per_epoch: int,
+    batch_size: int,
+):
     cfg, start = engine.cfg, int(state.step)
     names, step_fn = finite_names(engine), make_train_step(engine)
     evaluate, sharding = make_evaluator(engine, dataset), engine.batch_sharding()
@@ -274,10 +329,17 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
             loss, steps, skipped = _drain(pending, names, cfg.train.on_nonfinite, ckpt)
             seconds = time.perf_counter() - window_start
             rate = steps * batch_size / max(seconds, 1e-9)
-            metrics_log.write({"step": step, "epoch": step / per_epoch, "train/loss": loss,
-                               "train/skipped_nonfinite": skipped, "sharding/overflow_steps": overflow,
-                               "perf/examples_per_sec": rate,
-                               "perf/examples_per_sec_per_device": rate / engine.num_devices})
+            metrics_log.write(
+                {
+                    "step": step,
+                    "epoch": step / per_epoch,
+                    "train/loss": loss,
+                    "train/skipped_nonfinite": skipped,
+                    "sharding/overflow_steps": overflow,
+                    "perf/examples_per_sec": rate,
+                    "perf/examples_per_sec_per_device": rate / engine.num_devices,
+                }
+            )
             progress.update(step, loss=loss)
             pending = []
         if eval_due:
@@ -298,8 +360,9 @@ def _train(engine: Engine, dataset: Dataset, state, iterator, ckpt: Checkpointer
     return state, timing
 
 
-def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, steps: int, batch_size: int,
-                 timing: _Timing) -> dict:
+def make_results(
+    cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, steps: int, batch_size: int, timing: _Timing
+) -> dict:
     """train.wall_s counts this process's loop (compilation included, evaluation and checkpoints
     excluded); examples_per_sec excludes the first, compiling step."""
     train_s = timing.train_seconds()
@@ -312,10 +375,16 @@ def make_results(cfg: Config, engine: Engine, dataset: Dataset, best: Best, *, s
         "metrics": best.test,
         "valid_metrics": best.valid,
         "best_epoch": best.epoch,
-        "train": {"epochs": cfg.train.epochs, "steps": steps, "batch_size": batch_size,
-                  "batch_size_auto": cfg.train.batch_size == "auto", "wall_s": train_s,
-                  "compile_s": timing.compile_s, "examples_per_sec": rate,
-                  "examples_per_sec_per_device": rate / engine.num_devices},
+        "train": {
+            "epochs": cfg.train.epochs,
+            "steps": steps,
+            "batch_size": batch_size,
+            "batch_size_auto": cfg.train.batch_size == "auto",
+            "wall_s": train_s,
+            "compile_s": timing.compile_s,
+            "examples_per_sec": rate,
+            "examples_per_sec_per_device": rate / engine.num_devices,
+        },
         "lr_scaling": lr_scaling_summary(cfg),
         "data": dataset.summary() | oracle_summary(dataset),
         "sharding": sharding_summary(engine) | {"overflow_steps": timing.overflow_steps},
@@ -327,9 +396,13 @@ def lr_scaling_summary(cfg: Config) -> dict:
     """The learning rates the run trained with, after optimizer.lr_scaling (the config holds the
     lr as given, at optimizer.base_batch_size)."""
     table_lr = cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr
-    return {"rule": cfg.optimizer.lr_scaling, "base_batch_size": cfg.optimizer.base_batch_size,
-            "lr": cfg.optimizer.lr, "effective_lr": scaled_lr(cfg, cfg.optimizer.lr),
-            "effective_table_lr": scaled_lr(cfg, table_lr)}
+    return {
+        "rule": cfg.optimizer.lr_scaling,
+        "base_batch_size": cfg.optimizer.base_batch_size,
+        "lr": cfg.optimizer.lr,
+        "effective_lr": scaled_lr(cfg, cfg.optimizer.lr),
+        "effective_table_lr": scaled_lr(cfg, table_lr),
+    }
 
 
 def sharding_summary(engine: Engine) -> dict:
@@ -339,6 +412,8 @@ def sharding_summary(engine: Engine) -> dict:
     return {
         "strategy": engine.cfg.sharding.strategy,
         "mesh": {"data": plan.mesh_shape[0], "model": plan.mesh_shape[1]},
-        "tables": {name: {"strategy": place.strategy, "bytes_per_device": table_bytes_per_device(plan, name)}
-                   for name, place in plan.placements.items()},
+        "tables": {
+            name: {"strategy": place.strategy, "bytes_per_device": table_bytes_per_device(plan, name)}
+            for name, place in plan.placements.items()
+        },
     }

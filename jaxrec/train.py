@@ -1,7 +1,7 @@
 """Hydra entry point: compose the config, make it typed, run.
 
-    python -m jaxrec.train model.dim=128 optimizer.lr=1e-3
-    python -m jaxrec.train -m optimizer.lr=1e-3,1e-2 train.batch_size=256,1024
+python -m jaxrec.train model.dim=128 optimizer.lr=1e-3
+python -m jaxrec.train -m optimizer.lr=1e-3,1e-2 train.batch_size=256,1024
 """
 
 from __future__ import annotations
@@ -49,9 +49,15 @@ def keep_sweeping(job):
             stop_live_bar()
             job_dir = Path(hydra_cfg.runtime.output_dir)
             job_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(job_dir / FAILURE_FILE, {
-                "error": type(err).__name__, "reason": str(err), "overrides": list(hydra_cfg.overrides.task),
-                "traceback": traceback.format_exc()})
+            write_json_atomic(
+                job_dir / FAILURE_FILE,
+                {
+                    "error": type(err).__name__,
+                    "reason": str(err),
+                    "overrides": list(hydra_cfg.overrides.task),
+                    "traceback": traceback.format_exc(),
+                },
+            )
             log.error("job %s failed, the sweep goes on: %s: %s", hydra_cfg.job.num, type(err).__name__, err)
             return None
 

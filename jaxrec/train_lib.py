@@ -95,8 +95,15 @@ def build_engine(cfg: Config, schema: Schema, devices=None) -> Engine:
     table_lr = scaled_lr(cfg, cfg.optimizer.table_lr if cfg.optimizer.table_lr is not None else cfg.optimizer.lr)
     specs = model.tables(table_opt, table_lr, candidates_per_example(cfg))
     per_device = cfg.train.batch_size // (shape[0] * shape[1]) if isinstance(cfg.train.batch_size, int) else 1024
-    plan = make_plan(specs, shape, cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.memory_budget_gb * 1e9,
-                     cfg.sharding.capacity_factor, max(per_device, 1))
+    plan = make_plan(
+        specs,
+        shape,
+        cfg.sharding.strategy,
+        cfg.sharding.tables,
+        cfg.sharding.memory_budget_gb * 1e9,
+        cfg.sharding.capacity_factor,
+        max(per_device, 1),
+    )
     mesh = make_mesh(shape, devices)
     collection = EmbeddingCollection(plan, mesh, model.features(), model.bags())
     return Engine(cfg, model, collection, make_dense_optimizer(cfg), mesh)
@@ -131,11 +138,14 @@ def state_shardings(engine: Engine, state: TrainState) -> TrainState:
     opt_state = jax.tree.map(lambda _: replicated, state.opt_state)
     if not engine.cfg.optimizer.sparse:
         opt_state = optax.tree_utils.tree_map_params(
-            engine.tx, lambda _: replicated, state.opt_state,
+            engine.tx,
+            lambda _: replicated,
+            state.opt_state,
             transform_non_params=lambda _: replicated,
         )
-    return TrainState(step=replicated, params=jax.tree.map(lambda _: replicated, state.params),
-                      opt_state=opt_state, emb=emb)
+    return TrainState(
+        step=replicated, params=jax.tree.map(lambda _: replicated, state.params), opt_state=opt_state, emb=emb
+    )
 
 
 def _loss(engine: Engine, params, rows, batch, ids, rng):
@@ -144,8 +154,9 @@ def _loss(engine: Engine, params, rows, batch, ids, rng):
     logits = engine.model.apply(params, acts, batch, train=True, rngs={"dropout": rng})
     loss = LOSSES[engine.cfg.model.loss](logits, batch["label"], batch.get("weight"))
     if engine.cfg.model.l2:
-        loss = loss + engine.cfg.model.l2 * sum(jnp.mean(jnp.sum(jnp.square(a), axis=tuple(range(1, a.ndim))))
-                                                for a in rows.values())
+        loss = loss + engine.cfg.model.l2 * sum(
+            jnp.mean(jnp.sum(jnp.square(a), axis=tuple(range(1, a.ndim)))) for a in rows.values()
+        )
     return loss
 
 
@@ -198,8 +209,9 @@ def make_train_step(engine: Engine):
         loss, (g_params, g_acts) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.params, rows)
         checks = finite_checks(engine, loss, g_params, g_acts)
         finite = jnp.stack(list(checks.values()))
-        new_state = jax.lax.cond(jnp.all(finite), apply_gradients,
-                                 lambda s, *_: s.replace(step=s.step + 1), state, g_params, g_acts, ids)
+        new_state = jax.lax.cond(
+            jnp.all(finite), apply_gradients, lambda s, *_: s.replace(step=s.step + 1), state, g_params, g_acts, ids
+        )
         return new_state, {"loss": loss, "finite": finite, "sharding/overflow": overflowed}
 
     shardings = state_shardings(engine, engine.abstract_state)
@@ -221,8 +233,16 @@ def ranking_fns(engine: Engine, num_items: int, k: int):
         return model.apply(params, query_acts, query_inputs, *item_block, method=model.score_all)
 
     def sweep(params, emb, item_acts, items, query, exclude_bx, targets_bt):
-        return sweep_sharded(mesh, score_block, num_items, k, (params, acts(emb, query), query),
-                             (item_acts, items), exclude_bx, targets_bt)
+        return sweep_sharded(
+            mesh,
+            score_block,
+            num_items,
+            k,
+            (params, acts(emb, query), query),
+            (item_acts, items),
+            exclude_bx,
+            targets_bt,
+        )
 
     def pick(params, emb, item_acts, items, query, items_bm):
         return pick_sharded(mesh, score_block, (params, acts(emb, query), query), (item_acts, items), items_bm)
@@ -248,8 +268,10 @@ class RankingEvaluator:
         model = engine.model
         num_items, k = dataset.num_items, max(engine.cfg.train.ks)
         pad = -num_items % engine.num_devices
-        self._items_host = {name: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
-                            for name, v in model.item_inputs(dataset).items()}
+        self._items_host = {
+            name: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
+            for name, v in model.item_inputs(dataset).items()
+        }
         self._items = jax.device_put(self._items_host, engine.batch_sharding())
         self._user_inputs: dict[str, dict] = {}
         self.chunk = eval_chunk_users(engine, num_items + pad)
@@ -277,8 +299,9 @@ class RankingEvaluator:
         item_acts = self._item_acts(state.emb, self._items)
 
         def sweep(users_b, exclude_bx, targets_bt):
-            out = self._sweep(state.params, state.emb, item_acts, self._items, self._query(part, users_b),
-                              exclude_bx, targets_bt)
+            out = self._sweep(
+                state.params, state.emb, item_acts, self._items, self._query(part, users_b), exclude_bx, targets_bt
+            )
             return jax.tree.map(gathered, out)
 
         return sweep
@@ -286,8 +309,9 @@ class RankingEvaluator:
     def pick_fn(self, state: TrainState, part: str):
         """(users_b, items_bm) -> scores_bm, for evaluate_sampled_picks."""
         item_acts = self._item_acts(state.emb, self._items)
-        return lambda users_b, items_bm: gathered(self._pick(state.params, state.emb, item_acts, self._items,
-                                                             self._query(part, users_b), items_bm))
+        return lambda users_b, items_bm: gathered(
+            self._pick(state.params, state.emb, item_acts, self._items, self._query(part, users_b), items_bm)
+        )
 
     def predict_fn(self, state: TrainState, part: str):
         """(users_b, items_b) -> predicted ratings, for evaluate_ratings."""
@@ -295,8 +319,9 @@ class RankingEvaluator:
 
         def predict(users_b, items_b):
             users_b, items_b = np.asarray(users_b), np.asarray(items_b)[:, None]
-            batch = ({name: values[users_b] for name, values in users.items()}
-                     | {name: values[items_b] for name, values in self._items_host.items()})
+            batch = {name: values[users_b] for name, values in users.items()} | {
+                name: values[items_b] for name, values in self._items_host.items()
+            }
             return gathered(self._predict(state.params, state.emb, batch))
 
         return predict
@@ -309,17 +334,31 @@ class RankingEvaluator:
             return evaluate_ratings(self.predict_fn(state, part), targets)
         exclude = [split.valid] if part == "test" else []
         sweep_fn = self.sweep_fn(state, part)
-        metrics = evaluate_ranking_sweeps(sweep_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks,
-                                          batch_size=self.chunk)
+        metrics = evaluate_ranking_sweeps(
+            sweep_fn, split.train, targets, exclude=exclude, ks=cfg.train.ks, batch_size=self.chunk
+        )
         cold_u = np.bincount(split.train.user, minlength=split.train.num_users) <= cfg.data.cold_max_train
         if cold_u[targets.user].any():  # the cold-start slice, when the data has one
-            cold = evaluate_ranking_sweeps(sweep_fn, split.train, targets.subset(np.flatnonzero(cold_u[targets.user])),
-                                           exclude=exclude, ks=cfg.train.ks, batch_size=self.chunk)
+            cold = evaluate_ranking_sweeps(
+                sweep_fn,
+                split.train,
+                targets.subset(np.flatnonzero(cold_u[targets.user])),
+                exclude=exclude,
+                ks=cfg.train.ks,
+                batch_size=self.chunk,
+            )
             metrics |= {f"cold/{name}": value for name, value in cold.items()}
         if cfg.train.sampled_negatives:  # NCF's protocol, next to full ranking (Krichene & Rendle, 2020)
-            sampled = evaluate_sampled_picks(self.pick_fn(state, part), split.train, targets, exclude=exclude,
-                                             ks=cfg.train.ks, num_negatives=cfg.train.sampled_negatives,
-                                             seed=cfg.train.data_seed, batch_size=self.chunk)
+            sampled = evaluate_sampled_picks(
+                self.pick_fn(state, part),
+                split.train,
+                targets,
+                exclude=exclude,
+                ks=cfg.train.ks,
+                num_negatives=cfg.train.sampled_negatives,
+                seed=cfg.train.data_seed,
+                batch_size=self.chunk,
+            )
             metrics |= {f"sampled/{name}": value for name, value in sampled.items()}
         if cfg.model.loss == "mse":
             metrics |= evaluate_ratings(self.predict_fn(state, part), targets)
@@ -379,8 +418,9 @@ def compile_step(engine: Engine, batch_size: int):
 def compiled_step_bytes(engine: Engine, batch_size: int, compiled=None) -> int:
     """XLA's per-device memory for the train step: argument + output - alias + temp bytes."""
     stats = (compiled or compile_step(engine, batch_size)).memory_analysis()
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-               + stats.temp_size_in_bytes)
+    return int(
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    )
 
 
 def resolve_batch_size(engine: Engine, max_batch: int = 1 << 20) -> int:
@@ -392,8 +432,11 @@ def resolve_batch_size(engine: Engine, max_batch: int = 1 << 20) -> int:
     budget, dense = cfg.sharding.memory_budget_gb * 1e9, dense_bytes(engine)
     if cfg.train.batch_size == "auto":
         batch_size = largest_batch_that_fits(plan, budget, dense, max_batch)
-        log.info("train.batch_size=auto chose %d (memory budget %.3g GB per device)", batch_size,
-                 cfg.sharding.memory_budget_gb)
+        log.info(
+            "train.batch_size=auto chose %d (memory budget %.3g GB per device)",
+            batch_size,
+            cfg.sharding.memory_budget_gb,
+        )
     else:
         batch_size = int(cfg.train.batch_size)
     check_batch_size(batch_size, plan.num_devices, plan.mesh_shape)
@@ -433,18 +476,24 @@ def check_before_data(cfg: Config, num_devices: int | None = None) -> None:
 
 def check_split_fits_batch(batch_size: int, examples: int, what: str) -> None:
     if examples < batch_size:
-        raise JaxrecError(f"train.batch_size={batch_size} is larger than the training split ({what}: {examples} "
-                          f"examples), so an epoch would have no step; use a batch of at most {examples}")
+        raise JaxrecError(
+            f"train.batch_size={batch_size} is larger than the training split ({what}: {examples} "
+            f"examples), so an epoch would have no step; use a batch of at most {examples}"
+        )
 
 
 def check_catalogue(cfg: Config, num_items: int) -> None:
     """Cutoffs and sampled negatives need that many items to rank."""
     if cfg.train.ranking_metrics and max(cfg.train.ks) > num_items:
-        raise JaxrecError(f"config key train.ks={list(cfg.train.ks)}: cutoff {max(cfg.train.ks)} exceeds the "
-                          f"catalogue's {num_items} items; use cutoffs of at most {num_items}")
+        raise JaxrecError(
+            f"config key train.ks={list(cfg.train.ks)}: cutoff {max(cfg.train.ks)} exceeds the "
+            f"catalogue's {num_items} items; use cutoffs of at most {num_items}"
+        )
     if cfg.train.sampled_negatives >= num_items:
-        raise JaxrecError(f"config key train.sampled_negatives={cfg.train.sampled_negatives}: the catalogue has "
-                          f"{num_items} items; use fewer negatives than that")
+        raise JaxrecError(
+            f"config key train.sampled_negatives={cfg.train.sampled_negatives}: the catalogue has "
+            f"{num_items} items; use fewer negatives than that"
+        )
 
 
 def check_data_fits(engine: Engine, dataset, batch_size: int) -> None:
@@ -460,6 +509,8 @@ def check_data_fits(engine: Engine, dataset, batch_size: int) -> None:
     inter = dataset.interactions
     most_seen = int(np.bincount(inter.user, minlength=inter.num_users).max(initial=0))
     if cfg.train.sampled_negatives > dataset.num_items - most_seen:
-        raise JaxrecError(f"config key train.sampled_negatives={cfg.train.sampled_negatives}: a user has "
-                          f"interacted with {most_seen} of the {dataset.num_items} items, leaving "
-                          f"{dataset.num_items - most_seen} to sample; use at most that many")
+        raise JaxrecError(
+            f"config key train.sampled_negatives={cfg.train.sampled_negatives}: a user has "
+            f"interacted with {most_seen} of the {dataset.num_items} items, leaving "
+            f"{dataset.num_items - most_seen} to sample; use at most that many"
+        )

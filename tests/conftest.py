@@ -10,9 +10,7 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(prefix="jaxrec-test-xla-cache-")
@@ -70,12 +68,18 @@ def pair_batches():
     from jaxrec.train_lib import candidates_per_example
 
     def batches(cfg, dataset, engine, count):
-        loader, _ = make_train_dataset(engine.model, dataset, num_negatives=candidates_per_example(cfg) - 1,
-                                       loss=cfg.model.loss, batch_size=cfg.train.batch_size, epochs=20, seed=0)
+        loader, _ = make_train_dataset(
+            engine.model,
+            dataset,
+            num_negatives=candidates_per_example(cfg) - 1,
+            loss=cfg.model.loss,
+            batch_size=cfg.train.batch_size,
+            epochs=20,
+            seed=0,
+        )
         return [loader[i] for i in range(count)]
 
     return batches
-
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +94,9 @@ def train_sequence_batch():
 
     def train(cfg, dataset, steps: int, batch_size: int, num_negatives: int):
         engine = build_engine(cfg, dataset.schema)
-        batch = make_sequence_dataset(engine.model, dataset, batch_size=batch_size, epochs=1,
-                                      num_negatives=num_negatives, seed=0)[0]
+        batch = make_sequence_dataset(
+            engine.model, dataset, batch_size=batch_size, epochs=1, num_negatives=num_negatives, seed=0
+        )[0]
         step, state, losses = make_train_step(engine), init_state(engine, 0), []
         for i in range(steps):
             state, out = step(state, jax.device_put(batch, engine.batch_sharding()))
@@ -101,6 +106,7 @@ def train_sequence_batch():
         return engine, batch, *first, np.array(losses)
 
     return train
+
 
 def pytest_sessionfinish(session):
     if _OWN_CACHE is not None and not hasattr(session.config, "workerinput"):  # the controller made it

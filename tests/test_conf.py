@@ -52,8 +52,10 @@ def _stand_in(cfg: Config) -> list[str]:
     return CTR if isinstance(cfg.data, CTR_DATA) else SYNTHETIC
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("data", "model", "optimizer", "sharding", "train",
-                                                         "experiment", "sweep") for o in _options(g)])
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("data", "model", "optimizer", "sharding", "train", "experiment", "sweep") for o in _options(g)],
+)
 def test_every_option_composes_and_builds_its_engine(group, option):
     if option == "optuna_lr_wd":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -107,8 +109,11 @@ def test_a_model_brings_its_training_defaults_and_the_command_line_wins():
 
 
 def test_a_key_the_option_lacks_names_the_options_keys():
-    with pytest.raises(JaxrecError, match=r"model.cross_layers does not exist in MFConfig \(model\); its keys: "
-                                          r"name, dim, loss, init_std, l2, embedding_dtype, use_bias, bias_init$"):
+    with pytest.raises(
+        JaxrecError,
+        match=r"model.cross_layers does not exist in MFConfig \(model\); its keys: "
+        r"name, dim, loss, init_std, l2, embedding_dtype, use_bias, bias_init$",
+    ):
         compose_config(["model.cross_layers=5"])
     assert compose_config(["model=dcn_v2", "model.cross_layers=5"]).model.cross_layers == 5
     assert "cross_layers" not in to_dict(compose_config())["model"]  # results.json: the chosen option's keys only
@@ -166,15 +171,23 @@ def _readme_commands() -> list[tuple[str, list[str]]]:
                 group, _, option = next(arg for arg in overrides if "$" in arg).partition("=")
                 if group != "experiment":
                     continue
-                arms = [f"experiment={p.relative_to(CONF / group).with_suffix('').as_posix()}"
-                        for p in sorted((CONF / group / option.split("/$")[0]).glob("*.yaml"))]
-                found += [(readme.relative_to(CONF.parent).as_posix(),
-                           [arm if "$" in arg else arg for arg in overrides]) for arm in arms]
+                arms = [
+                    f"experiment={p.relative_to(CONF / group).with_suffix('').as_posix()}"
+                    for p in sorted((CONF / group / option.split("/$")[0]).glob("*.yaml"))
+                ]
+                found += [
+                    (readme.relative_to(CONF.parent).as_posix(), [arm if "$" in arg else arg for arg in overrides])
+                    for arm in arms
+                ]
                 continue
             models = MODEL_CONFIGS if "model=<m>" in overrides else [None]
             for model in models:
-                found.append((readme.relative_to(CONF.parent).as_posix(),
-                              [f"model={model}" if arg == "model=<m>" else arg for arg in overrides]))
+                found.append(
+                    (
+                        readme.relative_to(CONF.parent).as_posix(),
+                        [f"model={model}" if arg == "model=<m>" else arg for arg in overrides],
+                    )
+                )
     return found
 
 

@@ -43,8 +43,15 @@ from jaxrec.errors import JaxrecError
 from jaxrec.eval import evaluate_ranking, evaluate_sampled
 from jaxrec.eval.metrics import rank_metrics
 
-TINY = ["data=synthetic", "data.num_users=120", "data.num_items=60", "data.num_interactions=3000",
-        "train.batch_size=64", "train.progress=false", "model.dim=8"]
+TINY = [
+    "data=synthetic",
+    "data.num_users=120",
+    "data.num_items=60",
+    "data.num_interactions=3000",
+    "train.batch_size=64",
+    "train.progress=false",
+    "model.dim=8",
+]
 
 
 def _compose(overrides: list[str]):
@@ -53,31 +60,36 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["train.epochs=0"], "train.epochs=0: expected an integer >= 1"),
-    (["train.epochs=-2"], "train.epochs=-2: expected an integer >= 1"),
-    (["train.max_steps=-1"], "train.max_steps=-1: expected an integer >= 1"),
-    (["train.keep_checkpoints=0"], "train.keep_checkpoints=0: expected an integer >= 1"),
-    (["data.num_negatives=-1"], "data.num_negatives=-1: expected an integer >= 0"),
-    (["data.num_negatives=0"], "data.num_negatives=0: model.loss=bce trains against sampled negatives"),
-    (["train.log_every=0"], "train.log_every=0: expected an integer >= 1"),
-    (["optimizer.lr=-1"], "optimizer.lr=-1.0: expected a positive number"),
-    (["optimizer.lr=nan"], "optimizer.lr=nan: expected a finite number"),
-    (["optimizer.table_lr=0"], "optimizer.table_lr=0.0: expected a positive number"),
-    (["train.eval_batch_size=0"], "train.eval_batch_size=0: expected an integer >= 1"),
-    (["train.ks=[10,0]"], "train.ks=0: expected an integer >= 1"),
-    (["train.ks=[]"], "train.ks is empty"),
-    (["model=two_tower", "model.dropout=1.5"], "model.dropout=1.5: expected a share in [0, 1)"),
-    (["model=two_tower", "model.hidden=[64,0]"], "model.hidden=0: expected an integer >= 1"),
-    (["sharding.mesh.model=0"], "sharding.mesh.model=0: expected -1 (all remaining devices) or an integer >= 1"),
-    (["sharding.memory_budget_gb=0"], "sharding.memory_budget_gb=0.0: expected a positive number"),
-    (["data.split=random", "data.valid_ratio=0.5", "data.test_ratio=0.5"], "leave no training data"),
-    (["train.checkpoint_every=-5"], "train.checkpoint_every=-5: expected an integer >= 0"),
-    (["train.distributed.process_id=-1"], "train.distributed.process_id=-1: expected an integer >= 0"),
-    (["data.min_rating=inf"], "data.min_rating=inf: expected a finite number"),
-    (["model=dcn_v2", "data=criteo", "data.shuffle_window_blocks=0"],
-     "data.shuffle_window_blocks=0: expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.epochs=0"], "train.epochs=0: expected an integer >= 1"),
+        (["train.epochs=-2"], "train.epochs=-2: expected an integer >= 1"),
+        (["train.max_steps=-1"], "train.max_steps=-1: expected an integer >= 1"),
+        (["train.keep_checkpoints=0"], "train.keep_checkpoints=0: expected an integer >= 1"),
+        (["data.num_negatives=-1"], "data.num_negatives=-1: expected an integer >= 0"),
+        (["data.num_negatives=0"], "data.num_negatives=0: model.loss=bce trains against sampled negatives"),
+        (["train.log_every=0"], "train.log_every=0: expected an integer >= 1"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1.0: expected a positive number"),
+        (["optimizer.lr=nan"], "optimizer.lr=nan: expected a finite number"),
+        (["optimizer.table_lr=0"], "optimizer.table_lr=0.0: expected a positive number"),
+        (["train.eval_batch_size=0"], "train.eval_batch_size=0: expected an integer >= 1"),
+        (["train.ks=[10,0]"], "train.ks=0: expected an integer >= 1"),
+        (["train.ks=[]"], "train.ks is empty"),
+        (["model=two_tower", "model.dropout=1.5"], "model.dropout=1.5: expected a share in [0, 1)"),
+        (["model=two_tower", "model.hidden=[64,0]"], "model.hidden=0: expected an integer >= 1"),
+        (["sharding.mesh.model=0"], "sharding.mesh.model=0: expected -1 (all remaining devices) or an integer >= 1"),
+        (["sharding.memory_budget_gb=0"], "sharding.memory_budget_gb=0.0: expected a positive number"),
+        (["data.split=random", "data.valid_ratio=0.5", "data.test_ratio=0.5"], "leave no training data"),
+        (["train.checkpoint_every=-5"], "train.checkpoint_every=-5: expected an integer >= 0"),
+        (["train.distributed.process_id=-1"], "train.distributed.process_id=-1: expected an integer >= 0"),
+        (["data.min_rating=inf"], "data.min_rating=inf: expected a finite number"),
+        (
+            ["model=dcn_v2", "data=criteo", "data.shuffle_window_blocks=0"],
+            "data.shuffle_window_blocks=0: expected an integer >= 1",
+        ),
+    ],
+)
 def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, message):
     with pytest.raises(JaxrecError, match="config key") as err:
         to_config(_compose(overrides))
@@ -85,13 +97,19 @@ def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, mes
 
 
 # Numeric keys whose whole range is valid, or that are checked by a rule of their own.
-UNRANGED_KEYS = {"data.min_rating", "model.bias_init",  # any finite value
-                 "data.fold", "data.num_folds", "train.batch_size"}  # checked against each other / the data
+UNRANGED_KEYS = {
+    "data.min_rating",
+    "model.bias_init",  # any finite value
+    "data.fold",
+    "data.num_folds",
+    "train.batch_size",
+}  # checked against each other / the data
 
 
 def test_every_numeric_config_key_has_a_range():
     """A new numeric option must say which values it accepts (the adversarial run found keys
     whose nonsense values trained for an epoch before failing)."""
+
     def numeric_keys(schema, prefix):
         hints = typing.get_type_hints(schema)
         for field in dataclasses.fields(schema):
@@ -106,12 +124,22 @@ def test_every_numeric_config_key_has_a_range():
     assert keys - set(NUMERIC_RANGES) - UNRANGED_KEYS == set()
 
 
-@pytest.mark.parametrize("override,ok", [
-    ("train.resume=false", True), ("+data.strict=True", True), ("train.progress=true,false", True),
-    ("model.dim=0", True), ("train.resume=no", False), ("data.strict=0", False), ("train.progress=2", False),
-    ("model.use_bias=off", False), ("train.distributed.process_id=1", True),
-    ("train.async_checkpoint=null", True), ("train.async_checkpoint=yes", False),
-])
+@pytest.mark.parametrize(
+    "override,ok",
+    [
+        ("train.resume=false", True),
+        ("+data.strict=True", True),
+        ("train.progress=true,false", True),
+        ("model.dim=0", True),
+        ("train.resume=no", False),
+        ("data.strict=0", False),
+        ("train.progress=2", False),
+        ("model.use_bias=off", False),
+        ("train.distributed.process_id=1", True),
+        ("train.async_checkpoint=null", True),
+        ("train.async_checkpoint=yes", False),
+    ],
+)
 def test_boolean_overrides_are_strict(override, ok):
     """OmegaConf turns 'no', 'off', 0 or 2 into a bool without a word; a bool key takes true/false
     (and null where null means "decide for me")."""
@@ -123,15 +151,20 @@ def test_boolean_overrides_are_strict(override, ok):
             check_bool_overrides([override])
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"sharding.strategy": "row_wise", "sharding.mesh.model": 3, "train.batch_size": 1024},
-     "train.batch_size=1024 does not divide across the mesh's 3 devices"),
-    ({"train.batch_size": 60}, "train.batch_size=60 does not divide across the mesh's 8 devices"),
-    ({"sharding.mesh.data": 3, "sharding.mesh.model": 3}, "needs 9 devices; 8 are available"),
-    ({"data.name": "synthetic", "data.num_items": 15}, "train.ks=[10, 20]: cutoff 20 exceeds the catalogue's 15"),
-    ({"data.name": "synthetic", "data.num_items": 50, "train.sampled_negatives": 50}, "sampled_negatives=50"),
-    ({"data.name": "synthetic", "train.batch_size": 40000}, "larger than the training split"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (
+            {"sharding.strategy": "row_wise", "sharding.mesh.model": 3, "train.batch_size": 1024},
+            "train.batch_size=1024 does not divide across the mesh's 3 devices",
+        ),
+        ({"train.batch_size": 60}, "train.batch_size=60 does not divide across the mesh's 8 devices"),
+        ({"sharding.mesh.data": 3, "sharding.mesh.model": 3}, "needs 9 devices; 8 are available"),
+        ({"data.name": "synthetic", "data.num_items": 15}, "train.ks=[10, 20]: cutoff 20 exceeds the catalogue's 15"),
+        ({"data.name": "synthetic", "data.num_items": 50, "train.sampled_negatives": 50}, "sampled_negatives=50"),
+        ({"data.name": "synthetic", "train.batch_size": 40000}, "larger than the training split"),
+    ],
+)
 def test_every_shape_is_checked_before_data_loads(changes, message):
     """A csv path that does not exist proves no data was read: the shape error comes first."""
     from jaxrec.train_lib import check_before_data
@@ -148,12 +181,17 @@ def test_every_shape_is_checked_before_data_loads(changes, message):
     assert message in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["train.batch_size=1024"], "train.batch_size=1024 is larger than the training split"),
-    (["train.batch_size=8", "train.ks=[5,10]"], "train.ks=[5, 10]: cutoff 10 exceeds the catalogue's 6 items"),
-    (["train.batch_size=8", "train.ks=[2]", "train.sampled_negatives=3"],
-     "a user has interacted with 4 of the 6 items"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.batch_size=1024"], "train.batch_size=1024 is larger than the training split"),
+        (["train.batch_size=8", "train.ks=[5,10]"], "train.ks=[5, 10]: cutoff 10 exceeds the catalogue's 6 items"),
+        (
+            ["train.batch_size=8", "train.ks=[2]", "train.sampled_negatives=3"],
+            "a user has interacted with 4 of the 6 items",
+        ),
+    ],
+)
 def test_data_too_small_for_the_run_fails_before_training(tmp_path, overrides, message):
     """Found once the file is read (its size is not in the config), before anything compiles or
     trains: nothing is written but the run dir."""
@@ -199,19 +237,24 @@ def _bad_file(kind: str, tmp_path: Path, monkeypatch) -> Path:
         pq.write_table(table, tmp_path / "log.csv")
         return tmp_path / "log.csv"
     column = pa.array([[1, 2], [3]]) if kind == "list ids" else pa.array([True, False])
-    pq.write_table(table.set_column(1 if kind == "list ids" else 0, "item_id" if kind == "list ids" else "user_id",
-                                    column), tmp_path / "log.parquet")
+    pq.write_table(
+        table.set_column(1 if kind == "list ids" else 0, "item_id" if kind == "list ids" else "user_id", column),
+        tmp_path / "log.parquet",
+    )
     return tmp_path / "log.parquet"
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("unreadable", "cannot read: Permission denied"),
-    ("not parquet", "not a readable Parquet file"),
-    ("gzip", "is gzip-compressed, not a text file of fields; decompress it first"),
-    ("parquet named csv", "is a Parquet file, not a text file of fields; name it .parquet"),
-    ("list ids", "column 'item_id' holds list<element: int64> values"),
-    ("bool ids", "column 'user_id' holds bool values"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("unreadable", "cannot read: Permission denied"),
+        ("not parquet", "not a readable Parquet file"),
+        ("gzip", "is gzip-compressed, not a text file of fields; decompress it first"),
+        ("parquet named csv", "is a Parquet file, not a text file of fields; name it .parquet"),
+        ("list ids", "column 'item_id' holds list<element: int64> values"),
+        ("bool ids", "column 'user_id' holds bool values"),
+    ],
+)
 def test_unreadable_files_fail_in_one_line_naming_the_file(tmp_path, monkeypatch, kind, message):
     path = _bad_file(kind, tmp_path, monkeypatch)
     with pytest.raises(JaxrecError) as err:
@@ -227,11 +270,14 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     assert raw.interactions["user_id"].tolist() == ["1", "2"] and raw.interactions["rating"].tolist() == [4, 5]
 
 
-@pytest.mark.parametrize("stamps,reason", [
-    (["x", "y", "z", "w"], "timestamp is not a number or a date"),
-    (["100", "1e30", "300", "400"], "timestamp out of range"),
-    (["2020-01-01", "yesterday", "2020-01-03", "2020-01-04"], "timestamp is not a number or a date"),
-])
+@pytest.mark.parametrize(
+    "stamps,reason",
+    [
+        (["x", "y", "z", "w"], "timestamp is not a number or a date"),
+        (["100", "1e30", "300", "400"], "timestamp out of range"),
+        (["2020-01-01", "yesterday", "2020-01-03", "2020-01-04"], "timestamp is not a number or a date"),
+    ],
+)
 def test_bad_timestamps_are_counted_and_fail_under_strict(tmp_path, caplog, stamps, reason):
     text = "user_id,item_id,ts\n" + "".join(f"1,{item},{ts}\n" for item, ts in zip("abcd", stamps))
     raw = readers.read_interactions(_csv(tmp_path, text), timestamp_col="ts")
@@ -254,8 +300,14 @@ def _one_user(num_items: int, target: int) -> tuple[Interactions, Interactions]:
 
     def part(items):
         items = np.asarray(items, np.int32)
-        return Interactions(np.zeros(len(items), np.int32), items, np.ones(len(items), np.float32),
-                            np.arange(len(items)), np.array(["u"]), tokens)
+        return Interactions(
+            np.zeros(len(items), np.int32),
+            items,
+            np.ones(len(items), np.float32),
+            np.arange(len(items)),
+            np.array(["u"]),
+            tokens,
+        )
 
     return part([0, 1]), part([target])
 
@@ -265,11 +317,13 @@ def test_nan_scores_never_earn_ranking_credit(bad):
     """NaN compares false to everything, so before this fix a NaN target ranked first (hr@10 = 1)."""
     train, test = _one_user(30, target=5)
     scores = jnp.zeros((1, 30)).at[0, 5].set(bad)
-    full = evaluate_ranking(lambda users: jnp.broadcast_to(scores, (len(users), 30)), train, test, ks=(10,),
-                            batch_size=8)
+    full = evaluate_ranking(
+        lambda users: jnp.broadcast_to(scores, (len(users), 30)), train, test, ks=(10,), batch_size=8
+    )
     assert all(math.isnan(v) for v in full.values()), full
-    sampled = evaluate_sampled(lambda users: jnp.broadcast_to(scores, (len(users), 30)), train, test, ks=(10,),
-                               num_negatives=5, batch_size=8)
+    sampled = evaluate_sampled(
+        lambda users: jnp.broadcast_to(scores, (len(users), 30)), train, test, ks=(10,), num_negatives=5, batch_size=8
+    )
     assert all(math.isnan(v) for v in sampled.values()), sampled
     per_user = rank_metrics(scores, jnp.zeros((1, 30), bool), jnp.array([[5]]), (10,))
     assert all(bool(jnp.isnan(v).all()) for v in per_user.values())
@@ -298,9 +352,15 @@ def test_bundle_is_readable_by_other_users(tmp_path):
 
     old_umask = os.umask(0o022)
     try:
-        out = write_bundle(tmp_path / "bundle", manifest={}, items_ne=np.ones((3, 2), np.float32),
-                           users_ue=np.ones((2, 2), np.float32), user_tokens=["a", "b"], item_tokens=["x", "y", "z"],
-                           seen=seen_csr(np.array([0]), np.array([1]), 2))
+        out = write_bundle(
+            tmp_path / "bundle",
+            manifest={},
+            items_ne=np.ones((3, 2), np.float32),
+            users_ue=np.ones((2, 2), np.float32),
+            user_tokens=["a", "b"],
+            item_tokens=["x", "y", "z"],
+            seen=seen_csr(np.array([0]), np.array([1]), 2),
+        )
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
@@ -325,12 +385,14 @@ def test_a_local_coordinator_listens_on_loopback_only():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = (f"from jaxrec.config import DistributedConfig\nfrom jaxrec import distributed\n"
-            f"distributed.initialize(DistributedConfig(coordinator_address='127.0.0.1:{port}'))\n"
-            f"for table in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
-            f"    for row in open(table).read().splitlines()[1:]:\n"
-            f"        local, state = row.split()[1], row.split()[3]\n"
-            f"        if state == '0A' and local.endswith(':{port:04X}'): print('LISTEN', local)\n")
+    code = (
+        f"from jaxrec.config import DistributedConfig\nfrom jaxrec import distributed\n"
+        f"distributed.initialize(DistributedConfig(coordinator_address='127.0.0.1:{port}'))\n"
+        f"for table in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
+        f"    for row in open(table).read().splitlines()[1:]:\n"
+        f"        local, state = row.split()[1], row.split()[3]\n"
+        f"        if state == '0A' and local.endswith(':{port:04X}'): print('LISTEN', local)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     listening = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("LISTEN")]
@@ -344,8 +406,17 @@ def _cli(module: str, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.parametrize("case", ["unwritable run dir", "epochs 0 with README table override", "plan batch 60",
-                                  "evaluate missing step", "gzip data", "bool no"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unwritable run dir",
+        "epochs 0 with README table override",
+        "plan batch 60",
+        "evaluate missing step",
+        "gzip data",
+        "bool no",
+    ],
+)
 def test_command_lines_fail_in_one_line_with_status_2(tmp_path, case):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -358,8 +429,10 @@ def test_command_lines_fail_in_one_line_with_status_2(tmp_path, case):
         args = [*TINY, "sharding=auto", "sharding.tables.item=row_wise", "train.epochs=0", run_dir]
         message = "train.epochs=0: expected an integer >= 1"
     elif case == "plan batch 60":
-        module, args = "jaxrec.plan", [*TINY, "sharding=row_wise", "sharding.num_devices=8", "train.batch_size=60",
-                                       run_dir]
+        module, args = (
+            "jaxrec.plan",
+            [*TINY, "sharding=row_wise", "sharding.num_devices=8", "train.batch_size=60", run_dir],
+        )
         message = "train.batch_size=60 does not divide across the mesh's 8 devices"
     elif case == "bool no":
         module, args, message = "jaxrec.train", [*TINY, "train.resume=no", run_dir], "train.resume='no': expected true"

@@ -18,8 +18,16 @@ import jaxrec
 
 PACKAGE_DIR = Path(jaxrec.__file__).parent
 # Entry points (python -m ...): they import the library, which never imports them.
-COMMAND_LINE = {"jaxrec.train", "jaxrec.evaluate", "jaxrec.plan", "jaxrec.report", "jaxrec.export", "jaxrec.serve",
-                "jaxrec.launch_local", "jaxrec.data.__main__"}
+COMMAND_LINE = {
+    "jaxrec.train",
+    "jaxrec.evaluate",
+    "jaxrec.plan",
+    "jaxrec.report",
+    "jaxrec.export",
+    "jaxrec.serve",
+    "jaxrec.launch_local",
+    "jaxrec.data.__main__",
+}
 
 
 def module_name(path: Path) -> str:
@@ -160,7 +168,11 @@ def test_layers_import_downwards():
     """No library module imports a command-line module, and the data layer imports no evaluation
     code (evaluation reads data)."""
     graph = import_graph()
-    upward = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
-                    if (target in COMMAND_LINE and module not in COMMAND_LINE)
-                    or (module.startswith("jaxrec.data") and target.startswith("jaxrec.eval")))
+    upward = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if (target in COMMAND_LINE and module not in COMMAND_LINE)
+        or (module.startswith("jaxrec.data") and target.startswith("jaxrec.eval"))
+    )
     assert not upward, "imports against the layering:\n" + "\n".join(upward)

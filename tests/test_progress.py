@@ -27,8 +27,8 @@ def read_events(path) -> list:
     """Every Event of a TFRecord file: [u64 length][u32 crc][payload][u32 crc] per record."""
     data, events, at = path.read_bytes(), [], 0
     while at < len(data):
-        (length,) = struct.unpack("<Q", data[at:at + 8])
-        events.append(event_pb2.Event.FromString(data[at + 12:at + 12 + length]))
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        events.append(event_pb2.Event.FromString(data[at + 12 : at + 12 + length]))
         at += 12 + length + 4
     return events
 
@@ -46,8 +46,12 @@ def test_metrics_log_writes_jsonl_and_the_same_scalars_to_tensorboard(tmp_path):
     assert lines == [TRAIN, EVAL]
     (event_file,) = tmp_path.glob("events.out.tfevents.*")
     assert scalars(read_events(event_file)) == {
-        (10, "epoch"): 0.5, (10, "train/loss"): 0.75, (10, "train/skipped_nonfinite"): 0.0,
-        (20, "epoch"): 1.0, (20, "eval/valid/ndcg_at_10"): 0.25, (20, "eval/valid/hr_at_10"): 0.5,
+        (10, "epoch"): 0.5,
+        (10, "train/loss"): 0.75,
+        (10, "train/skipped_nonfinite"): 0.0,
+        (20, "epoch"): 1.0,
+        (20, "eval/valid/ndcg_at_10"): 0.25,
+        (20, "eval/valid/hr_at_10"): 0.5,
     }
 
 

@@ -32,20 +32,31 @@ def _job(root, name, overrides, results=None, failure=None):
 
 
 def _results(batch, lr, valid, test):
-    return {"metrics": {"ndcg@10": test, "hr@10": 2 * test}, "valid_metrics": {"ndcg@10": valid, "hr@10": 2 * valid},
-            "train": {"batch_size": batch, "wall_s": 1.5, "examples_per_sec_per_device": 100.0 * batch},
-            "config": {"optimizer": {"lr": lr}},
-            "lr_scaling": {"rule": "sqrt", "lr": lr, "effective_lr": lr * (batch / 64) ** 0.5}}
+    return {
+        "metrics": {"ndcg@10": test, "hr@10": 2 * test},
+        "valid_metrics": {"ndcg@10": valid, "hr@10": 2 * valid},
+        "train": {"batch_size": batch, "wall_s": 1.5, "examples_per_sec_per_device": 100.0 * batch},
+        "config": {"optimizer": {"lr": lr}},
+        "lr_scaling": {"rule": "sqrt", "lr": lr, "effective_lr": lr * (batch / 64) ** 0.5},
+    }
 
 
 @pytest.fixture
 def fake_multirun(tmp_path):
     root = tmp_path / "multirun"
     for name, (batch, lr, valid, test) in FINISHED.items():
-        _job(root, name, [f"train.batch_size={batch}", f"optimizer.lr={lr}", "data=synthetic"],
-             _results(batch, lr, valid, test))
-    _job(root, "3", ["train.batch_size=128", "optimizer.lr=1e30", "data=synthetic"],
-         failure={"error": "JaxrecError", "reason": "non-finite value at step 2 in loss"})
+        _job(
+            root,
+            name,
+            [f"train.batch_size={batch}", f"optimizer.lr={lr}", "data=synthetic"],
+            _results(batch, lr, valid, test),
+        )
+    _job(
+        root,
+        "3",
+        ["train.batch_size=128", "optimizer.lr=1e30", "data=synthetic"],
+        failure={"error": "JaxrecError", "reason": "non-finite value at step 2 in loss"},
+    )
     _job(root, "4", ["train.batch_size=128", "optimizer.lr=0.01", "data=synthetic"])
     return root
 
@@ -78,8 +89,12 @@ def test_report_selects_by_validation_and_shows_test_only_for_the_selected_job(f
 def test_lower_is_better_metrics_select_the_smallest(tmp_path):
     root = tmp_path / "multirun"
     for name, rmse in (("0", 0.95), ("1", 0.90), ("2", 0.99)):
-        _job(root, name, [f"model.dim={8 * (int(name) + 1)}"],
-             {"metrics": {"rmse": rmse}, "valid_metrics": {"rmse": rmse}, "train": {}, "config": {}})
+        _job(
+            root,
+            name,
+            [f"model.dim={8 * (int(name) + 1)}"],
+            {"metrics": {"rmse": rmse}, "valid_metrics": {"rmse": rmse}, "train": {}, "config": {}},
+        )
     written = write_report(root, metric="rmse")
     assert written["selected"] == "1"
     assert "lower is better" in written["md"].read_text()
@@ -90,9 +105,12 @@ def test_arms_get_one_row_each_selected_by_validation_or_averaged_over_folds(tmp
     for job, (lr, valid, test) in enumerate([(1e-3, 0.10, 0.30), (3e-3, 0.20, 0.25)]):  # test would pick job 0
         _job(root, f"exp/mf/{job}", ["experiment=exp/mf", f"optimizer.lr={lr}"], _results(64, lr, valid, test))
     for fold, rmse in enumerate([0.90, 0.94]):  # cross-validation folds: no validation metric
-        _job(root, f"exp/peer/{fold}", [f"data.fold={fold}", "experiment=exp/peer"],
-             {"entry": "experiments.peers", "metrics": {"ndcg@10": rmse}, "valid_metrics": {},
-              "train": {"wall_s": 2.0}})
+        _job(
+            root,
+            f"exp/peer/{fold}",
+            [f"data.fold={fold}", "experiment=exp/peer"],
+            {"entry": "experiments.peers", "metrics": {"ndcg@10": rmse}, "valid_metrics": {}, "train": {"wall_s": 2.0}},
+        )
     md = write_report(root)["md"].read_text()
     rows = [line for line in md.split("## Per arm")[1].splitlines() if line.startswith("| exp/")]
     assert rows[0].startswith("| exp/mf | 2/2 | exp/mf/1 | 0.2000 | 0.2500 | 0.5000 |")
@@ -115,8 +133,9 @@ def test_report_errors_are_jaxrec_errors(tmp_path, fake_multirun):
 
 
 def test_report_cli_error_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "jaxrec.report", str(tmp_path / "nope")], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrec.report", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -126,11 +145,22 @@ def test_an_experiment_sweep_goes_on_past_a_failing_job_and_each_row_reruns_its_
     the report's command for a row composes exactly the config that job ran."""
     sweep, arm = tmp_path / "sweep", "ncf_vs_mf/mf"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    args = ["-m", f"experiment={arm}", "data=synthetic", "data.num_users=100", "data.num_items=200",
-            "data.num_interactions=2000", "train.epochs=1", "train.batch_size=64", "optimizer.lr=1e30,1e-3",
-            "model.dim=8", f"hydra.sweep.dir={sweep}"]
-    out = subprocess.run([sys.executable, "-m", "jaxrec.train", *args], capture_output=True, text=True,
-                         timeout=300, env=env)
+    args = [
+        "-m",
+        f"experiment={arm}",
+        "data=synthetic",
+        "data.num_users=100",
+        "data.num_items=200",
+        "data.num_interactions=2000",
+        "train.epochs=1",
+        "train.batch_size=64",
+        "optimizer.lr=1e30,1e-3",
+        "model.dim=8",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrec.train", *args], capture_output=True, text=True, timeout=300, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     failure = json.loads((sweep / arm / "0" / "failure.json").read_text())
     assert failure["error"] == "JaxrecError" and "non-finite value at step" in failure["reason"]

@@ -43,8 +43,9 @@ def cross_validate(sweep_dir: Path, arm: str, overrides: Sequence[str]) -> list[
     chosen = read_job_overrides(picked_dir)
     folds = ",".join(str(fold) for fold in range(compose_config(chosen).data.num_folds))
     epochs = max(round(picked["best_epoch"]), 1)
-    return run_arm(sweep_dir, [*chosen, *CV_STAGE, f"train.epochs={epochs}", f"data.fold={folds}"],
-                   subdir=f"{EXPERIMENT}/{arm}_cv")
+    return run_arm(
+        sweep_dir, [*chosen, *CV_STAGE, f"train.epochs={epochs}", f"data.fold={folds}"], subdir=f"{EXPERIMENT}/{arm}_cv"
+    )
 
 
 def compare(rows: dict[str, list[float]]) -> str:
@@ -60,12 +61,15 @@ def compare(rows: dict[str, list[float]]) -> str:
     line += f"; it {verb} Surprise SVD++ ({np.mean(svdpp):.4f} over its {len(svdpp)} folds)"
     diff = np.array(jaxrec[best][: len(svdpp)]) - np.array(svdpp[: len(jaxrec[best])])  # paired over shared folds
     spread = f" ± {diff.std(ddof=1):.4f}" if len(diff) > 1 else ""
-    return line + (f"; per fold, jaxrec minus Surprise SVD++ = {diff.mean():+.4f}{spread}, "
-                   f"lower on {int((diff < 0).sum())} of {len(diff)} folds")
+    return line + (
+        f"; per fold, jaxrec minus Surprise SVD++ = {diff.mean():+.4f}{spread}, "
+        f"lower on {int((diff < 0).sum())} of {len(diff)} folds"
+    )
 
 
-def run_experiment(sweep_dir: Path, overrides: Sequence[str] = (), arms: Sequence[str] = JAXREC_ARMS,
-                   peers: Sequence[str] = PEER_ARMS) -> dict:
+def run_experiment(
+    sweep_dir: Path, overrides: Sequence[str] = (), arms: Sequence[str] = JAXREC_ARMS, peers: Sequence[str] = PEER_ARMS
+) -> dict:
     """Every arm, then the report (by RMSE) with the verdict appended; returns what write_report wrote."""
     rows = {}
     for peer in peers:

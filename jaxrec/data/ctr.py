@@ -92,10 +92,15 @@ class CtrDataset:
 
     def summary(self) -> dict:
         """The data section of results.json."""
-        return {"num_examples": sum(len(p) for p in (self.train, self.valid, self.test)),
-                "num_train": len(self.train), "num_valid": len(self.valid), "num_test": len(self.test),
-                "num_dense": self.train.dense.shape[1], "vocab_sizes": list(self.vocab_sizes),
-                "positive_rate": float(self.train.label.mean()) if len(self.train) else None}
+        return {
+            "num_examples": sum(len(p) for p in (self.train, self.valid, self.test)),
+            "num_train": len(self.train),
+            "num_valid": len(self.valid),
+            "num_test": len(self.test),
+            "num_dense": self.train.dense.shape[1],
+            "vocab_sizes": list(self.vocab_sizes),
+            "positive_rate": float(self.train.label.mean()) if len(self.train) else None,
+        }
 
 
 def ctr_schema(vocab_sizes, num_dense: int) -> Schema:
@@ -107,12 +112,16 @@ def ctr_schema(vocab_sizes, num_dense: int) -> Schema:
 def vocab_sizes_of(cfg: DataConfig) -> tuple[int, ...]:
     sizes = tuple(cfg.vocab_sizes) or (cfg.vocab_size,) * cfg.num_sparse
     if len(sizes) != cfg.num_sparse:
-        raise JaxrecError(f"config key data.vocab_sizes has {len(sizes)} entries but data.num_sparse="
-                          f"{cfg.num_sparse}; give one vocabulary per categorical feature, or none to use "
-                          "data.vocab_size for all")
+        raise JaxrecError(
+            f"config key data.vocab_sizes has {len(sizes)} entries but data.num_sparse="
+            f"{cfg.num_sparse}; give one vocabulary per categorical feature, or none to use "
+            "data.vocab_size for all"
+        )
     if min(sizes) < 1 or max(sizes) >= 2**31:
-        raise JaxrecError(f"config key data.vocab_sizes / data.vocab_size: every vocabulary must be in "
-                          f"[1, 2^31), got {min(sizes)}..{max(sizes)}")
+        raise JaxrecError(
+            f"config key data.vocab_sizes / data.vocab_size: every vocabulary must be in "
+            f"[1, 2^31), got {min(sizes)}..{max(sizes)}"
+        )
     return sizes
 
 
@@ -143,17 +152,29 @@ def generate_ctr(num_examples: int, vocab_sizes, num_dense: int, seed: int, zipf
 def load_ctr_dataset(cfg: DataConfig) -> CtrDataset:
     """criteo_synthetic: generate, then cut test, valid and train (examples are i.i.d.)."""
     if cfg.num_examples < 1 or cfg.num_dense < 0 or cfg.num_sparse < 1:
-        raise JaxrecError(f"config keys data.num_examples={cfg.num_examples}, data.num_dense={cfg.num_dense}, "
-                          f"data.num_sparse={cfg.num_sparse}: need >= 1 example, >= 0 dense and >= 1 categorical")
+        raise JaxrecError(
+            f"config keys data.num_examples={cfg.num_examples}, data.num_dense={cfg.num_dense}, "
+            f"data.num_sparse={cfg.num_sparse}: need >= 1 example, >= 0 dense and >= 1 categorical"
+        )
     sizes = vocab_sizes_of(cfg)
     dense, sparse, label, logit = generate_ctr(cfg.num_examples, sizes, cfg.num_dense, cfg.seed, cfg.zipf_a)
     num_test, num_valid = int(cfg.num_examples * cfg.test_ratio), int(cfg.num_examples * cfg.valid_ratio)
     num_train = cfg.num_examples - num_test - num_valid
-    cuts = {"train": slice(0, num_train), "valid": slice(num_train, num_train + num_valid),
-            "test": slice(num_train + num_valid, None)}
+    cuts = {
+        "train": slice(0, num_train),
+        "valid": slice(num_train, num_train + num_valid),
+        "test": slice(num_train + num_valid, None),
+    }
     parts = {name: CtrPart(dense[cut], sparse[cut], label[cut]) for name, cut in cuts.items()}
-    log.info("%s: %d examples (train %d, valid %d, test %d), %.1f%% positive", cfg.name, cfg.num_examples,
-             num_train, num_valid, num_test, 100 * label.mean())
+    log.info(
+        "%s: %d examples (train %d, valid %d, test %d), %.1f%% positive",
+        cfg.name,
+        cfg.num_examples,
+        num_train,
+        num_valid,
+        num_test,
+        100 * label.mean(),
+    )
     return CtrDataset(cfg.name, sizes, parts["train"], parts["valid"], parts["test"], logit[cuts["test"]])
 
 
@@ -175,8 +196,9 @@ class _CtrBatch(grain.transforms.Map):
         return batch_inputs(self.train, self.step_rows.examples(step))
 
 
-def make_ctr_dataset(dataset: CtrDataset, *, batch_size: int, epochs: int, seed: int,
-                     rows: slice | None = None) -> grain.MapDataset:
+def make_ctr_dataset(
+    dataset: CtrDataset, *, batch_size: int, epochs: int, seed: int, rows: slice | None = None
+) -> grain.MapDataset:
     """One element per train step: epochs x (len(train) // batch_size) batches; with `rows`, only
     those rows of each global batch (this process's share)."""
     train = dataset.train

@@ -18,8 +18,13 @@ log = logging.getLogger("jaxrec.data")
 # Users and items with default preprocessing, so a plan needs no data: ml-100k measured here,
 # the others as GroupLens publishes them (every user and item has at least one rating).
 KNOWN_SHAPES = {"ml100k": (943, 1682), "ml1m": (6040, 3706), "ml20m": (138493, 26744), "ml25m": (162541, 59047)}
-FETCH_NAMES = {"ml100k": "ml-100k", "ml1m": "ml-1m", "ml20m": "ml-20m", "ml25m": "ml-25m",
-               "ml_latest_small": "ml-latest-small"}
+FETCH_NAMES = {
+    "ml100k": "ml-100k",
+    "ml1m": "ml-1m",
+    "ml20m": "ml-20m",
+    "ml25m": "ml-25m",
+    "ml_latest_small": "ml-latest-small",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,29 +46,45 @@ class Dataset:
 
     def summary(self) -> dict:
         """The data section of results.json."""
-        return {"num_users": self.num_users, "num_items": self.num_items,
-                "num_interactions": len(self.interactions), "drop_counts": self.drop_counts}
+        return {
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "num_interactions": len(self.interactions),
+            "drop_counts": self.drop_counts,
+        }
 
     @property
     def schema(self) -> Schema:
         train = self.split.train
-        return Schema(self.num_users, self.num_items, _fields(self.user_features), _fields(self.item_features),
-                      mean_rating=float(np.mean(train.rating)) if len(train) else 0.0)
+        return Schema(
+            self.num_users,
+            self.num_items,
+            _fields(self.user_features),
+            _fields(self.item_features),
+            mean_rating=float(np.mean(train.rating)) if len(train) else 0.0,
+        )
 
 
 def _fields(features: Features) -> dict[str, Field]:
-    return {name: Field(features.vocab[name], 1 if col.ndim == 1 else col.shape[1])
-            for name, col in features.columns.items()}
+    return {
+        name: Field(features.vocab[name], 1 if col.ndim == 1 else col.shape[1])
+        for name, col in features.columns.items()
+    }
 
 
 def read_raw(cfg: DataConfig) -> RawData:
     if cfg.name == "synthetic":
-        return synthetic.generate_synthetic(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.seed,
-                                            zipf_a=cfg.zipf_a)
+        return synthetic.generate_synthetic(
+            cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.seed, zipf_a=cfg.zipf_a
+        )
     if cfg.name == "csv":
         return readers.read_interactions(
-            Path(cfg.path), sep=cfg.sep, user_col=cfg.user_col, item_col=cfg.item_col,
-            rating_col=cfg.rating_col, timestamp_col=cfg.timestamp_col,
+            Path(cfg.path),
+            sep=cfg.sep,
+            user_col=cfg.user_col,
+            item_col=cfg.item_col,
+            rating_col=cfg.rating_col,
+            timestamp_col=cfg.timestamp_col,
         )
     from jaxrec.data.fetch import ensure_dataset
 
@@ -123,8 +144,16 @@ def _read_dataset(cfg: DataConfig):
     split = split_interactions(inter, cfg)
     if cfg.cold_users:
         split = splits.make_cold_users(split, cfg.cold_users, cfg.cold_max_train, cfg.split_seed)
-    log.info("%s: %d users, %d items, %d interactions (train %d, valid %d, test %d)", cfg.name, inter.num_users,
-             inter.num_items, len(inter), len(split.train), len(split.valid), len(split.test))
+    log.info(
+        "%s: %d users, %d items, %d interactions (train %d, valid %d, test %d)",
+        cfg.name,
+        inter.num_users,
+        inter.num_items,
+        len(inter),
+        len(split.train),
+        len(split.valid),
+        len(split.test),
+    )
     return Dataset(
         name=cfg.name,
         interactions=inter,
@@ -158,8 +187,10 @@ def side_feature_fields(cfg: DataConfig) -> tuple[dict[str, Field], dict[str, Fi
     else:
         raw = read_raw(cfg)
         users, items = raw.users, raw.items
-    return (_fields(features.user_features(users, _tokens(users))),
-            _fields(features.item_features(items, _tokens(items))))
+    return (
+        _fields(features.user_features(users, _tokens(users))),
+        _fields(features.item_features(items, _tokens(items))),
+    )
 
 
 def _tokens(side_table) -> np.ndarray:
@@ -184,5 +215,7 @@ def _id_schema(cfg: DataConfig) -> Schema:
         return Schema(*KNOWN_SHAPES[cfg.name])
     from jaxrec.errors import JaxrecError
 
-    raise JaxrecError(f"data={cfg.name} has no shape metadata for planning (filters change it); plan with "
-                      "data=synthetic data.num_users=... data.num_items=... of the same size")
+    raise JaxrecError(
+        f"data={cfg.name} has no shape metadata for planning (filters change it); plan with "
+        "data=synthetic data.num_users=... data.num_items=... of the same size"
+    )

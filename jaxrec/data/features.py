@@ -80,8 +80,11 @@ def user_feature_coders(users: pd.DataFrame | None) -> dict[str, UserFieldCoder]
     coders = {}
     if "age" in users:
         coders["age"] = UserFieldCoder("age", bucket_starts=AGE_BUCKET_STARTS)
-    for name, source, prefix in (("gender", "gender", None), ("occupation", "occupation", None),
-                                 ("zip_prefix", "zip", 1)):
+    for name, source, prefix in (
+        ("gender", "gender", None),
+        ("occupation", "occupation", None),
+        ("zip_prefix", "zip", 1),
+    ):
         if source in users:
             coders[name] = _categorical_coder(source, users[source], prefix)
     return coders
@@ -131,8 +134,10 @@ def user_features(users: pd.DataFrame | None, user_tokens: np.ndarray) -> Featur
     if not coders:
         return Features({}, {})
     users = users.set_axis(users.index.astype(str))
-    columns = {name: _lookup(pd.Series(coder.encode(users[coder.source]), index=users.index), user_tokens)
-               for name, coder in coders.items()}
+    columns = {
+        name: _lookup(pd.Series(coder.encode(users[coder.source]), index=users.index), user_tokens)
+        for name, coder in coders.items()
+    }
     return Features(columns, {name: coder.vocab for name, coder in coders.items()})
 
 

@@ -31,8 +31,9 @@ class _PairBatch(grain.transforms.RandomMap):
     drawn for the whole global batch, so a row's data does not depend on which process reads it;
     only this process's rows are gathered."""
 
-    def __init__(self, train: Interactions, user_side: dict, item_side: dict, num_negatives: int, loss: str,
-                 step_rows: StepRows):
+    def __init__(
+        self, train: Interactions, user_side: dict, item_side: dict, num_negatives: int, loss: str, step_rows: StepRows
+    ):
         self.step_rows = step_rows
         self.user, self.item, self.rating = train.user, train.item, train.rating
         self.user_side, self.item_side = user_side, item_side
@@ -51,8 +52,11 @@ class _PairBatch(grain.transforms.RandomMap):
             labels = np.zeros(items_bc.shape, np.float32)
             labels[:, 0] = 1.0
         users_b = self.user[index_b]
-        return ({name: values[users_b] for name, values in self.user_side.items()}
-                | {name: values[items_bc] for name, values in self.item_side.items()} | {"label": labels})
+        return (
+            {name: values[users_b] for name, values in self.user_side.items()}
+            | {name: values[items_bc] for name, values in self.item_side.items()}
+            | {"label": labels}
+        )
 
 
 def train_examples(model, dataset) -> int:
@@ -66,8 +70,9 @@ def train_examples(model, dataset) -> int:
     return len(dataset.split.train)
 
 
-def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_size: int, epochs: int,
-                       seed: int, rows: slice | None = None) -> tuple[grain.MapDataset, int]:
+def make_train_dataset(
+    model, dataset, *, num_negatives: int, loss: str, batch_size: int, epochs: int, seed: int, rows: slice | None = None
+) -> tuple[grain.MapDataset, int]:
     """The model's training pipeline (one element per step) and its steps per epoch. `rows`: the
     rows of every global batch this process feeds (all when None). Every process derives the
     global batch's order and random draws from the seeds but reads and gathers only its rows,
@@ -77,24 +82,43 @@ def make_train_dataset(model, dataset, *, num_negatives: int, loss: str, batch_s
     if model.batches == "sequences":
         from jaxrec.data.sequences import make_sequence_dataset
 
-        loader = make_sequence_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
-                                       num_negatives=num_negatives, seed=seed, rows=rows)
+        loader = make_sequence_dataset(
+            model, dataset, batch_size=batch_size, epochs=epochs, num_negatives=num_negatives, seed=seed, rows=rows
+        )
     elif model.batches == "ctr":
         from jaxrec.data.ctr import make_ctr_dataset
 
         loader = make_ctr_dataset(dataset, batch_size=batch_size, epochs=epochs, seed=seed, rows=rows)
     else:
-        loader = make_pair_dataset(model, dataset, batch_size=batch_size, epochs=epochs,
-                                   num_negatives=num_negatives, loss=loss, seed=seed, rows=rows)
+        loader = make_pair_dataset(
+            model,
+            dataset,
+            batch_size=batch_size,
+            epochs=epochs,
+            num_negatives=num_negatives,
+            loss=loss,
+            seed=seed,
+            rows=rows,
+        )
     return loader, per_epoch
 
 
-def make_pair_dataset(model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int, loss: str,
-                      seed: int, rows: slice | None = None) -> grain.MapDataset:
+def make_pair_dataset(
+    model,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    epochs: int,
+    num_negatives: int,
+    loss: str,
+    seed: int,
+    rows: slice | None = None,
+) -> grain.MapDataset:
     """One element per train step: epochs x (len(train) // batch_size) batches (with `rows`,
     only those rows of each)."""
     train = dataset.split.train
     step_rows = StepRows(permutation_order(seed, len(train)), len(train), batch_size, rows or slice(0, batch_size))
-    transform = _PairBatch(train, model.user_inputs(dataset, "train"), model.item_inputs(dataset), num_negatives,
-                           loss, step_rows)
+    transform = _PairBatch(
+        train, model.user_inputs(dataset, "train"), model.item_inputs(dataset), num_negatives, loss, step_rows
+    )
     return grain.MapDataset.range(step_rows.num_steps(epochs)).random_map(transform, seed=seed)

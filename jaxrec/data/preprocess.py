@@ -56,8 +56,11 @@ def _drop_invalid(df, source, has_rating, has_time, strict) -> tuple[pd.DataFram
         )
     if bad.any():
         by_reason = np.bincount(reasons[bad], minlength=len(INVALID_REASONS))
-        log.info("%s: invalid rows by reason: %s", source,
-                 ", ".join(f"{INVALID_REASONS[r]} {n}" for r, n in enumerate(by_reason) if n))
+        log.info(
+            "%s: invalid rows by reason: %s",
+            source,
+            ", ".join(f"{INVALID_REASONS[r]} {n}" for r, n in enumerate(by_reason) if n),
+        )
     return df[~bad], _log_dropped(source, "invalid ids/ratings/timestamps", df.loc[bad, "line"])
 
 
@@ -130,8 +133,9 @@ def _reindex(df: pd.DataFrame, has_rating: bool, has_time: bool) -> Interactions
     )  # fmt: skip
 
 
-def preprocess(raw: RawData, *, min_rating: float | None = None, k_core: int = 0,
-               strict: bool = False) -> tuple[Interactions, dict[str, int]]:
+def preprocess(
+    raw: RawData, *, min_rating: float | None = None, k_core: int = 0, strict: bool = False
+) -> tuple[Interactions, dict[str, int]]:
     """Drop invalid rows, apply the rating threshold, dedup, k-core, then reindex.
 
     Returns the interactions sorted by (user, timestamp, line) and the rows dropped per step:

@@ -33,8 +33,14 @@ _SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _UNIT_SEP = "\x1f"  # stands in for "::" so the fast C parser can read ml-1m files
 _PARSER_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _YEAR_IN_TITLE = r"\((\d{4})\)\s*$"
-_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed",
-          b"\x28\xb5\x2f\xfd": "zstd-compressed", b"PK\x03\x04": "a zip archive", b"PAR1": "a Parquet file"}
+_MAGIC = {
+    b"\x1f\x8b": "gzip-compressed",
+    b"BZh": "bzip2-compressed",
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"PK\x03\x04": "a zip archive",
+    b"PAR1": "a Parquet file",
+}
 
 
 def _text_encoding(encoding: str) -> str:
@@ -74,18 +80,14 @@ def _require_files(root: Path, fmt: str, needed: tuple[str, ...]) -> None:
     """Name every file the format needs, so one error tells the user what to put where."""
     for name in needed:
         if not (root / name).is_file():
-            raise JaxrecError(
-                f"{root / name} not found: the {fmt} format needs {', '.join(needed)} in {root}"
-            )
+            raise JaxrecError(f"{root / name} not found: the {fmt} format needs {', '.join(needed)} in {root}")
 
 
 def _read_text(path: Path, encoding: str) -> str:
     try:
         return path.read_text(encoding=_text_encoding(encoding))
     except UnicodeDecodeError as err:
-        raise JaxrecError(
-            f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})"
-        ) from None
+        raise JaxrecError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})") from None
 
 
 def _read_header(path: Path, sep: str, encoding: str) -> list[str]:
@@ -105,8 +107,7 @@ def _count_fields(text: str, sep: str, quoted: bool) -> int:
 def _field_error(path: Path, line: int, names: list[str], sep: str, found: int) -> JaxrecError:
     shown = {"\t": "tab", _UNIT_SEP: "'::'"}.get(sep, repr(sep))
     return JaxrecError(
-        f"{path}: line {line}: expected {len(names)} {shown}-separated fields "
-        f"({', '.join(names)}), found {found}"
+        f"{path}: line {line}: expected {len(names)} {shown}-separated fields ({', '.join(names)}), found {found}"
     )
 
 
@@ -140,8 +141,9 @@ def _drop_blank_lines(df, path, names, sep, encoding, quoted) -> pd.DataFrame:
     return df[~df["line"].isin(blank)].reset_index(drop=True)
 
 
-def _read_rows(path: Path, sep: str, names: list[str], *, header: bool = False,
-               encoding: str = "utf-8", quoted: bool = False) -> pd.DataFrame:
+def _read_rows(
+    path: Path, sep: str, names: list[str], *, header: bool = False, encoding: str = "utf-8", quoted: bool = False
+) -> pd.DataFrame:
     """All fields as str columns named `names`, plus `line`: the 1-based line in `path`."""
     _check_plain_text(path)
     source: Path | io.StringIO = path
@@ -172,9 +174,7 @@ def _read_rows(path: Path, sep: str, names: list[str], *, header: bool = False,
 def _require_columns(path: Path, found: list[str], required: list[str]) -> None:
     for column in required:
         if column not in found:
-            raise JaxrecError(
-                f"{path}: missing column '{column}' (found: {', '.join(found) or 'none'})"
-            )
+            raise JaxrecError(f"{path}: missing column '{column}' (found: {', '.join(found) or 'none'})")
 
 
 def _numeric(values: pd.Series) -> pd.Series:
@@ -196,8 +196,7 @@ def _seconds(values: pd.Series) -> pd.Series:
     return (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
 
 
-def _interactions(df: pd.DataFrame, user: str, item: str, rating: str | None,
-                  timestamp: str | None) -> pd.DataFrame:
+def _interactions(df: pd.DataFrame, user: str, item: str, rating: str | None, timestamp: str | None) -> pd.DataFrame:
     """The `RawData.interactions` frame from str columns; absent columns become NaN."""
     missing = pd.Series(np.nan, index=df.index)
     return pd.DataFrame({
@@ -228,8 +227,7 @@ def _users(df: pd.DataFrame) -> pd.DataFrame:
     return users
 
 
-def _items(ids: pd.Series, titles: pd.Series, genres: pd.Series,
-           years: pd.Series) -> pd.DataFrame:
+def _items(ids: pd.Series, titles: pd.Series, genres: pd.Series, years: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(
         {"title": titles.to_numpy(), "genres": genres.to_numpy(), "year": years.to_numpy()},
         index=pd.Index(ids.str.strip(), name="item_id"),
@@ -329,8 +327,7 @@ def _read_atomic(path: Path, required: list[str]) -> pd.DataFrame:
         name, _, kind = field.partition(":")
         if kind not in RECBOLE_TYPES:
             raise JaxrecError(
-                f"{path}: line 1: header field '{field}' is not name:type with type one of "
-                f"{', '.join(RECBOLE_TYPES)}"
+                f"{path}: line 1: header field '{field}' is not name:type with type one of {', '.join(RECBOLE_TYPES)}"
             )
         names.append(name)
     _require_columns(path, names, required)
@@ -390,8 +387,10 @@ def _check_parquet_types(path: Path, schema: pa.Schema, columns: list[str]) -> N
         kind = schema.field(name).type
         nested = pa.types.is_nested(kind) or pa.types.is_dictionary(kind) and pa.types.is_nested(kind.value_type)
         if nested or pa.types.is_boolean(kind):
-            raise JaxrecError(f"{path}: column '{name}' holds {kind} values; ids, ratings and timestamps must be "
-                              "scalar strings or numbers")
+            raise JaxrecError(
+                f"{path}: column '{name}' holds {kind} values; ids, ratings and timestamps must be "
+                "scalar strings or numbers"
+            )
 
 
 def _parquet_rows(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -418,9 +417,15 @@ def _as_str(values: pd.Series) -> pd.Series:
 
 
 @_file_errors
-def read_interactions(path: Path, *, sep: str | None = None, user_col: str = "user_id",
-                      item_col: str = "item_id", rating_col: str | None = None,
-                      timestamp_col: str | None = None) -> RawData:
+def read_interactions(
+    path: Path,
+    *,
+    sep: str | None = None,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+) -> RawData:
     """Any interaction log: CSV / TSV / TXT with a header, or Parquet. Ids stay str tokens."""
     path = Path(path)
     if not path.is_file():
@@ -432,8 +437,7 @@ def read_interactions(path: Path, *, sep: str | None = None, user_col: str = "us
         sep = sep or _SEP_BY_SUFFIX.get(path.suffix)
         if sep is None:
             raise JaxrecError(
-                f"{path}: cannot infer the separator from '{path.suffix}' "
-                "(use .csv, .tsv, .txt, .parquet or pass sep)"
+                f"{path}: cannot infer the separator from '{path.suffix}' (use .csv, .tsv, .txt, .parquet or pass sep)"
             )
         df = _read_csv_with_header(path, columns, sep)
     given = tuple(name for name, column in (("rating", rating_col), ("timestamp", timestamp_col)) if column)

@@ -90,8 +90,9 @@ def eval_histories(dataset: Dataset, part: str, width: int) -> np.ndarray:
     return last_items(user_runs(parts, dataset.num_users), np.arange(dataset.num_users), width)
 
 
-def candidates(targets_bl: np.ndarray, num_items: int, num_negatives: int, rng: np.random.Generator,
-               batch_size: int, rows: slice):
+def candidates(
+    targets_bl: np.ndarray, num_items: int, num_negatives: int, rng: np.random.Generator, batch_size: int, rows: slice
+):
     """(negative [B, K], label [B, L, 1 + K], weight [B, L]) for targets with -1 where there is
     none: rows `rows` of the global batch's negatives (drawn for all batch_size rows)."""
     negatives_bk = rng.integers(0, num_items, (batch_size, num_negatives), dtype=np.int32)[rows]
@@ -117,8 +118,19 @@ class _SequenceBatch(grain.transforms.RandomMap):
     lengths alone), so a row does not depend on which process reads it; only this process's
     rows gather their items."""
 
-    def __init__(self, runs, users: np.ndarray, *, num_items: int, max_len: int, objective: str, mask_token: int,
-                 mask_prob: float, num_negatives: int, step_rows: StepRows):
+    def __init__(
+        self,
+        runs,
+        users: np.ndarray,
+        *,
+        num_items: int,
+        max_len: int,
+        objective: str,
+        mask_token: int,
+        mask_prob: float,
+        num_negatives: int,
+        step_rows: StepRows,
+    ):
         self.runs, self.users = runs, users
         self.num_items, self.max_len = num_items, max_len
         self.objective, self.mask_token, self.mask_prob = objective, mask_token, mask_prob
@@ -140,26 +152,41 @@ class _SequenceBatch(grain.transforms.RandomMap):
             seq_bl = last_items(self.runs, users_b, self.max_len, drop=skip_b[mine])
             history_bl = np.where(masked_bl, self.mask_token, seq_bl).astype(np.int32)
             targets_bl = np.where(masked_bl, seq_bl, -1)
-        negatives_bk, labels_blc, weight_bl = candidates(targets_bl, self.num_items, self.num_negatives, rng,
-                                                         self.batch_size, mine)
-        return {"history": history_bl, "item": targets_bl.astype(np.int32), "negative": negatives_bk,
-                "label": labels_blc, "weight": weight_bl}
+        negatives_bk, labels_blc, weight_bl = candidates(
+            targets_bl, self.num_items, self.num_negatives, rng, self.batch_size, mine
+        )
+        return {
+            "history": history_bl,
+            "item": targets_bl.astype(np.int32),
+            "negative": negatives_bk,
+            "label": labels_blc,
+            "weight": weight_bl,
+        }
 
 
-def make_sequence_dataset(model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int,
-                          seed: int, rows: slice | None = None) -> grain.MapDataset:
+def make_sequence_dataset(
+    model, dataset: Dataset, *, batch_size: int, epochs: int, num_negatives: int, seed: int, rows: slice | None = None
+) -> grain.MapDataset:
     """One element per train step: epochs x (len(sequence_users) // batch_size) batches (with
     `rows`, only those rows of each)."""
     users = sequence_users(dataset)
     if batch_size > len(users):
-        raise JaxrecError(f"train.batch_size={batch_size} exceeds the {len(users)} users with >= 2 training items "
-                          f"(one sequence each per epoch); use a batch of at most {len(users)}")
+        raise JaxrecError(
+            f"train.batch_size={batch_size} exceeds the {len(users)} users with >= 2 training items "
+            f"(one sequence each per epoch); use a batch of at most {len(users)}"
+        )
     if num_negatives < 1:
         raise JaxrecError("sequence models need data.num_negatives >= 1 (the candidates scored per position)")
     step_rows = StepRows(permutation_order(seed, len(users)), len(users), batch_size, rows or slice(0, batch_size))
     transform = _SequenceBatch(
-        user_runs([dataset.split.train], dataset.num_users), users, num_items=dataset.num_items,
-        max_len=model.max_len, objective=model.objective, mask_token=dataset.num_items,
-        mask_prob=getattr(model, "mask_prob", 0.0), num_negatives=num_negatives, step_rows=step_rows,
+        user_runs([dataset.split.train], dataset.num_users),
+        users,
+        num_items=dataset.num_items,
+        max_len=model.max_len,
+        objective=model.objective,
+        mask_token=dataset.num_items,
+        mask_prob=getattr(model, "mask_prob", 0.0),
+        num_negatives=num_negatives,
+        step_rows=step_rows,
     )
     return grain.MapDataset.range(step_rows.num_steps(epochs)).random_map(transform, seed=seed)

@@ -101,8 +101,9 @@ def kfold_split(inter: Interactions, num_folds: int, fold: int, valid_ratio: flo
     if num_folds < 2:
         raise JaxrecError(f"data.num_folds={num_folds}: k-fold cross-validation needs at least 2 folds")
     if not 0 <= fold < num_folds:
-        raise JaxrecError(f"data.fold={fold} is out of range: expected 0 .. {num_folds - 1} "
-                          f"(data.num_folds={num_folds})")
+        raise JaxrecError(
+            f"data.fold={fold} is out of range: expected 0 .. {num_folds - 1} (data.num_folds={num_folds})"
+        )
     _check_ratios(valid_ratio, 0.0)
     fold_n = np.empty(len(inter), np.int64)
     fold_n[np.random.default_rng(seed).permutation(len(inter))] = np.arange(len(inter)) % num_folds

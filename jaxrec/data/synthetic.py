@@ -49,8 +49,9 @@ def _choose_items(user_vecs, item_vecs, item_of_rank, zipf_a, rng) -> tuple[np.n
     return candidates[rows, pick], affinity[rows, pick]
 
 
-def generate_synthetic(num_users: int, num_items: int, num_interactions: int, seed: int,
-                       rank: int = 8, zipf_a: float = 1.1) -> RawData:
+def generate_synthetic(
+    num_users: int, num_items: int, num_interactions: int, seed: int, rank: int = 8, zipf_a: float = 1.1
+) -> RawData:
     """Interactions from Zipf popularity times a rank-`rank` affinity; deterministic per seed.
 
     Ratings 1..5 grow with the affinity (plus noise); timestamps strictly increase by row.
@@ -64,9 +65,7 @@ def generate_synthetic(num_users: int, num_items: int, num_interactions: int, se
     affinity = np.empty(num_interactions, np.float32)
     for start in range(0, num_interactions, CHUNK):
         block = slice(start, start + CHUNK)
-        items[block], affinity[block] = _choose_items(
-            user_vecs[users[block]], item_vecs, item_of_rank, zipf_a, rng
-        )
+        items[block], affinity[block] = _choose_items(user_vecs[users[block]], item_vecs, item_of_rank, zipf_a, rng)
     ratings = np.clip(np.rint(2.0 + affinity + rng.normal(scale=0.5, size=num_interactions)), 1, 5)
     timestamps = START_TIME + np.cumsum(rng.integers(1, 61, size=num_interactions))
     interactions = pd.DataFrame({
@@ -88,8 +87,7 @@ def _latent_factors(num_users: int, num_items: int, rank: int, rng) -> tuple[np.
     return user_vecs, item_vecs
 
 
-def generate_side_tables(num_users: int, num_items: int, seed: int,
-                         rank: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+def generate_side_tables(num_users: int, num_items: int, seed: int, rank: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The users and items side tables generate_synthetic returns for the same arguments, without
     drawing any interaction: what a plan needs to size the side-feature tables."""
     user_vecs, item_vecs = _latent_factors(num_users, num_items, rank, np.random.default_rng(seed))

@@ -124,10 +124,12 @@ class EmbeddingCollection:
         out, overflowed = {}, jnp.zeros((), bool)
         for group, feats, keys_bs in self._group_batches(ids):
             layout = self.plan.groups[group]
-            capacity = self.plan.bucket_capacity(group, keys_bs.size // self.plan.num_devices) \
-                if layout.kind == "row" else 0
-            rows, group_overflowed = strategies.lookup(self.mesh, layout.kind, layout.block_rows, capacity,
-                                                       state.tables[group], keys_bs)
+            capacity = (
+                self.plan.bucket_capacity(group, keys_bs.size // self.plan.num_devices) if layout.kind == "row" else 0
+            )
+            rows, group_overflowed = strategies.lookup(
+                self.mesh, layout.kind, layout.block_rows, capacity, state.tables[group], keys_bs
+            )
             overflowed = overflowed | group_overflowed
             rows = rows[..., : layout.dim]
             offset = 0
@@ -153,28 +155,40 @@ class EmbeddingCollection:
             pooled[feature] = total
         return pooled
 
-    def apply_gradients(self, state: EmbeddingState, ids: dict[str, jax.Array], grads: dict[str, jax.Array],
-                        step: jax.Array) -> EmbeddingState:
+    def apply_gradients(
+        self, state: EmbeddingState, ids: dict[str, jax.Array], grads: dict[str, jax.Array], step: jax.Array
+    ) -> EmbeddingState:
         """Sparse update of the rows `ids` touched, with gradients w.r.t. the activations."""
         tables, slots = dict(state.tables), dict(state.slots)
         for group, feats, keys_bs in self._group_batches(ids):
             layout = self.plan.groups[group]
-            grads_bsd = jnp.concatenate(
-                [grads[f].reshape(keys_bs.shape[0], -1, layout.dim) for f in feats], axis=1
-            )
+            grads_bsd = jnp.concatenate([grads[f].reshape(keys_bs.shape[0], -1, layout.dim) for f in feats], axis=1)
             pad = layout.padded_dim - layout.dim
             if pad:
                 grads_bsd = jnp.pad(grads_bsd, ((0, 0), (0, 0), (0, pad)))
-            capacity = self.plan.bucket_capacity(group, keys_bs.size // self.plan.num_devices) \
-                if layout.kind == "row" else 0
+            capacity = (
+                self.plan.bucket_capacity(group, keys_bs.size // self.plan.num_devices) if layout.kind == "row" else 0
+            )
             tables[group], slots[group] = strategies.update(
-                self.mesh, layout.kind, layout.block_rows, capacity, layout.exchange, self._optimizer(group),
-                layout.lr, layout.dim, tables[group], slots[group], step, keys_bs, grads_bsd,
+                self.mesh,
+                layout.kind,
+                layout.block_rows,
+                capacity,
+                layout.exchange,
+                self._optimizer(group),
+                layout.lr,
+                layout.dim,
+                tables[group],
+                slots[group],
+                step,
+                keys_bs,
+                grads_bsd,
             )
         return EmbeddingState(tables, slots)
 
-    def dense_gradients(self, state: EmbeddingState, ids: dict[str, jax.Array],
-                        grads: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    def dense_gradients(
+        self, state: EmbeddingState, ids: dict[str, jax.Array], grads: dict[str, jax.Array]
+    ) -> dict[str, jax.Array]:
         """Table-shaped gradients for training tables with dense optax: the O(rows) baseline."""
         dense = {}
         for group, feats, _ in self._group_batches(ids):
@@ -200,15 +214,20 @@ class EmbeddingCollection:
         for name, spec in self.specs.items():
             group = self.plan.placements[name].group
             tables[name] = layout.to_logical(self.plan, self.mesh, name, state.tables[group], spec.dim)
-            slots[name] = {slot: layout.to_logical(self.plan, self.mesh, name, state.slots[group][slot], width)
-                           for slot, width in self.slot_widths(name).items()}
+            slots[name] = {
+                slot: layout.to_logical(self.plan, self.mesh, name, state.slots[group][slot], width)
+                for slot, width in self.slot_widths(name).items()
+            }
         return {"tables": tables, "slots": slots}
 
     def logical_shardings(self, logical_shapes: dict) -> dict:
         """Shardings of a logical form with the given shapes (those of a checkpoint, which may
         predate the padding): rows split over the mesh where they divide."""
-        return jax.tree.map(lambda shape: NamedSharding(self.mesh, layout.logical_spec(self.mesh, shape[0])),
-                            logical_shapes, is_leaf=lambda x: isinstance(x, tuple))
+        return jax.tree.map(
+            lambda shape: NamedSharding(self.mesh, layout.logical_spec(self.mesh, shape[0])),
+            logical_shapes,
+            is_leaf=lambda x: isinstance(x, tuple),
+        )
 
     def from_logical(self, logical: dict) -> EmbeddingState:
         """The inverse of to_logical, laid out by this collection's plan (any padded row count)."""
@@ -216,8 +235,7 @@ class EmbeddingCollection:
         tables, slots = dict(state.tables), {name: dict(group) for name, group in state.slots.items()}
         for name, group in self.plan.groups.items():
             for table in group.tables:
-                tables[name] = layout.write_logical(self.plan, self.mesh, table, tables[name],
-                                                    logical["tables"][table])
+                tables[name] = layout.write_logical(self.plan, self.mesh, table, tables[name], logical["tables"][table])
                 for slot, value in logical["slots"][table].items():
                     slots[name][slot] = layout.write_logical(self.plan, self.mesh, table, slots[name][slot], value)
         return EmbeddingState(tables, slots)
@@ -227,7 +245,8 @@ class EmbeddingCollection:
         count divides the mesh, so it can stay on device; np.asarray() brings it to the host."""
         group = self.plan.placements[name].group
         return layout.to_logical(self.plan, self.mesh, name, state.tables[group], self.specs[name].dim)[
-            : self.specs[name].rows]
+            : self.specs[name].rows
+        ]
 
 
 def _stable_hash(name: str) -> int:

@@ -76,6 +76,7 @@ _sweep_block = jax.jit(sweep_block, static_argnames=("num_items", "k"))
 def dense_sweep_fn(score_fn: ScoreFn, num_items: int, k: int) -> SweepFn:
     """A SweepFn over a score_fn that returns every item's score ([B, N] on one device): for
     baselines and small catalogues. Sharded models use sharding.topk.sweep_sharded instead."""
+
     def fn(users_b, exclude_bx, targets_bt):
         scores_bn = score_fn(users_b)
         if scores_bn.shape != (users_b.shape[0], num_items):
@@ -105,8 +106,14 @@ def evaluate_ranking(
 ) -> dict[str, float]:
     """Mean full-ranking metrics over users with at least one target, from a score_fn that
     returns every item's score (see evaluate_ranking_sweeps for the rules and keys)."""
-    return evaluate_ranking_sweeps(dense_sweep_fn(score_fn, train.num_items, max(ks)), train, targets,
-                                   exclude=exclude, ks=ks, batch_size=batch_size)
+    return evaluate_ranking_sweeps(
+        dense_sweep_fn(score_fn, train.num_items, max(ks)),
+        train,
+        targets,
+        exclude=exclude,
+        ks=ks,
+        batch_size=batch_size,
+    )
 
 
 def evaluate_ranking_sweeps(
@@ -157,9 +164,7 @@ def evaluate_ranking_sweeps(
     return result
 
 
-def evaluate_ratings(
-    predict_fn: PredictFn, inter: Interactions, *, batch_size: int = 4096
-) -> dict[str, float]:
+def evaluate_ratings(predict_fn: PredictFn, inter: Interactions, *, batch_size: int = 4096) -> dict[str, float]:
     """RMSE and MAE of `predict_fn` over all pairs of `inter`.
 
     Calls predict_fn with a fixed batch size (last batch padded, padding dropped) so it
@@ -189,8 +194,7 @@ def most_popular_scores(train: Interactions) -> ScoreFn:
     return score
 
 
-def sample_negatives(users: np.ndarray, seen_keys: np.ndarray, num_items: int, count: int,
-                     seed: int) -> np.ndarray:
+def sample_negatives(users: np.ndarray, seen_keys: np.ndarray, num_items: int, count: int, seed: int) -> np.ndarray:
     """int32 [len(users), count]: per user, `count` distinct items whose (user * N + item) key is
     not in the sorted `seen_keys`, uniformly at random (rejection sampling, vectorised)."""
     rng = np.random.default_rng(seed)
@@ -224,13 +228,17 @@ def _sampled_step(target_scores_bt, negative_scores_bm, targets_bt, real_b, ks):
     per_target = {"mrr": 1.0 / (rank_bt + 1)}
     for k in ks:
         hit_bt = rank_bt < k
-        per_target |= {f"hr@{k}": hit_bt.astype(jnp.float32),
-                       f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0)}
+        per_target |= {
+            f"hr@{k}": hit_bt.astype(jnp.float32),
+            f"ndcg@{k}": jnp.where(hit_bt, 1 / jnp.log2(rank_bt + 2), 0),
+        }
     count_b = jnp.maximum(valid_bt.sum(axis=1), 1)
     picked_bc = jnp.concatenate([jnp.where(targets_bt >= 0, target_scores_bt, 0.0), negative_scores_bm], axis=1)
     broken_b = real_b & metrics.broken_scores(picked_bc)  # NaN metrics, as in metrics.rank_metrics
-    return {name: jnp.sum(jnp.where(broken_b, jnp.nan, jnp.where(valid_bt, value, 0).sum(axis=1) / count_b))
-            for name, value in per_target.items()}
+    return {
+        name: jnp.sum(jnp.where(broken_b, jnp.nan, jnp.where(valid_bt, value, 0).sum(axis=1) / count_b))
+        for name, value in per_target.items()
+    }
 
 
 def dense_pick_fn(score_fn: ScoreFn) -> PickFn:
@@ -264,8 +272,7 @@ def evaluate_sampled_picks(
     num_users, num_items = train.num_users, train.num_items
     seen_keys = _pair_keys([train, *exclude, targets], num_items)
     target_keys = _pair_keys([targets], num_items)
-    wanted = _csr(target_keys[~np.isin(target_keys, _pair_keys([train, *exclude], num_items))], num_users,
-                  num_items)
+    wanted = _csr(target_keys[~np.isin(target_keys, _pair_keys([train, *exclude], num_items))], num_users, num_items)
     users = _users_by_target_count(wanted[0])
     if len(users) == 0:
         return {}
@@ -281,7 +288,8 @@ def evaluate_sampled_picks(
         negatives_bm = np.pad(negatives_bm, ((0, pad), (0, 0)), mode="edge")
         targets_bt = _pad_rows(wanted, users_b, target_width, fill=-1)
         picked_bc = pick_fn(jnp.asarray(users_b), jnp.concatenate([targets_bt, negatives_bm], axis=1))
-        batch_sums = _sampled_step(picked_bc[:, : targets_bt.shape[1]], picked_bc[:, targets_bt.shape[1]:],
-                                   targets_bt, real_b, ks)
+        batch_sums = _sampled_step(
+            picked_bc[:, : targets_bt.shape[1]], picked_bc[:, targets_bt.shape[1] :], targets_bt, real_b, ks
+        )
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return {name: float(total) / len(users) for name, total in sums.items()}

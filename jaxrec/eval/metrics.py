@@ -76,8 +76,15 @@ def sweep_mask(scores_bn, exclude_bn, targets_bt) -> Sweep:
 def _counts_from_sweep(sweep: Sweep, targets_bt) -> tuple[_TargetCounts, jax.Array]:
     valid_bt = (targets_bt >= 0) & ~sweep.target_excluded_bt
     tgt_greater_bt, tgt_equal_bt, tgt_earlier_bt = _count_targets(sweep.target_scores_bt, valid_bt)
-    counts = _TargetCounts(valid_bt, sweep.greater_bt, sweep.equal_bt, tgt_greater_bt, tgt_equal_bt,
-                           tgt_earlier_bt, sweep.allowed_b - valid_bt.sum(axis=1))
+    counts = _TargetCounts(
+        valid_bt,
+        sweep.greater_bt,
+        sweep.equal_bt,
+        tgt_greater_bt,
+        tgt_equal_bt,
+        tgt_earlier_bt,
+        sweep.allowed_b - valid_bt.sum(axis=1),
+    )
     return counts, sweep.broken_b
 
 
@@ -181,5 +188,8 @@ def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def ctr_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUC, logloss and accuracy (logit > 0 read as a click) of a split's logits [n] and labels [n]."""
-    return {"auc": auc(logits, labels), "logloss": logloss(logits, labels),
-            "accuracy": float(np.mean((np.asarray(logits) > 0) == (np.asarray(labels) > 0.5)))}
+    return {
+        "auc": auc(logits, labels),
+        "logloss": logloss(logits, labels),
+        "accuracy": float(np.mean((np.asarray(logits) > 0) == (np.asarray(labels) > 0.5))),
+    }

@@ -62,7 +62,10 @@ def block_counts(scores_br, excluded_br, target_scores_bt):
     zero = jnp.int32(0)
     greater_bt, equal_bt = jax.lax.reduce(
         ((scores_b1r > target_bt1).astype(jnp.int32), (scores_b1r == target_bt1).astype(jnp.int32)),
-        (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), (2,))
+        (zero, zero),
+        lambda a, b: (a[0] + b[0], a[1] + b[1]),
+        (2,),
+    )
     return greater_bt, equal_bt, jnp.sum(~excluded_br, axis=1, dtype=jnp.int32), broken_scores(scores_br)
 
 
@@ -102,5 +105,12 @@ def sweep_block(scores_br, offset, num_items: int, exclude_bx, targets_bt, k: in
     target_scores_bt, target_excluded_bt = block_targets(scores_br, excluded_br, offset, targets_bt)
     greater_bt, equal_bt, allowed_b, broken_b = block_counts(scores_br, excluded_br, target_scores_bt)
     top_scores_bk, top_ids_bk = block_top_k(scores_br, excluded_br, offset, k)
-    return Sweep(target_scores_bt, target_excluded_bt, greater_bt, equal_bt, allowed_b, broken_b,
-                 merge_top_k(top_scores_bk, top_ids_bk, k)[1])
+    return Sweep(
+        target_scores_bt,
+        target_excluded_bt,
+        greater_bt,
+        equal_bt,
+        allowed_b,
+        broken_b,
+        merge_top_k(top_scores_bk, top_ids_bk, k)[1],
+    )

@@ -55,18 +55,29 @@ class DCNv2(nn.Module):
     @classmethod
     def from_config(cls, cfg, schema) -> "DCNv2":
         if not schema.example_fields:
-            raise JaxrecError("config key model.name=dcn_v2 needs a CTR data set with categorical features "
-                              "(data=criteo_synthetic)")
+            raise JaxrecError(
+                "config key model.name=dcn_v2 needs a CTR data set with categorical features (data=criteo_synthetic)"
+            )
         fields = schema.example_fields
-        return cls(fields=tuple(fields), vocab_sizes=tuple(f.vocab for f in fields.values()),
-                   num_dense=schema.num_dense, dim=cfg.dim, bottom_mlp=tuple(cfg.bottom_mlp), top_mlp=tuple(cfg.hidden),
-                   cross_layers=cfg.cross_layers, dropout=cfg.dropout, init_std=cfg.init_std,
-                   embedding_dtype=cfg.embedding_dtype)
+        return cls(
+            fields=tuple(fields),
+            vocab_sizes=tuple(f.vocab for f in fields.values()),
+            num_dense=schema.num_dense,
+            dim=cfg.dim,
+            bottom_mlp=tuple(cfg.bottom_mlp),
+            top_mlp=tuple(cfg.hidden),
+            cross_layers=cfg.cross_layers,
+            dropout=cfg.dropout,
+            init_std=cfg.init_std,
+            embedding_dtype=cfg.embedding_dtype,
+        )
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
         del candidates  # one id per feature and example
-        return [TableSpec(name, rows, self.dim, optimizer, lr, self.init_std, dtype=self.embedding_dtype)
-                for name, rows in zip(self.fields, self.vocab_sizes)]
+        return [
+            TableSpec(name, rows, self.dim, optimizer, lr, self.init_std, dtype=self.embedding_dtype)
+            for name, rows in zip(self.fields, self.vocab_sizes)
+        ]
 
     def features(self) -> dict[str, str]:
         return {name: name for name in self.fields}
@@ -80,8 +91,11 @@ class DCNv2(nn.Module):
     def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
         del candidates
         ids = {name: jnp.zeros((batch_size, 1), jnp.int32) for name in self.fields}
-        return {"dense": jnp.zeros((batch_size, self.num_dense), jnp.float32), **ids,
-                "label": jnp.zeros((batch_size, 1), jnp.float32)}
+        return {
+            "dense": jnp.zeros((batch_size, self.num_dense), jnp.float32),
+            **ids,
+            "label": jnp.zeros((batch_size, 1), jnp.float32),
+        }
 
     @nn.compact
     def __call__(self, acts: dict[str, jax.Array], batch: dict, train: bool = False) -> jax.Array:

@@ -17,8 +17,11 @@ def item_inputs(dataset) -> dict[str, np.ndarray]:
 
 
 def example_batch(batch_size: int, candidates: int) -> dict[str, jax.Array]:
-    return {"user": jnp.zeros((batch_size, 1), jnp.int32), "item": jnp.zeros((batch_size, candidates), jnp.int32),
-            "label": jnp.zeros((batch_size, candidates), jnp.float32)}
+    return {
+        "user": jnp.zeros((batch_size, 1), jnp.int32),
+        "item": jnp.zeros((batch_size, candidates), jnp.int32),
+        "label": jnp.zeros((batch_size, candidates), jnp.float32),
+    }
 
 
 class IdInputs:

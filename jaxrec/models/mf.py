@@ -39,8 +39,15 @@ class MF(IdInputs, nn.Module):
 
     @classmethod
     def from_config(cls, cfg, schema) -> "MF":
-        return cls(num_users=schema.num_users, num_items=schema.num_items, dim=cfg.dim, use_bias=cfg.use_bias,
-                   init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype, bias_init=global_bias_init(cfg, schema))
+        return cls(
+            num_users=schema.num_users,
+            num_items=schema.num_items,
+            dim=cfg.dim,
+            use_bias=cfg.use_bias,
+            init_std=cfg.init_std,
+            embedding_dtype=cfg.embedding_dtype,
+            bias_init=global_bias_init(cfg, schema),
+        )
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
         dtype = self.embedding_dtype

@@ -31,15 +31,26 @@ class NeuMF(IdInputs, nn.Module):
 
     @classmethod
     def from_config(cls, cfg, schema) -> "NeuMF":
-        return cls(num_users=schema.num_users, num_items=schema.num_items, dim=cfg.dim, hidden=tuple(cfg.hidden),
-                   dropout=cfg.dropout, init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype)
+        return cls(
+            num_users=schema.num_users,
+            num_items=schema.num_items,
+            dim=cfg.dim,
+            hidden=tuple(cfg.hidden),
+            dropout=cfg.dropout,
+            init_std=cfg.init_std,
+            embedding_dtype=cfg.embedding_dtype,
+        )
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
         def spec(name, rows, ids=1):
             return TableSpec(name, rows, self.dim, optimizer, lr, self.init_std, ids, self.embedding_dtype)
 
-        return [spec("user_gmf", self.num_users), spec("item_gmf", self.num_items, candidates),
-                spec("user_mlp", self.num_users), spec("item_mlp", self.num_items, candidates)]
+        return [
+            spec("user_gmf", self.num_users),
+            spec("item_gmf", self.num_items, candidates),
+            spec("user_mlp", self.num_users),
+            spec("item_mlp", self.num_items, candidates),
+        ]
 
     def features(self) -> dict[str, str]:
         return {name: name for name in self.inputs()}
@@ -62,8 +73,9 @@ class NeuMF(IdInputs, nn.Module):
         """user rows [B, 1, d] against item rows [B, C, d] or [1, N, d] -> scores [B, C or N]."""
         shape = jnp.broadcast_shapes(user["user_gmf"].shape, item["item_gmf"].shape)
         gmf = user["user_gmf"] * item["item_gmf"]
-        pair = jnp.concatenate([jnp.broadcast_to(user["user_mlp"], shape),
-                                jnp.broadcast_to(item["item_mlp"], shape)], axis=-1)
+        pair = jnp.concatenate(
+            [jnp.broadcast_to(user["user_mlp"], shape), jnp.broadcast_to(item["item_mlp"], shape)], axis=-1
+        )
         return self.fuse(jnp.concatenate([gmf, self.mlp(pair, train)], axis=-1))[..., 0]
 
     def __call__(self, acts: dict[str, jax.Array], batch: dict, train: bool = False) -> jax.Array:

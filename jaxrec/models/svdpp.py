@@ -39,13 +39,28 @@ class SVDpp(MF):
 
     @classmethod
     def from_config(cls, cfg, schema) -> "SVDpp":
-        return cls(num_users=schema.num_users, num_items=schema.num_items, dim=cfg.dim, use_bias=cfg.use_bias,
-                   init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype, bias_init=global_bias_init(cfg, schema),
-                   max_history=cfg.max_history)
+        return cls(
+            num_users=schema.num_users,
+            num_items=schema.num_items,
+            dim=cfg.dim,
+            use_bias=cfg.use_bias,
+            init_std=cfg.init_std,
+            embedding_dtype=cfg.embedding_dtype,
+            bias_init=global_bias_init(cfg, schema),
+            max_history=cfg.max_history,
+        )
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
-        implicit = TableSpec("item_implicit", self.num_items, self.dim, optimizer, lr, self.init_std,
-                             self.max_history, self.embedding_dtype)
+        implicit = TableSpec(
+            "item_implicit",
+            self.num_items,
+            self.dim,
+            optimizer,
+            lr,
+            self.init_std,
+            self.max_history,
+            self.embedding_dtype,
+        )
         return super().tables(optimizer, lr, candidates) + [implicit]
 
     def bags(self) -> dict[str, str]:

@@ -42,8 +42,9 @@ class TransformerBlock(nn.Module):
             return nn.Dropout(self.dropout, deterministic=not train)(y)
 
         def attend(y):
-            return nn.MultiHeadDotProductAttention(self.num_heads, dropout_rate=self.dropout,
-                                                   deterministic=not train)(y, y, mask=mask_b1ll)
+            return nn.MultiHeadDotProductAttention(self.num_heads, dropout_rate=self.dropout, deterministic=not train)(
+                y, y, mask=mask_b1ll
+            )
 
         def feed_forward(y):
             y = drop(getattr(nn, self.activation)(nn.Dense(self.ffn_dim)(y)))
@@ -88,8 +89,9 @@ class SequenceEncoder(nn.Module):
         x_bld = nn.Dropout(self.dropout, deterministic=not train)(x_bld)
         mask_b1ll = attention_mask(valid_bl, self.causal)
         for _ in range(self.num_layers):
-            x_bld = TransformerBlock(self.num_heads, self.ffn_dim, self.dropout, self.pre_ln,
-                                     self.activation)(x_bld, mask_b1ll, train)
+            x_bld = TransformerBlock(self.num_heads, self.ffn_dim, self.dropout, self.pre_ln, self.activation)(
+                x_bld, mask_b1ll, train
+            )
         x_bld = nn.LayerNorm()(x_bld) if self.pre_ln else x_bld
         # A padded query has no key to attend to (flax then spreads it uniformly over all
         # keys): zero its state so padded positions score 0 whatever the sequence holds.
@@ -116,13 +118,21 @@ class SequenceRecommender(nn.Module):
     @classmethod
     def from_config(cls, cfg, schema):
         if cfg.loss == "mse":
-            raise JaxrecError(f"model.loss=mse: model.name={cfg.name} ranks items and has no ratings to fit; "
-                              "use softmax, bce or bpr")
+            raise JaxrecError(
+                f"model.loss=mse: model.name={cfg.name} ranks items and has no ratings to fit; use softmax, bce or bpr"
+            )
         if cfg.dim % cfg.num_heads:
             raise JaxrecError(f"model.dim={cfg.dim} must be a multiple of model.num_heads={cfg.num_heads}")
-        return cls(num_items=schema.num_items, dim=cfg.dim, max_len=cfg.max_len, num_layers=cfg.num_layers,
-                   num_heads=cfg.num_heads, dropout=cfg.dropout, init_std=cfg.init_std,
-                   embedding_dtype=cfg.embedding_dtype)
+        return cls(
+            num_items=schema.num_items,
+            dim=cfg.dim,
+            max_len=cfg.max_len,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+            init_std=cfg.init_std,
+            embedding_dtype=cfg.embedding_dtype,
+        )
 
     @property
     def table_rows(self) -> int:
@@ -162,13 +172,26 @@ class SequenceRecommender(nn.Module):
 
     def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
         b, length, c = batch_size, self.max_len, candidates
-        return {"history": jnp.zeros((b, length), jnp.int32), "item": jnp.zeros((b, length), jnp.int32),
-                "negative": jnp.zeros((b, c - 1), jnp.int32), "label": jnp.zeros((b, length, c), jnp.float32),
-                "weight": jnp.zeros((b, length), jnp.float32)}
+        return {
+            "history": jnp.zeros((b, length), jnp.int32),
+            "item": jnp.zeros((b, length), jnp.int32),
+            "negative": jnp.zeros((b, c - 1), jnp.int32),
+            "label": jnp.zeros((b, length, c), jnp.float32),
+            "weight": jnp.zeros((b, length), jnp.float32),
+        }
 
     def setup(self):
-        self.encoder = SequenceEncoder(self.max_len, self.num_layers, self.num_heads, self.ffn_mult * self.dim,
-                                       self.dropout, self.causal, self.pre_ln, self.activation, self.init_std)
+        self.encoder = SequenceEncoder(
+            self.max_len,
+            self.num_layers,
+            self.num_heads,
+            self.ffn_mult * self.dim,
+            self.dropout,
+            self.causal,
+            self.pre_ln,
+            self.activation,
+            self.init_std,
+        )
 
     def encode(self, acts: dict[str, jax.Array], history_bl: jax.Array, train: bool) -> jax.Array:
         """[B, L, d]: the state at each position, the vector its targets are scored against."""

@@ -50,28 +50,46 @@ class TwoTower(nn.Module):
     @classmethod
     def from_config(cls, cfg, schema) -> "TwoTower":
         user = tuple((f, schema.user_fields[f].vocab) for f in USER_FEATURES if f in schema.user_fields)
-        item = tuple((f, schema.item_fields[f].vocab, schema.item_fields[f].width)
-                     for f in ITEM_FEATURES if f in schema.item_fields)
-        return cls(num_users=schema.num_users, num_items=schema.num_items, user_fields=user, item_fields=item,
-                   dim=cfg.dim, hidden=tuple(cfg.hidden), dropout=cfg.dropout, negatives=cfg.negatives,
-                   logq_correction=cfg.logq_correction, use_bias=cfg.use_bias and cfg.loss != "softmax",
-                   bias_init=global_bias_init(cfg, schema),
-                   init_std=cfg.init_std, embedding_dtype=cfg.embedding_dtype)
+        item = tuple(
+            (f, schema.item_fields[f].vocab, schema.item_fields[f].width)
+            for f in ITEM_FEATURES
+            if f in schema.item_fields
+        )
+        return cls(
+            num_users=schema.num_users,
+            num_items=schema.num_items,
+            user_fields=user,
+            item_fields=item,
+            dim=cfg.dim,
+            hidden=tuple(cfg.hidden),
+            dropout=cfg.dropout,
+            negatives=cfg.negatives,
+            logq_correction=cfg.logq_correction,
+            use_bias=cfg.use_bias and cfg.loss != "softmax",
+            bias_init=global_bias_init(cfg, schema),
+            init_std=cfg.init_std,
+            embedding_dtype=cfg.embedding_dtype,
+        )
 
     def tables(self, optimizer: str, lr: float, candidates: int) -> list[TableSpec]:
         def spec(name, rows, ids=1):
             return TableSpec(name, rows, self.dim, optimizer, lr, self.init_std, ids, self.embedding_dtype)
 
-        return ([spec("user", self.num_users), spec("item", self.num_items, candidates)]
-                + [spec(f"user_{name}", vocab) for name, vocab in self.user_fields]
-                + [spec(f"item_{name}", vocab, candidates * width) for name, vocab, width in self.item_fields])
+        return (
+            [spec("user", self.num_users), spec("item", self.num_items, candidates)]
+            + [spec(f"user_{name}", vocab) for name, vocab in self.user_fields]
+            + [spec(f"item_{name}", vocab, candidates * width) for name, vocab, width in self.item_fields]
+        )
 
     def features(self) -> dict[str, str]:
         return {name: name for name in self.inputs()}
 
     def inputs(self) -> dict[str, str]:
-        names = (["user", "item"] + [f"user_{name}" for name, _ in self.user_fields]
-                 + [f"item_{name}" for name, _, _ in self.item_fields])
+        names = (
+            ["user", "item"]
+            + [f"user_{name}" for name, _ in self.user_fields]
+            + [f"item_{name}" for name, _, _ in self.item_fields]
+        )
         return {name: name for name in names}
 
     def bags(self) -> dict[str, str]:
@@ -81,7 +99,8 @@ class TwoTower(nn.Module):
         del part
         columns = dataset.user_features.columns
         return {"user": np.arange(dataset.num_users, dtype=np.int32)[:, None]} | {
-            f"user_{name}": columns[name][:, None] for name, _ in self.user_fields}
+            f"user_{name}": columns[name][:, None] for name, _ in self.user_fields
+        }
 
     def item_inputs(self, dataset) -> dict[str, np.ndarray]:
         """Item ids and features (genre padding 0 -> -1, an empty bag slot), and each item's log
@@ -95,11 +114,17 @@ class TwoTower(nn.Module):
 
     def example_batch(self, batch_size: int, candidates: int) -> dict[str, jax.Array]:
         b, c = batch_size, candidates
-        batch = {"user": jnp.zeros((b, 1), jnp.int32), "item": jnp.zeros((b, c), jnp.int32),
-                 "item_log_q": jnp.zeros((b, c), jnp.float32), "label": jnp.zeros((b, c), jnp.float32)}
+        batch = {
+            "user": jnp.zeros((b, 1), jnp.int32),
+            "item": jnp.zeros((b, c), jnp.int32),
+            "item_log_q": jnp.zeros((b, c), jnp.float32),
+            "label": jnp.zeros((b, c), jnp.float32),
+        }
         batch |= {f"user_{name}": jnp.zeros((b, 1), jnp.int32) for name, _ in self.user_fields}
-        batch |= {f"item_{name}": jnp.zeros((b, c, width) if width > 1 else (b, c), jnp.int32)
-                  for name, _, width in self.item_fields}
+        batch |= {
+            f"item_{name}": jnp.zeros((b, c, width) if width > 1 else (b, c), jnp.int32)
+            for name, _, width in self.item_fields
+        }
         return batch
 
     def setup(self):

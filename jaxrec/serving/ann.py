@@ -50,9 +50,11 @@ OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refi
 # vectors reach 1.0. Raise ef_search (--index-param) for more recall; /health shows what export
 # measured. hnsw_l2 keeps hnsw's settings so the two compare at equal cost. ivf: the common rule
 # of thumb (recall 0.91 at 1/4 probed).
-DEFAULT_PARAMS = {"hnsw": {"m": 32, "ef_construction": 128, "ef_search": 768},
-                  "hnsw_l2": {"m": 32, "ef_construction": 128, "ef_search": 768},
-                  "ivf": {"nlist": None, "nprobe": None}}  # None: 4 sqrt(N) lists, 1/16 of them probed
+DEFAULT_PARAMS = {
+    "hnsw": {"m": 32, "ef_construction": 128, "ef_search": 768},
+    "hnsw_l2": {"m": 32, "ef_construction": 128, "ef_search": 768},
+    "ivf": {"nlist": None, "nprobe": None},
+}  # None: 4 sqrt(N) lists, 1/16 of them probed
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
 # Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items
 # (2.0 vs 10.1 ms a query, 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs
@@ -160,8 +162,16 @@ class AnnIndex:
         """Write the index file; returns the manifest entry."""
         faiss = import_faiss("writing an ANN index")
         faiss.write_index(self.index, str(Path(directory) / INDEX_FILE))
-        return {"library": LIBRARY, "library_version": faiss.__version__, "kind": self.kind, "params": self.params,
-                "metric": "inner_product", "file": INDEX_FILE, "install": INSTALL, **self.details}
+        return {
+            "library": LIBRARY,
+            "library_version": faiss.__version__,
+            "kind": self.kind,
+            "params": self.params,
+            "metric": "inner_product",
+            "file": INDEX_FILE,
+            "install": INSTALL,
+            **self.details,
+        }
 
 
 def augment_to_equal_norm(items_ne: np.ndarray) -> np.ndarray:
@@ -230,24 +240,33 @@ def load_index(path: Path, entry: dict, items_ne: np.ndarray) -> AnnIndex:
     """The bundle's index; a missing library fails with one line saying what to install."""
     faiss = import_faiss(f"bundle {path} has a {entry.get('library')} {entry.get('kind')} index; loading it")
     if entry.get("kind") not in KINDS:
-        raise JaxrecError(f"bundle {path} has a {entry.get('kind')!r} index, which this jaxrec cannot serve (it "
-                          f"serves {', '.join(KINDS)}); re-export it with this version")
+        raise JaxrecError(
+            f"bundle {path} has a {entry.get('kind')!r} index, which this jaxrec cannot serve (it "
+            f"serves {', '.join(KINDS)}); re-export it with this version"
+        )
     try:
         index = faiss.read_index(str(Path(path) / entry["file"]))
     except RuntimeError as err:  # faiss reports a missing or truncated file this way
         raise JaxrecError(f"bundle {path}: cannot read its index {entry['file']}: {str(err).splitlines()[0]}") from None
     width = index_width(entry["kind"], items_ne.shape[1])
     if index.ntotal != len(items_ne) or index.d != width:
-        raise JaxrecError(f"bundle {path}: the index holds {index.ntotal} vectors of width {index.d}, the bundle "
-                          f"needs {len(items_ne)} of width {width}; re-export it")
+        raise JaxrecError(
+            f"bundle {path}: the index holds {index.ntotal} vectors of width {index.d}, the bundle "
+            f"needs {len(items_ne)} of width {width}; re-export it"
+        )
     details = {k: v for k, v in entry.items() if k not in ("library", "kind", "params", "file", "install")}
     ann = AnnIndex(entry["kind"], entry["params"], index, items_ne, details)
     ann.apply_search_params()
     return ann
 
 
-def recall_at_k(index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int,
-                exact: list[tuple[np.ndarray, np.ndarray]] | None = None) -> float:
+def recall_at_k(
+    index: AnnIndex,
+    queries_ue: np.ndarray,
+    excludes: list[np.ndarray],
+    k: int,
+    exact: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> float:
     """Mean share of each query's exact top K (excluded ids removed) that the index returns. An
     item scoring as high as the exact K-th (to float rounding) counts as found: FAISS and numpy
     sum in different orders, so tied items may swap places without any loss. `exact`: the

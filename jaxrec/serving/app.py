@@ -38,10 +38,12 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Token | None = Field(None, description="original id of a user known at export")
-    history: list[Token] | None = Field(None, min_length=1, max_length=MAX_HISTORY,
-                                        description="original ids of a new user's recent items")
+    history: list[Token] | None = Field(
+        None, min_length=1, max_length=MAX_HISTORY, description="original ids of a new user's recent items"
+    )
     features: dict[StrictStr, StrictStr | StrictInt | float] | None = Field(
-        None, description="a new user's side features by source column, e.g. {\"age\": 31, \"gender\": \"F\"}")
+        None, description='a new user\'s side features by source column, e.g. {"age": 31, "gender": "F"}'
+    )
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
     exclude_seen: StrictBool = Field(True, description="leave out the user's known (or history) items")
 
@@ -136,11 +138,20 @@ def make_app(source: Bundle | Recommender, *, max_batch: int = 32, max_wait_ms: 
     @app.get("/health")
     async def health(request: Request):
         m, batcher = bundle.manifest, request.app.state.batcher
-        return {"status": "ok", "model": m.get("model"), "dataset": m.get("dataset", {}).get("name"),
-                "precision": m["precision"], "num_items": bundle.num_items, "num_users": bundle.num_users,
-                "cold_start": recommender.cold_start_inputs(), "max_k": recommender.max_k,
-                "retrieval": recommender.retrieval_info(),
-                "batches": batcher.batches, "batched_requests": batcher.requests, "largest_batch": batcher.largest}
+        return {
+            "status": "ok",
+            "model": m.get("model"),
+            "dataset": m.get("dataset", {}).get("name"),
+            "precision": m["precision"],
+            "num_items": bundle.num_items,
+            "num_users": bundle.num_users,
+            "cold_start": recommender.cold_start_inputs(),
+            "max_k": recommender.max_k,
+            "retrieval": recommender.retrieval_info(),
+            "batches": batcher.batches,
+            "batched_requests": batcher.requests,
+            "largest_batch": batcher.largest,
+        }
 
     @app.post("/recommend")
     async def recommend(body: RecommendRequest, request: Request):

@@ -107,10 +107,21 @@ def seen_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.n
     return indptr, (keys & 0xFFFFFFFF).astype(np.int32)
 
 
-def write_bundle(out: Path, *, manifest: dict, items_ne: np.ndarray, users_ue: np.ndarray, user_tokens,
-                 item_tokens, seen: tuple[np.ndarray, np.ndarray], precision: str = "float32",
-                 item_meta: list[dict] | None = None, encoder: Encoder | None = None,
-                 index: AnnIndex | None = None, overwrite: bool = False) -> Path:
+def write_bundle(
+    out: Path,
+    *,
+    manifest: dict,
+    items_ne: np.ndarray,
+    users_ue: np.ndarray,
+    user_tokens,
+    item_tokens,
+    seen: tuple[np.ndarray, np.ndarray],
+    precision: str = "float32",
+    item_meta: list[dict] | None = None,
+    encoder: Encoder | None = None,
+    index: AnnIndex | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a bundle to `out` atomically; `manifest` holds the caller's fields (model, config,
     dataset, metrics, ...), to which the format, precision, shapes and file names are added."""
     out = Path(out).absolute()
@@ -137,12 +148,23 @@ def write_bundle(out: Path, *, manifest: dict, items_ne: np.ndarray, users_ue: n
             _write_json(tmp / "item_meta.json", item_meta)
         encoder_entry = encoder.save(tmp) if encoder is not None else None
         index_entry = index.save(tmp) if index is not None else None
-        _write_json(tmp / "manifest.json", manifest | {
-            "format": FORMAT, "version": VERSION, "precision": precision, "vector_dim": int(items_ne.shape[1]),
-            "num_items": int(items_ne.shape[0]), "num_users": int(users_ue.shape[0]), "arrays": arrays,
-            "seen": "seen.npz", "item_meta": "item_meta.json" if item_meta is not None else None,
-            "encoder": encoder_entry, "index": index_entry,
-        })
+        _write_json(
+            tmp / "manifest.json",
+            manifest
+            | {
+                "format": FORMAT,
+                "version": VERSION,
+                "precision": precision,
+                "vector_dim": int(items_ne.shape[1]),
+                "num_items": int(items_ne.shape[0]),
+                "num_users": int(users_ue.shape[0]),
+                "arrays": arrays,
+                "seen": "seen.npz",
+                "item_meta": "item_meta.json" if item_meta is not None else None,
+                "encoder": encoder_entry,
+                "index": index_entry,
+            },
+        )
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,12 +201,16 @@ def load_bundle(path: Path) -> Bundle:
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
-        raise JaxrecError(f"{path} is not a serving bundle: {manifest_path} is missing (make one with "
-                          "python -m jaxrec.export <run_dir> --out <dir>)")
+        raise JaxrecError(
+            f"{path} is not a serving bundle: {manifest_path} is missing (make one with "
+            "python -m jaxrec.export <run_dir> --out <dir>)"
+        )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise JaxrecError(f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r} "
-                          f"is not {FORMAT!r} version {VERSION}; re-export the run with this jaxrec")
+        raise JaxrecError(
+            f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r} "
+            f"is not {FORMAT!r} version {VERSION}; re-export the run with this jaxrec"
+        )
     precision = manifest["precision"]
     try:
         items_ne = _load_matrix(path, manifest["arrays"]["items"], precision)
@@ -198,11 +224,24 @@ def load_bundle(path: Path) -> Bundle:
     except (OSError, KeyError, ValueError) as err:
         raise JaxrecError(f"bundle {path} is incomplete or corrupt: {err}") from err
     if (len(item_tokens), len(user_tokens)) != (items_ne.shape[0], users_ue.shape[0]):
-        raise JaxrecError(f"bundle {path}: {len(item_tokens)} item and {len(user_tokens)} user tokens for "
-                          f"{items_ne.shape[0]} item and {users_ue.shape[0]} user vectors")
+        raise JaxrecError(
+            f"bundle {path}: {len(item_tokens)} item and {len(user_tokens)} user tokens for "
+            f"{items_ne.shape[0]} item and {users_ue.shape[0]} user vectors"
+        )
     index = load_index(path, manifest["index"], items_ne) if manifest.get("index") else None
-    return Bundle(path, manifest, items_ne, users_ue, user_tokens, item_tokens, seen["indptr"], seen["items"],
-                  item_meta, encoder, index)
+    return Bundle(
+        path,
+        manifest,
+        items_ne,
+        users_ue,
+        user_tokens,
+        item_tokens,
+        seen["indptr"],
+        seen["items"],
+        item_meta,
+        encoder,
+        index,
+    )
 
 
 def bundle_bytes(path: Path) -> int:

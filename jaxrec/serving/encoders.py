@@ -72,16 +72,23 @@ class ExportedEncoder:
 
     def features_vector(self, raw: dict) -> np.ndarray:
         """raw: source column -> value (e.g. {"age": 25, "occupation": "writer"}); absent -> unknown."""
-        inputs = {field: coder.encode(pd.Series([raw.get(coder.source)], dtype=object))[:, None]
-                  for field, coder in self.feature_coders.items()}
+        inputs = {
+            field: coder.encode(pd.Series([raw.get(coder.source)], dtype=object))[:, None]
+            for field, coder in self.feature_coders.items()
+        }
         return self(inputs)[0]
 
     def save(self, directory: Path) -> dict:
         (directory / "encoder.jaxexport").write_bytes(self.exported.serialize())
         np.savez(directory / "encoder_weights.npz", **self.weights)
-        return {"kind": self.kind, "file": "encoder.jaxexport", "weights": "encoder_weights.npz",
-                "platforms": list(self.exported.platforms), "history_len": self.history_len,
-                "features": {field: coder.to_json() for field, coder in self.feature_coders.items()}}
+        return {
+            "kind": self.kind,
+            "file": "encoder.jaxexport",
+            "weights": "encoder_weights.npz",
+            "platforms": list(self.exported.platforms),
+            "history_len": self.history_len,
+            "features": {field: coder.to_json() for field, coder in self.feature_coders.items()},
+        }
 
 
 Encoder = FoldInEncoder | ExportedEncoder
@@ -91,8 +98,9 @@ def load_encoder(path: Path, entry: dict | None) -> Encoder | None:
     if entry is None:
         return None
     if entry["kind"] not in KINDS:
-        raise JaxrecError(f"bundle {path}: encoder kind {entry['kind']!r} is not one of {KINDS} "
-                          "(exported by a newer jaxrec?)")
+        raise JaxrecError(
+            f"bundle {path}: encoder kind {entry['kind']!r} is not one of {KINDS} (exported by a newer jaxrec?)"
+        )
     if entry["kind"] == FoldInEncoder.kind:
         arrays = np.load(path / entry["file"])
         return FoldInEncoder(arrays["projection_ee"].astype(np.float32), arrays["offset_e"].astype(np.float32))
@@ -100,5 +108,6 @@ def load_encoder(path: Path, entry: dict | None) -> Encoder | None:
 
     weights = dict(np.load(path / entry["weights"]))
     coders = {field: UserFieldCoder.from_json(coder) for field, coder in entry["features"].items()}
-    return ExportedEncoder(export.deserialize(bytearray((path / entry["file"]).read_bytes())), weights,
-                           entry["history_len"], coders)
+    return ExportedEncoder(
+        export.deserialize(bytearray((path / entry["file"]).read_bytes())), weights, entry["history_len"], coders
+    )

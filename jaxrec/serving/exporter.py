@@ -71,8 +71,10 @@ class ExportedRun:
 
 def check_dot_product(model, name: str) -> None:
     if not (hasattr(model, "query_vectors") and hasattr(model, "item_vectors")):
-        raise JaxrecError(f"model '{name}' cannot be exported for top-K serving: its score is not a dot product "
-                          "of a query vector and an item vector (it has no query_vectors/item_vectors)")
+        raise JaxrecError(
+            f"model '{name}' cannot be exported for top-K serving: its score is not a dot product "
+            "of a query vector and an item vector (it has no query_vectors/item_vectors)"
+        )
 
 
 def model_vectors(engine, state, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -132,15 +134,18 @@ def exported_encoder(engine, state, request_fields: dict[str, tuple[int, ...]], 
 
     def encode(weights, request):
         params = traverse_util.unflatten_dict(
-            {k.removeprefix("params/"): v for k, v in weights.items() if k.startswith("params/")}, sep="/")
+            {k.removeprefix("params/"): v for k, v in weights.items() if k.startswith("params/")}, sep="/"
+        )
         query = complete(request)
         ids = feature_ids(model, query)
         acts = collection.pool({f: rows(weights, f, i) for f, i in ids.items()}, ids)
         return model.apply(params, acts, query, method=model.query_vectors).astype(jnp.float32)
 
     batch = export.symbolic_shape("b")
-    specs = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()},
-             {f: jax.ShapeDtypeStruct((*batch, *shape), jnp.int32) for f, shape in request_fields.items()})
+    specs = (
+        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()},
+        {f: jax.ShapeDtypeStruct((*batch, *shape), jnp.int32) for f, shape in request_fields.items()},
+    )
     return ExportedEncoder(export.export(jax.jit(encode), platforms=PLATFORMS)(*specs), weights, **details)
 
 
@@ -151,11 +156,19 @@ def query_encoder(engine, state, dataset: Dataset) -> Encoder | None:
     if name == "mf":
         return fold_in_encoder(engine, state)
     if hasattr(model, "history_inputs"):
-        return exported_encoder(engine, state, {"history": (model.history_len,)},
-                                lambda request: model.history_inputs(request["history"]), history_len=model.history_len)
+        return exported_encoder(
+            engine,
+            state,
+            {"history": (model.history_len,)},
+            lambda request: model.history_inputs(request["history"]),
+            history_len=model.history_len,
+        )
     coders = user_feature_coders(read_raw(engine.cfg.data).users)
-    fields = {field: coders[field.removeprefix("user_")] for field in model.user_inputs(dataset, "test")
-              if field != "user" and field.removeprefix("user_") in coders}
+    fields = {
+        field: coders[field.removeprefix("user_")]
+        for field in model.user_inputs(dataset, "test")
+        if field != "user" and field.removeprefix("user_") in coders
+    }
     if not fields:
         return None
 
@@ -191,8 +204,16 @@ def load_run(run_dir: Path, step: int | None = None) -> ExportedRun:
 
     cfg, dataset, engine, state, step = restore_run(run_dir, step, one_device=True)
     queries_ue, items_ne = model_vectors(engine, state, dataset)
-    return ExportedRun(Path(run_dir), step, cfg, dataset, queries_ue, items_ne, query_encoder(engine, state, dataset),
-                       item_metadata(cfg, dataset.interactions.item_tokens))
+    return ExportedRun(
+        Path(run_dir),
+        step,
+        cfg,
+        dataset,
+        queries_ue,
+        items_ne,
+        query_encoder(engine, state, dataset),
+        item_metadata(cfg, dataset.interactions.item_tokens),
+    )
 
 
 @jax.jit
@@ -204,8 +225,14 @@ def ranking_metrics(run: ExportedRun, queries_ue: np.ndarray, items_ne: np.ndarr
     """Test metrics of these vectors, with the evaluator, split and cutoffs of training."""
     split, train_cfg = run.dataset.split, run.cfg.train
     items = jnp.asarray(items_ne)
-    return evaluate_ranking(lambda users_b: _scores(queries_ue[np.asarray(users_b)], items), split.train, split.test,
-                            exclude=[split.valid], ks=train_cfg.ks, batch_size=train_cfg.eval_batch_size)
+    return evaluate_ranking(
+        lambda users_b: _scores(queries_ue[np.asarray(users_b)], items),
+        split.train,
+        split.test,
+        exclude=[split.valid],
+        ks=train_cfg.ks,
+        batch_size=train_cfg.eval_batch_size,
+    )
 
 
 def stored(matrix: np.ndarray, precision: str) -> np.ndarray:
@@ -230,22 +257,37 @@ def index_kind(requested: str, num_items: int) -> str | None:
     return requested
 
 
-def build_item_index(items_ne: np.ndarray, queries_ue: np.ndarray, seen: tuple[np.ndarray, np.ndarray], kind: str,
-                     params: dict | None = None, seed: int = 0) -> ann.AnnIndex:
+def build_item_index(
+    items_ne: np.ndarray,
+    queries_ue: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    kind: str,
+    params: dict | None = None,
+    seed: int = 0,
+) -> ann.AnnIndex:
     """The index over these (stored) item vectors, with its recall@10 on up to RECALL_QUERIES
     known users' queries, their seen items excluded as the server excludes them."""
     index = ann.build_index(items_ne, kind, params, seed)
     users = np.sort(np.random.default_rng(seed).permutation(len(queries_ue))[:RECALL_QUERIES])
     excludes = [seen[1][seen[0][u] : seen[0][u + 1]] for u in users]
     recall = ann.recall_at_k(index, queries_ue[users], excludes, RECALL_K)
-    index.details |= {f"recall@{RECALL_K}": recall, "recall_queries": len(users),
-                      "recall_measured_on": f"{len(users)} known users' query vectors (seed {seed}), seen items "
-                                            "excluded, against exact search over the same stored vectors"}
+    index.details |= {
+        f"recall@{RECALL_K}": recall,
+        "recall_queries": len(users),
+        "recall_measured_on": f"{len(users)} known users' query vectors (seed {seed}), seen items "
+        "excluded, against exact search over the same stored vectors",
+    }
     return index
 
 
-def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrite: bool = False,
-               index: str = "none", index_params: dict | None = None) -> Path:
+def export_run(
+    run: ExportedRun,
+    out: Path,
+    precision: str = "float32",
+    overwrite: bool = False,
+    index: str = "none",
+    index_params: dict | None = None,
+) -> Path:
     """Write `run` as a bundle; the manifest's metrics are measured on the stored precision, and
     `index` (see index_kind) adds an ANN index over the stored item vectors."""
     inter = run.dataset.interactions
@@ -254,8 +296,13 @@ def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrit
     manifest = {
         "model": run.cfg.model.name,
         "config": to_dict(run.cfg),
-        "dataset": {"name": run.dataset.name, "sha256": dataset_sha256(inter), "num_users": inter.num_users,
-                    "num_items": inter.num_items, "num_interactions": len(inter)},
+        "dataset": {
+            "name": run.dataset.name,
+            "sha256": dataset_sha256(inter),
+            "num_users": inter.num_users,
+            "num_items": inter.num_items,
+            "num_interactions": len(inter),
+        },
         "checkpoint": {"run_dir": str(Path(run.run_dir).absolute()), "step": run.step},
         "metrics": {"part": "test", **metrics},
         "queries": "test part: each known user's history up to its last item",
@@ -267,9 +314,20 @@ def export_run(run: ExportedRun, out: Path, precision: str = "float32", overwrit
     seen = seen_csr(inter.user, inter.item, inter.num_users)
     kind = index_kind(index, inter.num_items)
     item_index = build_item_index(items_ne, queries_ue, seen, kind, index_params) if kind else None
-    return write_bundle(out, manifest=manifest, items_ne=run.items_ne, users_ue=run.queries_ue,
-                        user_tokens=inter.user_tokens, item_tokens=inter.item_tokens, seen=seen, precision=precision,
-                        item_meta=run.item_meta, encoder=run.encoder, index=item_index, overwrite=overwrite)
+    return write_bundle(
+        out,
+        manifest=manifest,
+        items_ne=run.items_ne,
+        users_ue=run.queries_ue,
+        user_tokens=inter.user_tokens,
+        item_tokens=inter.item_tokens,
+        seen=seen,
+        precision=precision,
+        item_meta=run.item_meta,
+        encoder=run.encoder,
+        index=item_index,
+        overwrite=overwrite,
+    )
 
 
 def cold_start_description(encoder: Encoder | None) -> str | None:
@@ -279,8 +337,10 @@ def cold_start_description(encoder: Encoder | None) -> str | None:
         return "from a history: mean of the history items' factors, user bias 0 (folding-in)"
     if encoder.takes_history:
         return f"from a history: the model's sequence encoder over the latest {encoder.history_len} items"
-    return (f"from features ({', '.join(c.source for c in encoder.feature_coders.values())}): the user tower, "
-            "with the user id unknown")
+    return (
+        f"from features ({', '.join(c.source for c in encoder.feature_coders.values())}): the user tower, "
+        "with the user id unknown"
+    )
 
 
 def cold_start_queries(run: ExportedRun) -> np.ndarray:
@@ -318,8 +378,14 @@ def precision_report(run: ExportedRun, keys=("hr@10", "ndcg@10")) -> list[dict]:
             metrics = ranking_metrics(run, bundle.users_ue, bundle.items_ne)
             files = [f for spec in bundle.manifest["arrays"].values() for f in (spec["file"], spec.get("scales")) if f]
             vector_bytes = sum((path / f).stat().st_size for f in files)
-            records.append({"precision": precision, "bundle_bytes": bundle_bytes(path), "vector_bytes": vector_bytes,
-                            **{k: metrics[k] for k in keys}})
+            records.append(
+                {
+                    "precision": precision,
+                    "bundle_bytes": bundle_bytes(path),
+                    "vector_bytes": vector_bytes,
+                    **{k: metrics[k] for k in keys},
+                }
+            )
     base = records[0]
     for r in records:
         r["size_vs_float32"] = r["bundle_bytes"] / base["bundle_bytes"]
@@ -331,8 +397,11 @@ def index_ranking_metrics(run: ExportedRun, index: ann.AnnIndex, queries_ue: np.
     """Test metrics of the top max(ks) the index serves, each user's train and validation items
     excluded in the search as the evaluator excludes them; unretrieved items score -inf."""
     split, train_cfg, num_items = run.dataset.split, run.cfg.train, run.dataset.num_items
-    indptr, excluded = seen_csr(np.concatenate([split.train.user, split.valid.user]),
-                                np.concatenate([split.train.item, split.valid.item]), run.dataset.num_users)
+    indptr, excluded = seen_csr(
+        np.concatenate([split.train.user, split.valid.user]),
+        np.concatenate([split.train.item, split.valid.item]),
+        run.dataset.num_users,
+    )
     k = min(max(train_cfg.ks), num_items)
 
     def scores(users_b):
@@ -343,8 +412,9 @@ def index_ranking_metrics(run: ExportedRun, index: ann.AnnIndex, queries_ue: np.
             scores_bn[row, ids] = values
         return jnp.asarray(scores_bn)
 
-    return evaluate_ranking(scores, split.train, split.test, exclude=[split.valid], ks=train_cfg.ks,
-                            batch_size=train_cfg.eval_batch_size)
+    return evaluate_ranking(
+        scores, split.train, split.test, exclude=[split.valid], ks=train_cfg.ks, batch_size=train_cfg.eval_batch_size
+    )
 
 
 def index_report(run: ExportedRun, bundle_path: Path, keys=("hr@10", "ndcg@10")) -> dict | None:
@@ -355,7 +425,12 @@ def index_report(run: ExportedRun, bundle_path: Path, keys=("hr@10", "ndcg@10"))
         return None
     exact = ranking_metrics(run, bundle.users_ue, bundle.items_ne)
     served = index_ranking_metrics(run, bundle.index, bundle.users_ue)
-    return {"index": bundle.index.name, "params": bundle.index.params, "precision": bundle.manifest["precision"],
-            **{k: v for k, v in bundle.index.details.items() if k.startswith("recall") or k == "build_seconds"},
-            **{f"exact_{k}": exact[k] for k in keys}, **{f"index_{k}": served[k] for k in keys},
-            **{f"{k}_change": served[k] - exact[k] for k in keys}}
+    return {
+        "index": bundle.index.name,
+        "params": bundle.index.params,
+        "precision": bundle.manifest["precision"],
+        **{k: v for k, v in bundle.index.details.items() if k.startswith("recall") or k == "build_seconds"},
+        **{f"exact_{k}": exact[k] for k in keys},
+        **{f"index_{k}": served[k] for k in keys},
+        **{f"{k}_change": served[k] - exact[k] for k in keys},
+    }

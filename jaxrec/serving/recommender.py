@@ -59,18 +59,29 @@ class Recommender:
     (ShardedTopK), and approx_recall switches to the binned approximate top-K with that
     expected recall."""
 
-    def __init__(self, bundle: Bundle, *, shards: int = 1, approx_recall: float | None = None, devices=None,
-                 use_index: bool = True):
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        shards: int = 1,
+        approx_recall: float | None = None,
+        devices=None,
+        use_index: bool = True,
+    ):
         devices = list(devices if devices is not None else jax.devices())
         if shards > 1 and approx_recall is not None:
             raise JaxrecError("choose sharded exact retrieval or approximate retrieval, not both")
         self.index = bundle.index if use_index else None
         if self.index is not None and (shards > 1 or approx_recall is not None):
-            raise JaxrecError(f"this bundle has a {self.index.name} index; serve it with --exact to use --shards "
-                              "or --approx-recall instead")
+            raise JaxrecError(
+                f"this bundle has a {self.index.name} index; serve it with --exact to use --shards "
+                "or --approx-recall instead"
+            )
         if not 1 <= shards <= len(devices):
-            raise JaxrecError(f"--shards {shards} needs that many devices; {len(devices)} are available (on CPU, "
-                              f"XLA_FLAGS=--xla_force_host_platform_device_count={shards} simulates them)")
+            raise JaxrecError(
+                f"--shards {shards} needs that many devices; {len(devices)} are available (on CPU, "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={shards} simulates them)"
+            )
         if approx_recall is not None and not 0.0 < approx_recall < 1.0:
             raise JaxrecError(f"--approx-recall {approx_recall} must lie strictly between 0 and 1")
         self.bundle = bundle
@@ -89,8 +100,11 @@ class Recommender:
     def user_id(self, token) -> int:
         user = self._users.get(str(token))
         if user is None:
-            raise RequestError(f"unknown user_id {str(token)!r} (the bundle knows {len(self._users)} users; "
-                               "send a 'history' of item ids for a new user)", status=404)
+            raise RequestError(
+                f"unknown user_id {str(token)!r} (the bundle knows {len(self._users)} users; "
+                "send a 'history' of item ids for a new user)",
+                status=404,
+            )
         return user
 
     def item_id(self, token) -> int:
@@ -102,14 +116,17 @@ class Recommender:
     def item_ids(self, tokens) -> np.ndarray:
         unknown = [str(t) for t in tokens if str(t) not in self._items]
         if unknown:
-            raise RequestError(f"history holds {len(unknown)} item id(s) unknown to the bundle: "
-                               f"{', '.join(repr(t) for t in unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+            raise RequestError(
+                f"history holds {len(unknown)} item id(s) unknown to the bundle: "
+                f"{', '.join(repr(t) for t in unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+            )
         return np.asarray([self._items[str(t)] for t in tokens], np.int32)
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.max_k:
-            raise RequestError(f"k={k} is out of range: it must lie in 1..{self.max_k} (the catalogue has "
-                               f"{self.num_items} items)")
+            raise RequestError(
+                f"k={k} is out of range: it must lie in 1..{self.max_k} (the catalogue has {self.num_items} items)"
+            )
 
     def user_query(self, token, k: int, exclude_seen: bool = True) -> Query:
         self.check_k(k)
@@ -122,8 +139,10 @@ class Recommender:
         self.check_k(k)
         encoder = self.bundle.encoder
         if encoder is None or not encoder.takes_history:
-            raise RequestError("this bundle's model cannot encode a 'history' (it has no history encoder); "
-                               f"send {self._cold_start_hint()}")
+            raise RequestError(
+                "this bundle's model cannot encode a 'history' (it has no history encoder); "
+                f"send {self._cold_start_hint()}"
+            )
         items = self.item_ids(tokens)
         vector_e = encoder.history_vector(items, self.bundle.items_ne)
         return Query(vector_e.astype(np.float32), items if exclude_seen else np.zeros(0, np.int32), k)
@@ -142,8 +161,10 @@ class Recommender:
         for name, value in features.items():
             if sources[name].unknown(value):
                 allowed = sources[name].values
-                raise RequestError(f"feature {name}={value!r} was never seen in training"
-                                   + (f"; known values: {', '.join(allowed[:30])}" if allowed else ""))
+                raise RequestError(
+                    f"feature {name}={value!r} was never seen in training"
+                    + (f"; known values: {', '.join(allowed[:30])}" if allowed else "")
+                )
         vector_e = self.bundle.encoder.features_vector(features)
         return Query(vector_e.astype(np.float32), np.zeros(0, np.int32), k)
 
@@ -155,20 +176,27 @@ class Recommender:
         return ["history"] if encoder.takes_history else ["features"] if encoder.feature_coders else []
 
     def _cold_start_hint(self) -> str:
-        return " or ".join(["a known 'user_id'"] + [{"history": "a 'history'", "features": "'features'"}[kind]
-                                                   for kind in self.cold_start_inputs()])
+        return " or ".join(
+            ["a known 'user_id'"]
+            + [{"history": "a 'history'", "features": "'features'"}[kind] for kind in self.cold_start_inputs()]
+        )
 
     def retrieval_info(self) -> dict:
         """How queries are answered, for /health: the index with its export-time recall, or exact."""
         if self.index is not None:
             index = self.index
-            return {"kind": index.name, "params": index.params, "refills": index.refills,
-                    "exact_fallbacks": index.exact_fallbacks} | {
-                k: v for k, v in index.details.items() if k.startswith("recall") or k == "build_seconds"}
+            return {
+                "kind": index.name,
+                "params": index.params,
+                "refills": index.refills,
+                "exact_fallbacks": index.exact_fallbacks,
+            } | {k: v for k, v in index.details.items() if k.startswith("recall") or k == "build_seconds"}
         if self.approx_recall is not None:
             return {"kind": "approx_top_k", "recall_target": self.approx_recall}
-        return {"kind": "exact" if self._sharded is None else "exact_sharded",
-                "index_in_bundle": None if self.bundle.index is None else self.bundle.index.name}
+        return {
+            "kind": "exact" if self._sharded is None else "exact_sharded",
+            "index_in_bundle": None if self.bundle.index is None else self.bundle.index.name,
+        }
 
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
         """One padded, jitted retrieval for the whole batch (or one index search); items scoring

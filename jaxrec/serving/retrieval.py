@@ -64,6 +64,5 @@ def approx_top_k(query_be, items_ne, exclude_bx, k: int, bins: int):
 
 def recall_at_k(approx_ids_bk: np.ndarray, exact_ids_bk: np.ndarray) -> float:
     """Mean share of each query's exact top K that the approximate top K also returned."""
-    hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(np.asarray(approx_ids_bk),
-                                                                    np.asarray(exact_ids_bk))]
+    hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(np.asarray(approx_ids_bk), np.asarray(exact_ids_bk))]
     return float(np.mean(hits) / np.asarray(exact_ids_bk).shape[1])

@@ -65,8 +65,12 @@ def _jitted_sums(sharding, ndim: int):
 
     def sums(x):
         def local(block):
-            offset_d = jnp.stack([jnp.asarray((jax.lax.axis_index(axes) if axes else 0) * size, jnp.uint32)
-                                  for axes, size in zip(axes_d, block.shape)])
+            offset_d = jnp.stack(
+                [
+                    jnp.asarray((jax.lax.axis_index(axes) if axes else 0) * size, jnp.uint32)
+                    for axes, size in zip(axes_d, block.shape)
+                ]
+            )
             total = _block_word_sums(block, offset_d, x.shape)
             return jax.lax.psum(total, split) if split else total
 

@@ -22,8 +22,21 @@ import re
 import numpy as np
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce", "collective-permute")
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-               "f64": 8, "s64": 8, "u64": 8}
+DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "bf16": 2,
+    "f16": 2,
+    "s16": 2,
+    "u16": 2,
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8,
+}
 _COLLECTIVE = re.compile(r"= (.+?) (" + "|".join(COLLECTIVES) + r")(-done)?\(")
 _ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 _LISTED_GROUP = re.compile(r"replica_groups=\{\{([\d,]*)\}")
@@ -35,9 +48,13 @@ _CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false
 _ASYNC_START = re.compile(r"%?([\w.\-]+) = .*?-start\(.*replica_groups")
 _ASYNC_DONE = re.compile(r"-done\(%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-_RING = {"all-gather": lambda g: (g - 1) / g, "reduce-scatter": lambda g: g - 1,
-         "all-reduce": lambda g: 2 * (g - 1) / g, "all-to-all": lambda g: (g - 1) / g,
-         "collective-permute": lambda g: 1}
+_RING = {
+    "all-gather": lambda g: (g - 1) / g,
+    "reduce-scatter": lambda g: g - 1,
+    "all-reduce": lambda g: 2 * (g - 1) / g,
+    "all-to-all": lambda g: (g - 1) / g,
+    "collective-permute": lambda g: 1,
+}
 
 
 def group_size(line: str, num_devices: int) -> int:
@@ -55,8 +72,10 @@ def group_size(line: str, num_devices: int) -> int:
 def result_bytes(line: str) -> int:
     """Bytes of a collective instruction's result (every member of a tuple)."""
     shapes = _COLLECTIVE.search(line).group(1)
-    return sum(DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
-               for dtype, dims in _ARRAY.findall(shapes))
+    return sum(
+        DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+        for dtype, dims in _ARRAY.findall(shapes)
+    )
 
 
 def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:

@@ -108,8 +108,9 @@ def init_group(plan: EmbeddingPlan, mesh, group: GroupLayout, table_keys, stds) 
         block_rd = jnp.zeros((local_rows, local_width), group.dtype)
         return jax.lax.fori_loop(0, math.ceil(local_rows / chunk), body, block_rd)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=strategies.TABLE_SPECS[group.kind],
-                         check_vma=False)(table_keys, stds)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P()), out_specs=strategies.TABLE_SPECS[group.kind], check_vma=False
+    )(table_keys, stds)
 
 
 def _fit_rows(x_rd, rows: int):
@@ -137,8 +138,7 @@ def to_logical(plan: EmbeddingPlan, mesh, table: str, group_array, width: int):
         x = x.transpose(1, 0, 2).reshape(-1, width)  # logical row i = j * shards + s
     else:
         x = group_array[place.base : place.base + spec.rows, :width]
-    return jax.lax.with_sharding_constraint(_fit_rows(x, rows_pad),
-                                            NamedSharding(mesh, logical_spec(mesh, rows_pad)))
+    return jax.lax.with_sharding_constraint(_fit_rows(x, rows_pad), NamedSharding(mesh, logical_spec(mesh, rows_pad)))
 
 
 def write_logical(plan: EmbeddingPlan, mesh, table: str, group_array, logical_rw):
@@ -148,7 +148,8 @@ def write_logical(plan: EmbeddingPlan, mesh, table: str, group_array, logical_rw
     width = logical_rw.shape[1]
     if group.kind != "row":
         return group_array.at[place.base : place.base + spec.rows, :width].set(
-            logical_rw[: spec.rows].astype(group_array.dtype))
+            logical_rw[: spec.rows].astype(group_array.dtype)
+        )
     model, q = plan.mesh_shape[1], math.ceil(spec.rows / place.shards)
     if logical_rw.shape[0] % place.shards == 0 and logical_rw.shape[0] >= q * place.shards:
         # the padded form reshapes evenly over the mesh (rows beyond `rows` are zero); cut after
@@ -159,5 +160,6 @@ def write_logical(plan: EmbeddingPlan, mesh, table: str, group_array, logical_rw
         x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(strategies.MODEL, None, None)))
     stacked = group_array.reshape(model, group.block_rows, group_array.shape[1])
     stacked = stacked.at[place.owner : place.owner + place.shards, place.base : place.base + q, :width].set(
-        x.astype(group_array.dtype))
+        x.astype(group_array.dtype)
+    )
     return stacked.reshape(group_array.shape)

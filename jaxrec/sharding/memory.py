@@ -63,8 +63,9 @@ class MemoryEstimate:
 
     @property
     def peak(self) -> list[int]:
-        return [p + s + b + a + self.dense for p, s, b, a in
-                zip(self.params, self.slots, self.buffers, self.activations)]
+        return [
+            p + s + b + a + self.dense for p, s, b, a in zip(self.params, self.slots, self.buffers, self.activations)
+        ]
 
 
 def _local_dim(group: GroupLayout, model: int) -> int:
@@ -102,8 +103,12 @@ def _row_traffic(plan: EmbeddingPlan, group: GroupLayout, n: int, d: int, slot_w
     gathered = data * bucket  # keys an owner applies per round
     unique = min(gathered, group.block_rows + 1)
     lookup = n * 6 * ID_BYTES + 2 * bucket * (ID_BYTES + d * group.itemsize)
-    update = (2 * bucket * (ID_BYTES + d * FLOAT_BYTES) + (data - 1) * bucket * (2 * ID_BYTES + d * FLOAT_BYTES)
-              + unique * (ID_BYTES + (2 * d + slot_width) * FLOAT_BYTES) - n * d * FLOAT_BYTES)
+    update = (
+        2 * bucket * (ID_BYTES + d * FLOAT_BYTES)
+        + (data - 1) * bucket * (2 * ID_BYTES + d * FLOAT_BYTES)
+        + unique * (ID_BYTES + (2 * d + slot_width) * FLOAT_BYTES)
+        - n * d * FLOAT_BYTES
+    )
     received = (model - 1) * c * (2 * ID_BYTES + d * (group.itemsize + FLOAT_BYTES))
     received += (data - 1) * bucket * (ID_BYTES + d * FLOAT_BYTES)
     received += 4 * _scalar_all_reduce(plan.num_devices)  # round counts and next rounds, lookup and update
@@ -174,8 +179,9 @@ def step_cost(plan: EmbeddingPlan, batch_size: int) -> float:
     return cost
 
 
-def estimate_memory(plan: EmbeddingPlan, batch_size: int, dense_bytes: int = 0,
-                    dense_param_bytes: int = 0) -> MemoryEstimate:
+def estimate_memory(
+    plan: EmbeddingPlan, batch_size: int, dense_bytes: int = 0, dense_param_bytes: int = 0
+) -> MemoryEstimate:
     """dense_param_bytes: the dense parameters alone, whose gradients are all-reduced each step."""
     devices = plan.num_devices
     model = plan.mesh_shape[1]
@@ -187,8 +193,9 @@ def estimate_memory(plan: EmbeddingPlan, batch_size: int, dense_bytes: int = 0,
         slots = [x + s for x in slots]
         b, a, r = _group_traffic(plan, group, batch_size)
         buffers, activations, received = max(buffers, b), activations + a, received + r
-    return MemoryEstimate(params, slots, [buffers] * devices, [activations] * devices, dense_bytes,
-                          round(received * devices), received)
+    return MemoryEstimate(
+        params, slots, [buffers] * devices, [activations] * devices, dense_bytes, round(received * devices), received
+    )
 
 
 def _gb(num_bytes: float) -> str:
@@ -207,8 +214,11 @@ def check_fits(plan: EmbeddingPlan, estimate: MemoryEstimate, budget_bytes: floa
     overhead = peak - max(p + s for p, s in zip(estimate.params, estimate.slots))
     room = budget_bytes - overhead
     needed = 2 ** math.ceil(math.log2(max(total / room, 1))) if room > 0 else None
-    hint = (f"the smallest mesh that fits is {needed} devices with sharding=row_wise"
-            if needed else "no mesh fits: the batch's buffers alone exceed the budget; lower train.batch_size")
+    hint = (
+        f"the smallest mesh that fits is {needed} devices with sharding=row_wise"
+        if needed
+        else "no mesh fits: the batch's buffers alone exceed the budget; lower train.batch_size"
+    )
     raise JaxrecError(
         f"the model does not fit sharding.memory_budget_gb={budget_bytes / 1e9:g}: it needs {_gb(peak)} on its "
         f"fullest device (mesh data x model = {plan.mesh_shape[0]}x{plan.mesh_shape[1]}); largest table "
@@ -217,8 +227,9 @@ def check_fits(plan: EmbeddingPlan, estimate: MemoryEstimate, budget_bytes: floa
     )
 
 
-def largest_batch_that_fits(plan: EmbeddingPlan, budget_bytes: float, dense_bytes: int = 0,
-                            max_batch: int = 1 << 20) -> int:
+def largest_batch_that_fits(
+    plan: EmbeddingPlan, budget_bytes: float, dense_bytes: int = 0, max_batch: int = 1 << 20
+) -> int:
     """The largest power-of-two global batch (a multiple of the device count) whose plan fits."""
     batch = plan.num_devices
     if max(estimate_memory(plan, batch, dense_bytes).peak) > budget_bytes:

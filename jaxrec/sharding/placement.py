@@ -75,7 +75,7 @@ class EmbeddingPlan:
         total = sum(self.specs[t].ids_per_example for t in tables)
         for table in tables:
             place = self.placements[table]
-            share[place.owner: place.owner + place.shards] += self.specs[table].ids_per_example / place.shards
+            share[place.owner : place.owner + place.shards] += self.specs[table].ids_per_example / place.shards
         return float(share.max() / total)
 
     def bucket_capacity(self, group: str, keys_per_device: int) -> int:

@@ -72,8 +72,9 @@ def _pack_or_split(specs: list[TableSpec], model: int, budget_bytes: float) -> d
     return chosen
 
 
-def choose_strategies(specs: list[TableSpec], strategy: str, overrides: dict[str, str], model: int,
-                      budget_bytes: float) -> dict[str, str]:
+def choose_strategies(
+    specs: list[TableSpec], strategy: str, overrides: dict[str, str], model: int, budget_bytes: float
+) -> dict[str, str]:
     """Per-table strategy: overrides first, then the configured strategy or the `auto` rule.
 
     auto: replicate tables under min(REPLICATE_BELOW_BYTES, budget / 16) (their lookups need no
@@ -127,9 +128,9 @@ def _layout_row_group(specs: list[TableSpec], strategies: dict[str, str], model:
         shards = blocks[spec.name]
         if shards == 1:
             owner = int(np.argmin(fill))
-        base = int(fill[owner: owner + shards].max())
+        base = int(fill[owner : owner + shards].max())
         placements[spec.name] = (owner, shards, base)
-        fill[owner: owner + shards] = base + math.ceil(spec.rows / shards)
+        fill[owner : owner + shards] = base + math.ceil(spec.rows / shards)
         owner = (owner + shards) % model
     for spec in sorted((s for s in specs if strategies[s.name] == "table_wise"), key=lambda s: -s.rows):
         owner = int(np.argmin(fill))
@@ -138,8 +139,13 @@ def _layout_row_group(specs: list[TableSpec], strategies: dict[str, str], model:
     return placements, max(int(fill.max()), 1)
 
 
-def _assemble(specs: list[TableSpec], mesh_shape: tuple[int, int], strategies: dict[str, str],
-              capacity_factor: float, batch_per_device: int) -> EmbeddingPlan:
+def _assemble(
+    specs: list[TableSpec],
+    mesh_shape: tuple[int, int],
+    strategies: dict[str, str],
+    capacity_factor: float,
+    batch_per_device: int,
+) -> EmbeddingPlan:
     model, devices = mesh_shape[1], mesh_shape[0] * mesh_shape[1]
     buckets: dict[tuple, list[TableSpec]] = {}
     for spec in specs:
@@ -164,8 +170,9 @@ def _assemble(specs: list[TableSpec], mesh_shape: tuple[int, int], strategies: d
         for spec in members:
             owner, shards, base = layout[spec.name]
             placements[spec.name] = TablePlacement(strategies[spec.name], name, owner, shards, base)
-        groups[name] = GroupLayout(name, kind, dim, padded_dim, block_rows, optimizer, lr,
-                                   tuple(s.name for s in members), dtype, exchange)
+        groups[name] = GroupLayout(
+            name, kind, dim, padded_dim, block_rows, optimizer, lr, tuple(s.name for s in members), dtype, exchange
+        )
     return EmbeddingPlan(tuple(mesh_shape), {s.name: s for s in specs}, placements, groups, capacity_factor)
 
 
@@ -185,24 +192,36 @@ def _mind_communication(specs, mesh_shape, chosen, fixed, capacity_factor, batch
         candidates = ["row_wise", "table_wise", "column_wise"] if model > 1 else []
         if chosen[spec.name] == "data_parallel":
             candidates.append("data_parallel")
-        costs[spec.name] = {c: _cost([spec], mesh_shape, {spec.name: c}, capacity_factor, batch_per_device)
-                            for c in candidates}
-        if spec.name not in fixed and chosen[spec.name] == "data_parallel" and model > 1 \
-                and costs[spec.name]["row_wise"] < costs[spec.name]["data_parallel"]:
+        costs[spec.name] = {
+            c: _cost([spec], mesh_shape, {spec.name: c}, capacity_factor, batch_per_device) for c in candidates
+        }
+        if (
+            spec.name not in fixed
+            and chosen[spec.name] == "data_parallel"
+            and model > 1
+            and costs[spec.name]["row_wise"] < costs[spec.name]["data_parallel"]
+        ):
             chosen[spec.name] = "row_wise"
     packed = [s for s in specs if s.name not in fixed and chosen[s.name] == "table_wise"]
     if packed:
         rows = [s for s in specs if KIND_OF_STRATEGY[chosen[s.name]] == "row"]
         split = chosen | {s.name: "row_wise" for s in packed}
         if _cost(rows, mesh_shape, split, capacity_factor, batch_per_device) < 0.95 * _cost(
-                rows, mesh_shape, chosen, capacity_factor, batch_per_device):
+            rows, mesh_shape, chosen, capacity_factor, batch_per_device
+        ):
             chosen = split
     return chosen, costs
 
 
-def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str,
-              overrides: dict[str, str] | None = None, budget_bytes: float = 16e9,
-              capacity_factor: float = DEFAULT_CAPACITY_FACTOR, batch_per_device: int = 1024) -> EmbeddingPlan:
+def make_plan(
+    specs: list[TableSpec],
+    mesh_shape: tuple[int, int],
+    strategy: str,
+    overrides: dict[str, str] | None = None,
+    budget_bytes: float = 16e9,
+    capacity_factor: float = DEFAULT_CAPACITY_FACTOR,
+    batch_per_device: int = 1024,
+) -> EmbeddingPlan:
     """batch_per_device: examples per device that `auto` and the replicated exchange are costed at."""
     unknown = set(overrides or {}) - {s.name for s in specs}
     if unknown:
@@ -211,11 +230,14 @@ def make_plan(specs: list[TableSpec], mesh_shape: tuple[int, int], strategy: str
     model = mesh_shape[1]
     strategies = choose_strategies(specs, strategy, overrides or {}, model, budget_bytes)
     if mesh_shape != (1, 1) and "none" in strategies.values():
-        raise JaxrecError(f"sharding strategy 'none' needs a 1x1 mesh, got data x model = {mesh_shape}; "
-                          "use data_parallel to replicate tables on several devices")
+        raise JaxrecError(
+            f"sharding strategy 'none' needs a 1x1 mesh, got data x model = {mesh_shape}; "
+            "use data_parallel to replicate tables on several devices"
+        )
     costs = {}
     if strategy == "auto":
-        strategies, costs = _mind_communication(specs, mesh_shape, strategies, set(overrides or {}),
-                                                capacity_factor, batch_per_device)
+        strategies, costs = _mind_communication(
+            specs, mesh_shape, strategies, set(overrides or {}), capacity_factor, batch_per_device
+        )
     plan = _assemble(specs, mesh_shape, strategies, capacity_factor, batch_per_device)
     return dataclasses.replace(plan, candidate_costs=costs)

@@ -130,6 +130,7 @@ def _route(uniq_n, block_rows: int, capacity: int):
 def _over_rounds(round_n, valid_n, one_round, carry):
     """one_round(r, carry) for r = 0, then for each later slice that holds keys on some device, in
     order; every device takes the same trips (the next slice is a pmin over the mesh)."""
+
     def body(state):
         r, carry = state
         carry = one_round(r, carry)
@@ -242,8 +243,9 @@ def _update_dense(apply_optimizer, table_rd, slots, keys_n, grads_nd):
     return table_rd, {name: jnp.where(touched, new_slots[name], slots[name]) for name in slots}
 
 
-def _update_local(kind, block_rows, rows, capacity, exchange, optimizer, lr, dim, table_rd, slots, step, keys_bs,
-                  grads_bsd):
+def _update_local(
+    kind, block_rows, rows, capacity, exchange, optimizer, lr, dim, table_rd, slots, step, keys_bs, grads_bsd
+):
     keys_n = keys_bs.reshape(-1)
     grads_nd = grads_bsd.reshape(keys_n.shape[0], -1)
     if kind == "replicated" and exchange == "dense":
@@ -264,8 +266,21 @@ def _update_local(kind, block_rows, rows, capacity, exchange, optimizer, lr, dim
     return apply(table_rd, slots, keys_k, grads_kd)
 
 
-def update(mesh, kind: str, block_rows: int, capacity: int, exchange: str, optimizer: RowOptimizer, lr: float,
-           dim: int, table, slots: dict, step, keys_bs, grads_bsd):
+def update(
+    mesh,
+    kind: str,
+    block_rows: int,
+    capacity: int,
+    exchange: str,
+    optimizer: RowOptimizer,
+    lr: float,
+    dim: int,
+    table,
+    slots: dict,
+    step,
+    keys_bs,
+    grads_bsd,
+):
     """Applies the row optimiser to the rows `keys_bs` touched; returns (table, slots).
     exchange: "sparse" or "dense", how a replicated table's gradients travel."""
     slot_specs = {name: slot_spec(kind, optimizer.slots[name][0]) for name in slots}

@@ -69,8 +69,9 @@ def sweep_sharded(mesh, score_block, num_items: int, k: int, query, items, exclu
         _, top_ids_bk = _merged_top_k(scores_br, excluded_br, offset, ALL_AXES, k)
         return Sweep(target_scores_bt, target_excluded_bt, greater_bt, equal_bt, allowed_b, broken_b, top_ids_bk)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(ALL_AXES), P(), P()), out_specs=P(),
-                         check_vma=False)(query, items, exclude_bx, targets_bt)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(ALL_AXES), P(), P()), out_specs=P(), check_vma=False)(
+        query, items, exclude_bx, targets_bt
+    )
 
 
 def pick_sharded(mesh, score_block, query, items, ids_bm):
@@ -83,8 +84,9 @@ def pick_sharded(mesh, score_block, query, items, ids_bm):
         scores_bm, _ = block_targets(scores_br, jnp.zeros(scores_br.shape, bool), offset, ids_bm)
         return jax.lax.psum(scores_bm, ALL_AXES)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(ALL_AXES), P()), out_specs=P(),
-                         check_vma=False)(query, items, ids_bm)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(ALL_AXES), P()), out_specs=P(), check_vma=False)(
+        query, items, ids_bm
+    )
 
 
 class ShardedTopK:
@@ -116,5 +118,6 @@ class ShardedTopK:
             excluded_br = excluded_mask(offset, items_re.shape[0], num_items, exclude_bx)
             return _merged_top_k(scores_br, excluded_br, offset, MODEL, k)
 
-        return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(MODEL, None), P()), out_specs=(P(), P()),
-                             check_vma=False)(query_be, items_ne, exclude_bx)
+        return jax.shard_map(
+            local, mesh=self.mesh, in_specs=(P(), P(MODEL, None), P()), out_specs=(P(), P()), check_vma=False
+        )(query_be, items_ne, exclude_bx)

@@ -11,8 +11,19 @@ import pytest
 
 from benchmarks import peers
 
-FIELDS = {"task", "system", "example", "threads", "examples_per_sec", "compile_s", "train_s", "ratio",
-          "verdict", "test_metrics", "config"}
+FIELDS = {
+    "task",
+    "system",
+    "example",
+    "threads",
+    "examples_per_sec",
+    "compile_s",
+    "train_s",
+    "ratio",
+    "verdict",
+    "test_metrics",
+    "config",
+}
 
 
 def _records(out):
@@ -58,11 +69,13 @@ def test_missing_peers_are_skipped_with_one_message_each(tmp_path, monkeypatch, 
 
 
 def test_verdicts_compare_each_peer_with_jaxrec_on_its_task():
-    rows = [{"task": "a", "system": "jaxrec x", "examples_per_sec": 100.0},
-            {"task": "a", "system": "peer fast", "examples_per_sec": 400.0},
-            {"task": "a", "system": "peer close", "examples_per_sec": 102.0},
-            {"task": "b", "system": "jaxrec y", "examples_per_sec": 50.0},
-            {"task": "b", "system": "peer slow", "examples_per_sec": 10.0}]
+    rows = [
+        {"task": "a", "system": "jaxrec x", "examples_per_sec": 100.0},
+        {"task": "a", "system": "peer fast", "examples_per_sec": 400.0},
+        {"task": "a", "system": "peer close", "examples_per_sec": 102.0},
+        {"task": "b", "system": "jaxrec y", "examples_per_sec": 50.0},
+        {"task": "b", "system": "peer slow", "examples_per_sec": 10.0},
+    ]
     peers.add_verdicts(rows)
     assert [r["ratio"] for r in rows] == [1.0, 0.25, 100 / 102, 1.0, 5.0]
     assert [r["verdict"] for r in rows] == ["-", "slower by 4x", "matches (within 5%)", "-", "matches (5x faster)"]

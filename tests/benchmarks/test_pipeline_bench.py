@@ -10,8 +10,12 @@ import pytest
 
 from benchmarks import pipeline
 
-RATES = ("pipeline_examples_per_sec", "pipeline_sync_examples_per_sec", "step_examples_per_sec",
-         "loop_examples_per_sec")
+RATES = (
+    "pipeline_examples_per_sec",
+    "pipeline_sync_examples_per_sec",
+    "step_examples_per_sec",
+    "loop_examples_per_sec",
+)
 
 
 def test_window_seconds_times_windows_after_the_warmup():

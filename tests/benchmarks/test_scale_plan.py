@@ -20,8 +20,24 @@ def test_vocab_sizes_scale_the_large_tables_to_the_parameter_count():
 
 def test_scale_plan_cli_writes_results(tmp_path):
     out = tmp_path / "plan"
-    cmd = [sys.executable, "-m", "benchmarks.scale_plan", "--out", str(out), "--params", "1e6", "--devices", "8",
-           "--dim", "8", "--batch", "64", "--small", "--tables", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale_plan",
+        "--out",
+        str(out),
+        "--params",
+        "1e6",
+        "--devices",
+        "8",
+        "--dim",
+        "8",
+        "--batch",
+        "64",
+        "--small",
+        "--tables",
+        "4",
+    ]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=600)
 
     (record,) = json.loads((out / "results.json").read_text())["records"]

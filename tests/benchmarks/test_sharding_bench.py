@@ -10,17 +10,55 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ISSUE_FIELDS = {"strategy", "num_devices", "rows", "dim", "batch", "examples_per_sec", "examples_per_sec_per_device",
-                "step_ms_p50", "step_ms_p90", "bytes_per_device", "comm_bytes_per_step", "embedding_gbps",
-                "roofline_gbps", "compile_s"}
+ISSUE_FIELDS = {
+    "strategy",
+    "num_devices",
+    "rows",
+    "dim",
+    "batch",
+    "examples_per_sec",
+    "examples_per_sec_per_device",
+    "step_ms_p50",
+    "step_ms_p90",
+    "bytes_per_device",
+    "comm_bytes_per_step",
+    "embedding_gbps",
+    "roofline_gbps",
+    "compile_s",
+}
 
 
 def test_sharding_cli_writes_results(tmp_path):
     out = tmp_path / "sharding"
-    cmd = [sys.executable, "-m", "benchmarks.sharding", "--out", str(out), "--strategies", "row_wise",
-           "--devices", "2", "--processes", "1,2", "--rows", "200", "--num-sparse", "4", "--dim", "4",
-           "--cross-layers", "1",
-           "--batch", "32", "--steps", "2", "--warmup", "1", "--num-batches", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.sharding",
+        "--out",
+        str(out),
+        "--strategies",
+        "row_wise",
+        "--devices",
+        "2",
+        "--processes",
+        "1,2",
+        "--rows",
+        "200",
+        "--num-sparse",
+        "4",
+        "--dim",
+        "4",
+        "--cross-layers",
+        "1",
+        "--batch",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--num-batches",
+        "2",
+    ]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=600)
 
     results = json.loads((out / "results.json").read_text())

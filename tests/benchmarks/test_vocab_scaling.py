@@ -19,15 +19,39 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow  # ~1 min on 2 CPUs: four compilations of the train step
 def test_vocab_scaling_cli_writes_results(tmp_path):
     out = tmp_path / "vocab"
-    cmd = [sys.executable, "-m", "benchmarks.vocab_scaling", "--out", str(out), "--rows", "300,3000",
-           "--users", "50", "--dim", "4", "--batch", "16", "--repeats", "2", "--warmup", "1",
-           "--num-batches", "2", "--updates", "sparse/lazy_adam,dense/adam"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.vocab_scaling",
+        "--out",
+        str(out),
+        "--rows",
+        "300,3000",
+        "--users",
+        "50",
+        "--dim",
+        "4",
+        "--batch",
+        "16",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--num-batches",
+        "2",
+        "--updates",
+        "sparse/lazy_adam,dense/adam",
+    ]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=300)
 
     results = json.loads((out / "results.json").read_text())
     records = results["records"]
     assert [(r["rows"], r["update"], r["optimizer"]) for r in records] == [
-        (300, "sparse", "lazy_adam"), (300, "dense", "adam"), (3000, "sparse", "lazy_adam"), (3000, "dense", "adam")]
+        (300, "sparse", "lazy_adam"),
+        (300, "dense", "adam"),
+        (3000, "sparse", "lazy_adam"),
+        (3000, "dense", "adam"),
+    ]
     for r in records:
         assert r["step_ms_p50"] > 0 and r["step_ms_p90"] >= r["step_ms_p50"] and r["compile_s"] > 0
         assert r["dim"] == 4 and r["batch"] == 16

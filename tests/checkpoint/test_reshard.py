@@ -53,25 +53,45 @@ def _restored_metrics(run_dir, cfg, devices):
 def _logical(engine, state):
     """Every table and optimiser slot in logical order, the dense params and optax state, on the host."""
     emb = jax.device_get(engine.collection.to_logical(state.emb))
-    return {"emb": emb, "params": jax.device_get(state.params), "opt_state": jax.device_get(state.opt_state),
-            "step": int(state.step)}
+    return {
+        "emb": emb,
+        "params": jax.device_get(state.params),
+        "opt_state": jax.device_get(state.opt_state),
+        "step": int(state.step),
+    }
 
 
 def test_restore_across_plans_and_device_counts_is_exact_for_tables_slots_and_optimiser_state(saved_run):
     """8 -> 4 -> 2 -> 1 devices and other strategies: the restored state, slots included, equals
     the state as saved, bit for bit."""
     reference = _logical(*_restore(saved_run, _config(), jax.devices())[1:])
-    for strategy, mesh in [("row_wise", (1, 4)), ("row_wise", (1, 2)), ("none", (1, 1)), ("table_wise", (2, 4)),
-                           ("column_wise", (1, 8)), ("auto", (4, 2))]:
+    for strategy, mesh in [
+        ("row_wise", (1, 4)),
+        ("row_wise", (1, 2)),
+        ("none", (1, 1)),
+        ("table_wise", (2, 4)),
+        ("column_wise", (1, 8)),
+        ("auto", (4, 2)),
+    ]:
         _, engine, state = _restore(saved_run, _config(strategy, mesh), jax.devices()[: mesh[0] * mesh[1]])
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b, err_msg=f"{strategy} {mesh}"),
-                     _logical(engine, state), reference)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_array_equal(a, b, err_msg=f"{strategy} {mesh}"),
+            _logical(engine, state),
+            reference,
+        )
 
 
-@pytest.mark.parametrize("strategy,mesh", [
-    ("row_wise", (1, 4)), ("row_wise", (1, 2)), ("none", (1, 1)), ("table_wise", (2, 4)), ("column_wise", (1, 8)),
-    ("data_parallel", (4, 1)),
-])
+@pytest.mark.parametrize(
+    "strategy,mesh",
+    [
+        ("row_wise", (1, 4)),
+        ("row_wise", (1, 2)),
+        ("none", (1, 1)),
+        ("table_wise", (2, 4)),
+        ("column_wise", (1, 8)),
+        ("data_parallel", (4, 1)),
+    ],
+)
 def test_restore_onto_other_meshes_and_strategies_gives_identical_metrics(saved_run, strategy, mesh):
     saved = json.loads((saved_run / "results.json").read_text())["metrics"]
     devices = jax.devices()[: mesh[0] * mesh[1]]
@@ -100,8 +120,9 @@ def test_incompatible_checkpoint_names_the_table_and_shapes(saved_run):
 
 
 def test_evaluate_cli_on_a_dir_without_checkpoints_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "jaxrec.evaluate", str(tmp_path)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrec.evaluate", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and "has no checkpoints/ directory" in out.stderr
     assert "Traceback" not in out.stderr
 

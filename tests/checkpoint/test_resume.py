@@ -25,9 +25,20 @@ from jaxrec.checkpoint import Checkpointer
 # (every 9 steps) and logs (every 4) fall mostly off the evaluation steps, so a signal can land in
 # a step, an evaluation or a save. Saves run in the background (on CPU devices the default
 # blocks), so a signal can also land while a save is in flight.
-RUN = ["data=synthetic", "data.num_users=200", "data.num_items=100", "data.num_interactions=6000",
-       "train.async_checkpoint=true", "train.epochs=10", "train.batch_size=128", "train.progress=false", "model.dim=8",
-       "train.checkpoint_every=9", "train.log_every=4", "train.keep_checkpoints=4"]
+RUN = [
+    "data=synthetic",
+    "data.num_users=200",
+    "data.num_items=100",
+    "data.num_interactions=6000",
+    "train.async_checkpoint=true",
+    "train.epochs=10",
+    "train.batch_size=128",
+    "train.progress=false",
+    "model.dim=8",
+    "train.checkpoint_every=9",
+    "train.log_every=4",
+    "train.keep_checkpoints=4",
+]
 
 
 def _command(run_dir: Path, *extra: str) -> list[str]:
@@ -50,8 +61,9 @@ def _steps(run_dir: Path) -> list[int]:
 
 
 def _start_and_wait_for_checkpoint(run_dir: Path, min_step: int, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen(_command(run_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+    proc = subprocess.Popen(
+        _command(run_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
     deadline = time.time() + 300
     while not [s for s in _steps(run_dir) if s >= min_step]:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -148,8 +160,13 @@ SHORT = [arg for arg in RUN if not arg.startswith("train.epochs")] + ["train.epo
 
 
 def _short_train(run_dir: Path, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "jaxrec.train", *SHORT, *extra, f"hydra.run.dir={run_dir}"],
-                         capture_output=True, text=True, timeout=600, env=_env())
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrec.train", *SHORT, *extra, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert (out.returncode == 0) == ok, out.stderr[-3000:]
     return out
 
@@ -186,8 +203,9 @@ CORRUPTIONS = {
     "flipped bytes in an array": _flip_bytes,
     "empty meta/metadata": lambda step_dir: (step_dir / "meta" / "metadata").write_text(""),
     "deleted manifest.ocdbt files": lambda step_dir: [p.unlink() for p in step_dir.rglob("manifest.ocdbt")],
-    "garbage data iterator state": lambda step_dir: [p.write_text("garbage{")
-                                                     for p in (step_dir / "data").glob("*.json")],
+    "garbage data iterator state": lambda step_dir: [
+        p.write_text("garbage{") for p in (step_dir / "data").glob("*.json")
+    ],
 }
 
 
@@ -217,12 +235,15 @@ def test_resume_step_picks_a_checkpoint_and_refuses_a_missing_one(tmp_path, shor
     _assert_same_run(run_dir, full)
 
 
-@pytest.mark.parametrize("override,named", [
-    ("train.batch_size=64", "train.batch_size (128 -> 64)"),
-    ("optimizer=sgd", "optimizer.name ('adam' -> 'sgd')"),
-    ("train.data_seed=3", "train.data_seed (0 -> 3)"),
-    ("train.resume=false", "train.resume=false, but"),
-])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("train.batch_size=64", "train.batch_size (128 -> 64)"),
+        ("optimizer=sgd", "optimizer.name ('adam' -> 'sgd')"),
+        ("train.data_seed=3", "train.data_seed (0 -> 3)"),
+        ("train.resume=false", "train.resume=false, but"),
+    ],
+)
 def test_a_resume_that_would_change_the_run_is_refused_in_one_line(tmp_path, short_runs, override, named):
     run_dir = tmp_path / "run"
     shutil.copytree(short_runs[1], run_dir)

@@ -11,14 +11,23 @@ from hydra import compose, initialize_config_dir
 from jaxrec.config import CONF_DIR, register_configs, to_config
 from jaxrec.errors import JaxrecError
 
-TINY = ["data=synthetic", "data.num_users=120", "data.num_items=60", "data.num_interactions=3000",
-        "train.epochs=2", "train.batch_size=64", "train.progress=false", "model.dim=8"]
+TINY = [
+    "data=synthetic",
+    "data.num_users=120",
+    "data.num_items=60",
+    "data.num_interactions=3000",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.progress=false",
+    "model.dim=8",
+]
 
 
 def _run(module: str, args: list[str], **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | env
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
-                          env=environ)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, env=environ
+    )
 
 
 def test_cli_writes_a_valid_results_json(tmp_path):
@@ -41,8 +50,9 @@ def test_cli_writes_a_valid_results_json(tmp_path):
     assert (tmp_path / "run_info.json").exists()
 
 
-@pytest.mark.parametrize("group,listed", [("data", "ml100k"), ("sharding", "row_wise"), ("model", "mf"),
-                                          ("optimizer", "adagrad")])
+@pytest.mark.parametrize(
+    "group,listed", [("data", "ml100k"), ("sharding", "row_wise"), ("model", "mf"), ("optimizer", "adagrad")]
+)
 def test_unknown_group_option_lists_the_choices(tmp_path, group, listed):
     out = _run("jaxrec.train", [f"{group}=nope", f"hydra.run.dir={tmp_path}"])
     assert out.returncode != 0
@@ -65,8 +75,10 @@ def test_unknown_key_is_named(tmp_path):
 
 
 def test_bad_batch_for_the_mesh_is_one_line_without_traceback(tmp_path):
-    out = _run("jaxrec.train", TINY + ["sharding=row_wise", "sharding.num_devices=8", "train.batch_size=60",
-                                       f"hydra.run.dir={tmp_path}"])
+    out = _run(
+        "jaxrec.train",
+        TINY + ["sharding=row_wise", "sharding.num_devices=8", "train.batch_size=60", f"hydra.run.dir={tmp_path}"],
+    )
     assert out.returncode == 2
     assert "train.batch_size=60 does not divide across the mesh's 8 devices" in out.stderr
     assert "Traceback" not in out.stderr

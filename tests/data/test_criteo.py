@@ -35,9 +35,11 @@ def _all_rows(part):
     return part.rows(np.arange(len(part)))
 
 
-EDGE_LINES = (_line("1", ["5", "", "-3"], ["68fd1e64", "", "0000000a"], end="\r\n")  # CRLF
-              + _line("0", [], [])  # every field missing
-              + _line("1", ["2"] * 13, ["FFFFFFFF"] * 26, end=""))  # upper-case hex, no final newline
+EDGE_LINES = (
+    _line("1", ["5", "", "-3"], ["68fd1e64", "", "0000000a"], end="\r\n")  # CRLF
+    + _line("0", [], [])  # every field missing
+    + _line("1", ["2"] * 13, ["FFFFFFFF"] * 26, end="")
+)  # upper-case hex, no final newline
 
 
 def test_parse_values_by_hand():
@@ -51,10 +53,13 @@ def test_parse_values_by_hand():
 @pytest.mark.parametrize("compressed", [False, True])
 def test_prepare_edge_cases_with_hash_buckets(tmp_path, compressed):
     path = tmp_path / ("logs.txt.gz" if compressed else "logs.txt")
-    with (gzip.open(path, "wt", newline="") if compressed else open(path, "w", newline="")) as f:
+    with gzip.open(path, "wt", newline="") if compressed else open(path, "w", newline="") as f:
         f.write(EDGE_LINES)
-    meta = _prepare(tmp_path / "out", path, flags=["--hash-buckets", "11", "--split", "random",
-                                                   "--valid-ratio", "0", "--test-ratio", "0"])
+    meta = _prepare(
+        tmp_path / "out",
+        path,
+        flags=["--hash-buckets", "11", "--split", "random", "--valid-ratio", "0", "--test-ratio", "0"],
+    )
     assert meta["num_lines"] == meta["num_examples"] == 3 and meta["vocab_sizes"] == [11] * 26
     dense, sparse, label = _all_rows(_part(tmp_path / "out"))
     assert label.tolist() == [1, 0, 1]

@@ -83,16 +83,20 @@ def test_batches_permute_each_epoch_and_are_checkpointable(dataset):
     assert batch["dense"].shape == (4_000, 13) and batch["label"].shape == (4_000, 1)
     assert {k: v.shape for k, v in batch.items() if k.startswith("cat_")} == {f"cat_{j}": (4_000, 1) for j in range(26)}
     assert batch["cat_0"].dtype == np.int32
+
     # Each epoch sees every training example once, in a different order.
     def rows_sorted(x):
         return x[np.lexsort(x.T)]
 
     for epoch in (0, 1):
-        seen = np.concatenate([np.hstack([loader[epoch * 4 + s]["dense"], loader[epoch * 4 + s]["cat_0"]])
-                               for s in range(4)])
-        np.testing.assert_array_equal(rows_sorted(seen), rows_sorted(np.hstack([dataset.train.dense,
-                                                                                dataset.train.sparse[:, :1]])))
+        seen = np.concatenate(
+            [np.hstack([loader[epoch * 4 + s]["dense"], loader[epoch * 4 + s]["cat_0"]]) for s in range(4)]
+        )
+        np.testing.assert_array_equal(
+            rows_sorted(seen), rows_sorted(np.hstack([dataset.train.dense, dataset.train.sparse[:, :1]]))
+        )
     assert not np.array_equal(loader[0]["cat_0"], loader[4]["cat_0"])
-    np.testing.assert_array_equal(loader[5]["dense"], make_ctr_dataset(dataset, batch_size=4_000, epochs=2,
-                                                                       seed=3)[5]["dense"])
+    np.testing.assert_array_equal(
+        loader[5]["dense"], make_ctr_dataset(dataset, batch_size=4_000, epochs=2, seed=3)[5]["dense"]
+    )
     grain.experimental.assert_equal_output_after_checkpoint(loader.to_iter_dataset())

@@ -31,12 +31,18 @@ def _assert_halves_match(make):
 def test_interaction_rows_of_two_processes_equal_one(dataset, name, loss):
     sequence = {} if name == "mf" else {"max_len": 10, "num_layers": 1}
     model = make_model(MODEL_CONFIGS[name](loss=loss, dim=8, **sequence), dataset.schema)
-    _assert_halves_match(lambda rows: make_train_dataset(model, dataset, num_negatives=3, loss=loss,
-                                                         batch_size=BATCH, epochs=2, seed=4, rows=rows))
+    _assert_halves_match(
+        lambda rows: make_train_dataset(
+            model, dataset, num_negatives=3, loss=loss, batch_size=BATCH, epochs=2, seed=4, rows=rows
+        )
+    )
 
 
 def test_ctr_rows_of_two_processes_equal_one():
     data = load_ctr_dataset(CriteoSyntheticConfig(num_examples=400, num_sparse=3, vocab_size=20))
     model = make_model(DCNv2Config(dim=4), data.schema)
-    _assert_halves_match(lambda rows: make_train_dataset(model, data, num_negatives=0, loss="bce",
-                                                         batch_size=BATCH, epochs=2, seed=4, rows=rows))
+    _assert_halves_match(
+        lambda rows: make_train_dataset(
+            model, data, num_negatives=0, loss="bce", batch_size=BATCH, epochs=2, seed=4, rows=rows
+        )
+    )

@@ -55,7 +55,7 @@ def _owner(dataset, row) -> int | None:
         if len(real) < len(row):
             if items == real:
                 return user
-        elif any(items[i: i + len(real)] == real for i in range(len(items) - len(real) + 1)):
+        elif any(items[i : i + len(real)] == real for i in range(len(items) - len(real) + 1)):
             return user
     return None
 
@@ -137,13 +137,14 @@ def test_eval_histories_are_the_items_before_the_part(dataset):
 def test_user_runs_merge_parts_by_time_train_first_on_ties(dataset):
     split = dataset.split
     valid = split.valid
-    tied = type(valid)(valid.user, valid.item, valid.rating, np.zeros_like(valid.timestamp), valid.user_tokens,
-                       valid.item_tokens)
+    tied = type(valid)(
+        valid.user, valid.item, valid.rating, np.zeros_like(valid.timestamp), valid.user_tokens, valid.item_tokens
+    )
     # every valid row now has the earliest timestamp: it moves to the front of its user's run
     indptr, items = user_runs([split.train, tied], dataset.num_users)
     user = int(valid.user[0])
     assert items[indptr[user]] == valid.item[0]
-    assert list(items[indptr[user] + 1: indptr[user + 1]]) == _train_items(dataset, user)
+    assert list(items[indptr[user] + 1 : indptr[user + 1]]) == _train_items(dataset, user)
 
 
 def test_batch_larger_than_the_users_fails_clearly(dataset):

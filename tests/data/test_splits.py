@@ -103,10 +103,14 @@ def test_kfold_is_deterministic_by_seed(inter):
     assert _rows(split.test) != _rows(other.test)
 
 
-@pytest.mark.parametrize("num_folds,fold,message", [(1, 0, "data.num_folds=1: k-fold cross-validation needs at "
-                                                           "least 2 folds"),
-                                                    (5, 5, r"data.fold=5 is out of range: expected 0 \.\. 4"),
-                                                    (5, -1, "data.fold=-1 is out of range")])
+@pytest.mark.parametrize(
+    "num_folds,fold,message",
+    [
+        (1, 0, "data.num_folds=1: k-fold cross-validation needs at least 2 folds"),
+        (5, 5, r"data.fold=5 is out of range: expected 0 \.\. 4"),
+        (5, -1, "data.fold=-1 is out of range"),
+    ],
+)
 def test_kfold_rejects_bad_folds_in_the_split_and_the_config(inter, num_folds, fold, message):
     from jaxrec.config import compose_config, validate
 

@@ -13,8 +13,15 @@ from jaxrec.config import Config
 from jaxrec.runner import run
 
 DATA = ["data=synthetic", "data.num_users=120", "data.num_items=60", "data.num_interactions=3000"]
-TRAIN = ["train.epochs=2", "train.batch_size=64", "train.progress=false", "train.eval_every=0",
-         "model.dim=8", "sharding.mesh.model=-1", "train.distributed.heartbeat_timeout_s=10"]
+TRAIN = [
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.progress=false",
+    "train.eval_every=0",
+    "model.dim=8",
+    "sharding.mesh.model=-1",
+    "train.distributed.heartbeat_timeout_s=10",
+]
 LAUNCH = [sys.executable, "-m", "jaxrec.launch_local", "--processes", "2", "--devices-per-process", "4", "--"]
 
 
@@ -22,8 +29,9 @@ def _launch(run_dir: Path, strategy: str, *extra: str, wait: bool = True):
     cmd = [*LAUNCH, *DATA, *TRAIN, f"sharding={strategy}", f"hydra.run.dir={run_dir}", *extra]
     env = os.environ | {"XLA_FLAGS": ""}  # the launcher sets each process's device count
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads((run_dir / "results.json").read_text())
@@ -82,8 +90,9 @@ def test_a_dead_process_stops_the_group(tmp_path):
         assert launcher.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     # only this test's launcher's child: a sibling test's group may be running the same command line
-    worker = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "train.distributed.process_id=1"],
-                            capture_output=True, text=True)
+    worker = subprocess.run(
+        ["pgrep", "-P", str(launcher.pid), "-f", "train.distributed.process_id=1"], capture_output=True, text=True
+    )
     pids = [int(pid) for pid in worker.stdout.split()]
     assert len(pids) == 1, worker.stdout
     os.kill(pids[0], signal.SIGKILL)
@@ -105,12 +114,15 @@ def test_sigterm_to_one_process_stops_the_group_at_one_saved_step(tmp_path):
     while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0][-3000:]
         time.sleep(0.05)
-    worker = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "train.distributed.process_id=1"],
-                            capture_output=True, text=True)
+    worker = subprocess.run(
+        ["pgrep", "-P", str(launcher.pid), "-f", "train.distributed.process_id=1"], capture_output=True, text=True
+    )
     os.kill(int(worker.stdout.split()[0]), signal.SIGTERM)
     output, _ = launcher.communicate(timeout=180)
-    saved = [re.search(r"checkpoint of step (\d+) saved", text)
-             for text in (output, (tmp_path / "launch" / "process_1.log").read_text())]
+    saved = [
+        re.search(r"checkpoint of step (\d+) saved", text)
+        for text in (output, (tmp_path / "launch" / "process_1.log").read_text())
+    ]
     assert all(saved), output[-3000:]
     steps = {int(match.group(1)) for match in saved}
     assert len(steps) == 1 and steps <= {int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()}

@@ -50,13 +50,15 @@ def test_sqrtn_bag_by_hand():
     (the lookups and sparse updates of bags are the mean test's; SVD++'s sharded step covers sqrtn)."""
     collection = _collection("none", (1, 1), "sqrtn")
     ids = {"genres": jnp.asarray(IDS[:4])}
-    rows = {"genres": jnp.where(ids["genres"][..., None] >= 0,
-                                jnp.arange(1.0, 25.0).reshape(4, 1, 3, 2), 0.0)}  # padding reads zero rows
+    rows = {
+        "genres": jnp.where(ids["genres"][..., None] >= 0, jnp.arange(1.0, 25.0).reshape(4, 1, 3, 2), 0.0)
+    }  # padding reads zero rows
     pooled = np.asarray(collection.pool(rows, ids)["genres"])[:, 0]
     np.testing.assert_allclose(pooled[0], ([1, 2] + np.array([3, 4])) / np.sqrt(2), rtol=1e-6)
     np.testing.assert_allclose(pooled[1], [7, 8], rtol=1e-6)  # one id: its own row
     np.testing.assert_allclose(pooled[2], (np.array([13, 14]) + [15, 16] + [17, 18]) / np.sqrt(3), rtol=1e-6)
     np.testing.assert_array_equal(pooled[3], 0.0)  # an empty bag pools to zero, not NaN
     grads = jax.grad(lambda r: jnp.sum(collection.pool(r, ids)["genres"]))(rows)["genres"]
-    np.testing.assert_allclose(grads[:3, 0, :, 0], [[2 ** -0.5, 2 ** -0.5, 2 ** -0.5], [1, 1, 1], [3 ** -0.5] * 3],
-                               rtol=1e-6)  # every slot of a bag, padding too (a -1 id updates nothing)
+    np.testing.assert_allclose(
+        grads[:3, 0, :, 0], [[2**-0.5, 2**-0.5, 2**-0.5], [1, 1, 1], [3**-0.5] * 3], rtol=1e-6
+    )  # every slot of a bag, padding too (a -1 id updates nothing)

@@ -26,8 +26,10 @@ def test_auc_by_hand():
 def test_auc_equals_counting_every_pair_with_ties():
     rng = np.random.default_rng(0)
     scores, labels = rng.integers(0, 5, 60).astype(float), rng.integers(0, 2, 60)
-    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p, n in
-             itertools.product(scores[labels == 1], scores[labels == 0])]
+    pairs = [
+        (1.0 if p > n else 0.5 if p == n else 0.0)
+        for p, n in itertools.product(scores[labels == 1], scores[labels == 0])
+    ]
     assert auc(scores, labels) == pytest.approx(np.mean(pairs), abs=1e-12)
 
 

@@ -89,9 +89,7 @@ def test_extra_exclusion_set_removes_validation_items():
 
 def test_user_whose_only_target_is_excluded_is_skipped():
     # User 2's target (item 2) is excluded, leaving users 0 and 1: MRR (1/3 + 1) / 2.
-    got = evaluate_ranking(
-        counting_score_fn()[0], TRAIN, TARGETS, exclude=[make_interactions([(2, 2)])], ks=(1,)
-    )
+    got = evaluate_ranking(counting_score_fn()[0], TRAIN, TARGETS, exclude=[make_interactions([(2, 2)])], ks=(1,))
     assert got["mrr"] == pytest.approx(2 / 3, rel=1e-5)
     assert got["hr@1"] == pytest.approx(1 / 2)
 

@@ -9,8 +9,14 @@ from jaxrec.eval.evaluator import evaluate_sampled, sample_negatives
 
 def _inter(pairs, num_users=2, num_items=6) -> Interactions:
     users, items = (np.array(col, np.int32) for col in zip(*pairs))
-    return Interactions(users, items, np.ones(len(pairs), np.float32), np.arange(len(pairs)),
-                        np.array([f"u{u}" for u in range(num_users)]), np.array([f"i{i}" for i in range(num_items)]))
+    return Interactions(
+        users,
+        items,
+        np.ones(len(pairs), np.float32),
+        np.arange(len(pairs)),
+        np.array([f"u{u}" for u in range(num_users)]),
+        np.array([f"i{i}" for i in range(num_items)]),
+    )
 
 
 def test_target_ranked_against_every_unseen_item_by_hand():
@@ -18,8 +24,9 @@ def test_target_ranked_against_every_unseen_item_by_hand():
     train, targets = _inter([(0, 0)]), _inter([(0, 1)])
     # user 0 never touched items 2..5: with 4 negatives they are all drawn; 0.9 and 0.95 beat the
     # target's 0.5, so its rank is 2 (0-based)
-    got = evaluate_sampled(lambda users_b: scores[: len(users_b)], train, targets, num_negatives=4, ks=(1, 3),
-                           batch_size=2)
+    got = evaluate_sampled(
+        lambda users_b: scores[: len(users_b)], train, targets, num_negatives=4, ks=(1, 3), batch_size=2
+    )
     np.testing.assert_allclose([got["hr@1"], got["hr@3"], got["ndcg@3"], got["mrr"]], [0, 1, 0.5, 1 / 3], rtol=1e-6)
 
 

@@ -24,8 +24,14 @@ USERS, ITEMS, KS = 40, 37, (1, 5, 10)  # 37 items: the 8 blocks end in padding
 
 def _interactions(rng, count, users, items):
     pairs = np.unique(np.stack([rng.integers(0, users, count), rng.integers(0, items, count)], 1), axis=0)
-    return Interactions(pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32), np.ones(len(pairs), np.float32),
-                        np.zeros(len(pairs), np.int64), np.arange(users).astype(str), np.arange(items).astype(str))
+    return Interactions(
+        pairs[:, 0].astype(np.int32),
+        pairs[:, 1].astype(np.int32),
+        np.ones(len(pairs), np.float32),
+        np.zeros(len(pairs), np.int64),
+        np.arange(users).astype(str),
+        np.arange(items).astype(str),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +62,15 @@ def test_sharded_sweep_equals_the_full_score_matrix_with_ties_and_exclusions(tie
         assert actual == pytest.approx(expected, rel=1e-6, abs=0), batch_size
     pick = jax.jit(lambda q, ids: pick_sharded(mesh, score_block, q, items_pad, ids))
     expected = evaluate_sampled(score_fn, train, test, exclude=[valid], ks=KS, num_negatives=20, batch_size=8)
-    actual = evaluate_sampled_picks(lambda users_b, ids: pick(query_ue[np.asarray(users_b)], ids), train, test,
-                                    exclude=[valid], ks=KS, num_negatives=20, batch_size=8)
+    actual = evaluate_sampled_picks(
+        lambda users_b, ids: pick(query_ue[np.asarray(users_b)], ids),
+        train,
+        test,
+        exclude=[valid],
+        ks=KS,
+        num_negatives=20,
+        batch_size=8,
+    )
     assert actual == pytest.approx(expected, rel=1e-6, abs=0)
 
 
@@ -83,16 +96,24 @@ def test_ranking_evaluator_on_8_devices_equals_the_host_path_on_ml100k():
         return host.collection.pool(host.collection.lookup(state.emb, ids), ids)
 
     item_acts = acts(items)
-    score_all = jax.jit(lambda query: model.apply(state.params, acts(query), query, item_acts, items,
-                                                  method=model.score_all))
+    score_all = jax.jit(
+        lambda query: model.apply(state.params, acts(query), query, item_acts, items, method=model.score_all)
+    )
 
     def score_fn(users_b):
         return score_all({name: values[np.asarray(users_b)] for name, values in users.items()})
 
     split, ks = dataset.split, sharded_cfg.train.ks
     expected = evaluate_ranking(score_fn, split.train, split.test, exclude=[split.valid], ks=ks)
-    sampled = evaluate_sampled(score_fn, split.train, split.test, exclude=[split.valid], ks=ks, num_negatives=50,
-                               seed=sharded_cfg.train.data_seed)
+    sampled = evaluate_sampled(
+        score_fn,
+        split.train,
+        split.test,
+        exclude=[split.valid],
+        ks=ks,
+        num_negatives=50,
+        seed=sharded_cfg.train.data_seed,
+    )
     expected |= {f"sampled/{name}": value for name, value in sampled.items()}
     assert set(actual) == set(expected)
     for name, value in expected.items():

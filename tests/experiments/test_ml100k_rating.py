@@ -12,14 +12,27 @@ from experiments.ml100k_rating import run
 from jaxrec.config import compose_config
 from jaxrec.data.dataset import load_dataset
 
-TOY = ["data=synthetic", "data.num_users=200", "data.num_items=100", "data.num_interactions=3000",
-       "data.num_folds=2", "model.dim=8", "train.epochs=2", "model.bias_init=null"]  # mf's grid: l2 {0.06, 0.1}
+TOY = [
+    "data=synthetic",
+    "data.num_users=200",
+    "data.num_items=100",
+    "data.num_interactions=3000",
+    "data.num_folds=2",
+    "model.dim=8",
+    "train.epochs=2",
+    "model.bias_init=null",
+]  # mf's grid: l2 {0.06, 0.1}
 
 
 def test_surprise_fits_exactly_the_fold_s_ratings(tmp_path):
     surprise = pytest.importorskip("surprise")
-    data = ["data=synthetic", "data.num_users=200", "data.num_items=100", "data.num_interactions=3000",
-            "data.num_folds=2"]
+    data = [
+        "data=synthetic",
+        "data.num_users=200",
+        "data.num_items=100",
+        "data.num_interactions=3000",
+        "data.num_folds=2",
+    ]
     dataset = load_dataset(compose_config(["experiment=ml100k_rating/surprise_svd", *data, "data.fold=1"]).data)
     trainset, testset = peers.surprise_fold(surprise, dataset)
     split = dataset.split
@@ -35,7 +48,7 @@ def test_without_surprise_jaxrec_is_tuned_on_fold_0_then_cross_validated(tmp_pat
     """The path a fresh checkout takes: peers skipped with the install hint, the rest written."""
     monkeypatch.setitem(sys.modules, "surprise", None)  # None in sys.modules makes the import raise ImportError
     written = run.run_experiment(tmp_path, TOY, arms=("mf",))
-    assert 'surprise is not importable' in capsys.readouterr().out
+    assert "surprise is not importable" in capsys.readouterr().out
     assert written["verdict"].endswith("(Surprise skipped)")
     tuning = [json.loads((tmp_path / "ml100k_rating" / "mf" / str(i) / "results.json").read_text()) for i in (0, 1)]
     assert [t["config"]["model"]["l2"] for t in tuning] == [0.06, 0.1]
@@ -55,9 +68,13 @@ def test_without_surprise_jaxrec_is_tuned_on_fold_0_then_cross_validated(tmp_pat
 
 def test_compare_names_the_winner_honestly():
     rows = {"surprise_svdpp": [0.918] * 5, "mf": [0.925] * 5, "svdpp": [0.910] * 5}
-    assert run.compare(rows).startswith("best jaxrec: svdpp RMSE 0.9100 over 5 folds; it beats Surprise SVD++ "
-                                        "(0.9180 over its 5 folds); per fold, jaxrec minus Surprise SVD++ = -0.0080")
+    assert run.compare(rows).startswith(
+        "best jaxrec: svdpp RMSE 0.9100 over 5 folds; it beats Surprise SVD++ "
+        "(0.9180 over its 5 folds); per fold, jaxrec minus Surprise SVD++ = -0.0080"
+    )
     rows = {"surprise_svdpp": [0.92, 0.89], "mf": [0.91, 0.91, 0.94]}  # the peers ran 2 folds of 3
-    assert run.compare(rows) == ("best jaxrec: mf RMSE 0.9200 over 3 folds; it does not beat Surprise SVD++ "
-                                 "(0.9050 over its 2 folds); per fold, jaxrec minus Surprise SVD++ = "
-                                 "+0.0050 ± 0.0212, lower on 1 of 2 folds")
+    assert run.compare(rows) == (
+        "best jaxrec: mf RMSE 0.9200 over 3 folds; it does not beat Surprise SVD++ "
+        "(0.9050 over its 2 folds); per fold, jaxrec minus Surprise SVD++ = "
+        "+0.0050 ± 0.0212, lower on 1 of 2 folds"
+    )

@@ -57,7 +57,8 @@ def test_tables_and_logit_shapes(dataset):
     model = DCNv2.from_config(_config().model, dataset.schema)
     specs = model.tables("lazy_adam", 0.01, candidates=5)
     assert [(s.name, s.rows, s.dim, s.ids_per_example) for s in specs] == [
-        (f"cat_{j}", v, 4, 1) for j, v in enumerate(VOCABS)]
+        (f"cat_{j}", v, 4, 1) for j, v in enumerate(VOCABS)
+    ]
     batch = batch_inputs(dataset.train, np.arange(7))
     acts = {f"cat_{j}": jnp.ones((7, 1, 4)) for j in range(len(VOCABS))}
     params = jax.eval_shape(model.init, jax.random.key(0), acts, batch)["params"]
@@ -74,7 +75,7 @@ def test_needs_ctr_data():
 
 def _batches(dataset, batch_size, steps):
     order = np.random.default_rng(0).permutation(len(dataset.train))
-    return [batch_inputs(dataset.train, order[i * batch_size:(i + 1) * batch_size]) for i in range(steps)]
+    return [batch_inputs(dataset.train, order[i * batch_size : (i + 1) * batch_size]) for i in range(steps)]
 
 
 def test_sharded_step_matches_single_device(assert_sharded_step_matches):
@@ -102,14 +103,22 @@ def test_configs_compose_and_round_trip():
     assert (cfg.model.name, cfg.data.name, cfg.train.select_metric) == ("dcn_v2", "criteo_synthetic", "auc")
     assert (cfg.data.num_dense, cfg.data.num_sparse, cfg.model.cross_layers) == (13, 26, 3)
     assert config_from_dict(to_dict(cfg)) == cfg  # what results.json and checkpoints hold restores it
-    plain = to_config(_compose(["model=dcn_v2", "data=criteo_synthetic", "data.vocab_sizes=[5,6]",
-                                "data.num_sparse=2"]))
+    plain = to_config(
+        _compose(["model=dcn_v2", "data=criteo_synthetic", "data.vocab_sizes=[5,6]", "data.num_sparse=2"])
+    )
     assert plain.data.vocab_sizes == [5, 6] and plain.model.bottom_mlp == [64, 16]
 
 
 def test_run_learns_writes_auc_and_selects_the_best_epoch_by_auc(tmp_path, dataset):
-    cfg = _config(epochs=4, batch_size=256, eval_batch_size=512, select_metric="auc", progress=False,
-                  checkpoint_every=0, log_every=9)  # 9 steps per epoch
+    cfg = _config(
+        epochs=4,
+        batch_size=256,
+        eval_batch_size=512,
+        select_metric="auc",
+        progress=False,
+        checkpoint_every=0,
+        log_every=9,
+    )  # 9 steps per epoch
     cfg.optimizer.lr = 0.03  # overfits after epoch 2, so the best epoch is not the last
     results = run(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())

@@ -19,8 +19,14 @@ def test_mf_score_is_dot_product_plus_biases():
     scores = model.apply(params, emb, {})
     # 1*3 + 2*4 + 0.25 + 1 + 0.5 = 12.75 ; 0.5 - 2 + 0.25 - 2 + 0.5 = -2.75
     np.testing.assert_allclose(scores, [[12.75, -2.75]])
-    full = model.apply(params, {"user": emb["user"], "user_bias": emb["user_bias"]}, {},
-                       {"item": emb["item"][0], "item_bias": emb["item_bias"][0]}, {}, method=model.score_all)
+    full = model.apply(
+        params,
+        {"user": emb["user"], "user_bias": emb["user_bias"]},
+        {},
+        {"item": emb["item"][0], "item_bias": emb["item_bias"][0]},
+        {},
+        method=model.score_all,
+    )
     np.testing.assert_allclose(full, scores)
 
 

@@ -40,8 +40,9 @@ def test_candidate_scores_match_full_ranking(dataset, pair_batches):
     items = {"item": np.arange(64, dtype=np.int32) % dataset.num_items}  # 64: divisible by the 8 devices
     full = model.apply(state.params, acts({"user": batch["user"]}), {}, acts(items), items, method=model.score_all)
     assert full.shape == (64, 64)
-    np.testing.assert_allclose(np.take_along_axis(np.asarray(full), batch["item"], axis=1), logits,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.take_along_axis(np.asarray(full), batch["item"], axis=1), logits, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_loss_decreases_and_sharded_step_matches(dataset, assert_sharded_step_matches, pair_batches):
@@ -67,8 +68,10 @@ def test_gmf_tables_start_from_a_trained_mf_run(tmp_path, dataset):
     engine = build_engine(cfg, dataset.schema)
     state = warm_start(engine, init_state(engine, 0), cfg.model.init_from)
     for table, source in (("user_gmf", "user"), ("item_gmf", "item")):
-        np.testing.assert_array_equal(engine.collection.table(state.emb, table),
-                                      mf_engine.collection.table(mf_state.emb, source))
+        np.testing.assert_array_equal(
+            engine.collection.table(state.emb, table), mf_engine.collection.table(mf_state.emb, source)
+        )
     fresh = init_state(engine, 0)
-    np.testing.assert_array_equal(engine.collection.table(state.emb, "user_mlp"),
-                                  engine.collection.table(fresh.emb, "user_mlp"))
+    np.testing.assert_array_equal(
+        engine.collection.table(state.emb, "user_mlp"), engine.collection.table(fresh.emb, "user_mlp")
+    )

@@ -53,11 +53,16 @@ def _random_inputs(rng, pad=4):
     """Activations and a batch whose first `pad` positions of every row are padding."""
     history = rng.integers(0, N, (2, L)).astype(np.int32)
     history[:, :pad] = -1
-    batch = {"history": jnp.asarray(history), "item": jnp.asarray(np.where(history >= 0, 1, -1).astype(np.int32)),
-             "negative": jnp.asarray(rng.integers(0, N, (2, K)).astype(np.int32))}
-    acts = {"history": jnp.asarray(rng.normal(size=(2, L, D)) * (history >= 0)[..., None], jnp.float32),
-            "item": jnp.asarray(rng.normal(size=(2, L, D)), jnp.float32),
-            "negative": jnp.asarray(rng.normal(size=(2, K, D)), jnp.float32)}
+    batch = {
+        "history": jnp.asarray(history),
+        "item": jnp.asarray(np.where(history >= 0, 1, -1).astype(np.int32)),
+        "negative": jnp.asarray(rng.integers(0, N, (2, K)).astype(np.int32)),
+    }
+    acts = {
+        "history": jnp.asarray(rng.normal(size=(2, L, D)) * (history >= 0)[..., None], jnp.float32),
+        "item": jnp.asarray(rng.normal(size=(2, L, D)), jnp.float32),
+        "negative": jnp.asarray(rng.normal(size=(2, K, D)), jnp.float32),
+    }
     return acts, batch
 
 
@@ -109,8 +114,9 @@ def test_the_loss_falls_on_a_repeated_batch(reference):
 def test_one_sharded_step_equals_the_unsharded_step(reference, dataset, train_sequence_batch, strategy, mesh):
     _, batch, ref_table, ref_params, ref_losses = reference
     assert (batch["history"] == -1).any() and (batch["history"] >= 0).all(axis=1).any()  # padded and full rows
-    engine, _, table, params, losses = train_sequence_batch(_config(strategy, mesh), dataset, steps=1, batch_size=B,
-                                                            num_negatives=K)
+    engine, _, table, params, losses = train_sequence_batch(
+        _config(strategy, mesh), dataset, steps=1, batch_size=B, num_negatives=K
+    )
     assert engine.plan.placements["item"].strategy == "row_wise"
     np.testing.assert_allclose(losses[0], ref_losses[0], rtol=1e-5)
     np.testing.assert_allclose(table, ref_table, rtol=1e-5, atol=1e-6)

@@ -64,11 +64,15 @@ def test_prediction_is_the_svdpp_formula_and_padding_changes_nothing(dataset):
     expected = np.zeros_like(pred)
     mu = float(state.params["params"]["global_bias"])
     for u in range(dataset.num_users):
-        n_u = items[indptr[u]:indptr[u + 1]]
+        n_u = items[indptr[u] : indptr[u + 1]]
         implicit = table["item_implicit"][n_u].sum(axis=0) / np.sqrt(max(len(n_u), 1))
         for i in range(dataset.num_items):
-            expected[u, i] = (mu + table["user_bias"][u, 0] + table["item_bias"][i, 0]
-                              + table["item"][i] @ (table["user"][u] + implicit))
+            expected[u, i] = (
+                mu
+                + table["user_bias"][u, 0]
+                + table["item_bias"][i, 0]
+                + table["item"][i] @ (table["user"][u] + implicit)
+            )
     np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=1e-5)
     # tables are seeded per table name, not per plan: a longer bag is only more -1 padding
     _, _, padded = _predictions(_config(max_history=45), dataset)

@@ -30,8 +30,16 @@ def dataset():
 
 def test_towers_read_every_side_feature_and_pool_genres(dataset, pair_batches):
     engine = build_engine(_config(), dataset.schema)
-    assert set(engine.collection.specs) == {"user", "item", "user_age", "user_gender", "user_occupation",
-                                            "user_zip_prefix", "item_genres", "item_year"}
+    assert set(engine.collection.specs) == {
+        "user",
+        "item",
+        "user_age",
+        "user_gender",
+        "user_occupation",
+        "user_zip_prefix",
+        "item_genres",
+        "item_year",
+    }
     assert engine.collection.bags == {"item_genres": "mean"}
     batch = pair_batches(_config(), dataset, engine, 1)[0]
     assert batch["item_genres"].shape == (64, 5, dataset.schema.item_fields["genres"].width)
@@ -63,13 +71,20 @@ def test_scores_shapes_and_score_all_agrees_with_candidates(dataset, pair_batche
 def test_in_batch_softmax_puts_the_positive_first_with_log_q_and_masks_repeats():
     from jaxrec.models.two_tower import TwoTower
 
-    model = TwoTower(num_users=3, num_items=4, user_fields=(), item_fields=(), dim=2, hidden=(),
-                     negatives="in_batch", use_bias=False)
+    model = TwoTower(
+        num_users=3, num_items=4, user_fields=(), item_fields=(), dim=2, hidden=(), negatives="in_batch", use_bias=False
+    )
     # hidden=() makes each tower one Dense(dim) layer; identity weights make the towers transparent
-    params = {"params": {"user_tower": {"Dense_0": {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}},
-                         "item_tower": {"Dense_0": {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}}}}
-    acts = {"user": jnp.array([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]]]),
-            "item": jnp.array([[[2.0, 0.0]], [[0.0, 3.0]], [[2.0, 0.0]]])}
+    params = {
+        "params": {
+            "user_tower": {"Dense_0": {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}},
+            "item_tower": {"Dense_0": {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}},
+        }
+    }
+    acts = {
+        "user": jnp.array([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]]]),
+        "item": jnp.array([[[2.0, 0.0]], [[0.0, 3.0]], [[2.0, 0.0]]]),
+    }
     batch = {"item": jnp.array([[7], [8], [7]]), "item_log_q": jnp.log(jnp.array([[0.5], [0.25], [0.5]]))}
     logits = model.apply(params, acts, batch)
     log_q = np.log([0.5, 0.25, 0.5])

@@ -21,12 +21,15 @@ N, U, E = 300, 20, 8
 
 def _catalogue(num_items, dim, num_queries, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((num_items, dim)).astype(np.float32),
-            rng.standard_normal((num_queries, dim)).astype(np.float32))
+    return (
+        rng.standard_normal((num_items, dim)).astype(np.float32),
+        rng.standard_normal((num_queries, dim)).astype(np.float32),
+    )
 
 
-@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 4, "nprobe": 4}), ("hnsw", {"ef_search": N}),
-                                         ("hnsw_l2", {"ef_search": N})])
+@pytest.mark.parametrize(
+    "kind,params", [("ivf", {"nlist": 4, "nprobe": 4}), ("hnsw", {"ef_search": N}), ("hnsw_l2", {"ef_search": N})]
+)
 def test_index_equals_exact_search_at_an_exact_setting(kind, params):
     items_ne, query_be = _catalogue(N, E, 12)
     index = ann.build_index(items_ne, kind, params)
@@ -112,14 +115,32 @@ def indexed_bundle(tmp_path_factory):
     users = np.repeat(np.arange(U), 30)
     seen = seen_csr(users, rng.integers(0, N, users.size), U)
     path = tmp_path_factory.mktemp("ann") / "bundle"
-    stored = load_bundle(write_bundle(path, manifest={"model": "mf"}, items_ne=items_ne, users_ue=users_ue,
-                                      user_tokens=[f"u{u}" for u in range(U)],
-                                      item_tokens=[f"i{i}" for i in range(N)], seen=seen, precision="int8"))
+    stored = load_bundle(
+        write_bundle(
+            path,
+            manifest={"model": "mf"},
+            items_ne=items_ne,
+            users_ue=users_ue,
+            user_tokens=[f"u{u}" for u in range(U)],
+            item_tokens=[f"i{i}" for i in range(N)],
+            seen=seen,
+            precision="int8",
+        )
+    )
     index = build_item_index(stored.items_ne, stored.users_ue, seen, "hnsw", {"ef_search": N})
-    write_bundle(path, manifest={"model": "mf"}, items_ne=items_ne, users_ue=users_ue,
-                 user_tokens=[f"u{u}" for u in range(U)], item_tokens=[f"i{i}" for i in range(N)], seen=seen,
-                 precision="int8", encoder=FoldInEncoder(np.eye(E, dtype=np.float32), np.zeros(E, np.float32)),
-                 index=index, overwrite=True)
+    write_bundle(
+        path,
+        manifest={"model": "mf"},
+        items_ne=items_ne,
+        users_ue=users_ue,
+        user_tokens=[f"u{u}" for u in range(U)],
+        item_tokens=[f"i{i}" for i in range(N)],
+        seen=seen,
+        precision="int8",
+        encoder=FoldInEncoder(np.eye(E, dtype=np.float32), np.zeros(E, np.float32)),
+        index=index,
+        overwrite=True,
+    )
     return path
 
 

@@ -21,10 +21,19 @@ def _write(path, rng, precision="float32", **kwargs):
     items_ne = rng.standard_normal((40, 6)).astype(np.float32)
     users_ue = rng.standard_normal((7, 6)).astype(np.float32)
     seen = bundle_lib.seen_csr(np.array([0, 0, 3, 6]), np.array([5, 1, 2, 39]), 7)
-    write_bundle(path, manifest={"model": "test"}, items_ne=items_ne, users_ue=users_ue,
-                 user_tokens=[f"u{i}" for i in range(7)], item_tokens=[str(100 + i) for i in range(40)], seen=seen,
-                 precision=precision, item_meta=[{"title": f"t{i}"} for i in range(40)],
-                 encoder=FoldInEncoder(np.eye(6, dtype=np.float32), np.zeros(6, np.float32)), **kwargs)
+    write_bundle(
+        path,
+        manifest={"model": "test"},
+        items_ne=items_ne,
+        users_ue=users_ue,
+        user_tokens=[f"u{i}" for i in range(7)],
+        item_tokens=[str(100 + i) for i in range(40)],
+        seen=seen,
+        precision=precision,
+        item_meta=[{"title": f"t{i}"} for i in range(40)],
+        encoder=FoldInEncoder(np.eye(6, dtype=np.float32), np.zeros(6, np.float32)),
+        **kwargs,
+    )
     return items_ne, users_ue
 
 
@@ -88,17 +97,23 @@ def test_non_dot_product_models_cannot_be_exported():
     class NeuMFLike:
         pass
 
-    with pytest.raises(JaxrecError, match="model 'neumf' cannot be exported for top-K serving: its score is not a "
-                                          "dot product"):
+    with pytest.raises(
+        JaxrecError, match="model 'neumf' cannot be exported for top-K serving: its score is not a dot product"
+    ):
         exporter.check_dot_product(NeuMFLike(), "neumf")
 
 
 def test_item_metadata_is_aligned_with_item_ids(monkeypatch):
-    items = pd.DataFrame({"title": ["B", "A"], "genres": [["Drama"], []], "year": [1999.0, float("nan")]},
-                         index=pd.Index(["2", "1"], name="item_id"))
+    items = pd.DataFrame(
+        {"title": ["B", "A"], "genres": [["Drama"], []], "year": [1999.0, float("nan")]},
+        index=pd.Index(["2", "1"], name="item_id"),
+    )
     monkeypatch.setattr(exporter, "read_raw", lambda cfg: RawData(pd.DataFrame(), "x", items=items))
     assert exporter.item_metadata(compose_config(), np.array(["1", "2", "3"])) == [
-        {"title": "A", "genres": []}, {"title": "B", "genres": ["Drama"], "year": 1999}, {}]
+        {"title": "A", "genres": []},
+        {"title": "B", "genres": ["Drama"], "year": 1999},
+        {},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +170,29 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--out", str(tmp_path / "b")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == (f"jaxrec: error: {tmp_path} has no checkpoints/ directory "
-                                               "(is it a jaxrec run dir?)")
-
+    assert capsys.readouterr().err.strip() == (
+        f"jaxrec: error: {tmp_path} has no checkpoints/ directory (is it a jaxrec run dir?)"
+    )
 
 
 def test_export_with_an_index_measures_recall_and_serves_the_same_metrics(trained_run, tmp_path, capsys):
     pytest.importorskip("faiss", reason="the ANN index needs the ann extra: pip install -e '.[ann]'")
     from jaxrec.export import main
 
-    main([str(trained_run), "--out", str(tmp_path / "bundle"), "--precision", "int8", "--index", "ivf",
-          "--index-param", "nlist=1", "--report"])  # one list, scanned whole: exact, so every number must agree
+    main(
+        [
+            str(trained_run),
+            "--out",
+            str(tmp_path / "bundle"),
+            "--precision",
+            "int8",
+            "--index",
+            "ivf",
+            "--index-param",
+            "nlist=1",
+            "--report",
+        ]
+    )  # one list, scanned whole: exact, so every number must agree
     printed = json.loads(capsys.readouterr().out.split("\n|")[0])
     bundle = load_bundle(tmp_path / "bundle")
     entry = bundle.manifest["index"]

@@ -38,8 +38,10 @@ def test_sequence_encoder_reproduces_the_model_queries(tmp_path_factory):
     bundle = load_bundle(exporter.export_run(run, tmp_path_factory.mktemp("bundle") / "bert4rec"))
     encoder = bundle.encoder
     assert isinstance(encoder, ExportedEncoder) and encoder.history_len == run.cfg.model.max_len - 1
-    assert bundle.manifest["encoder"]["platforms"] == ["cpu", "cuda"] and "sequence encoder" in bundle.manifest[
-        "cold_start"]
+    assert (
+        bundle.manifest["encoder"]["platforms"] == ["cpu", "cuda"]
+        and "sequence encoder" in bundle.manifest["cold_start"]
+    )
     # every known user's test query is the encoder over its train + valid items
     np.testing.assert_allclose(exporter.cold_start_queries(run), run.queries_ue, atol=1e-5)
 
@@ -65,7 +67,8 @@ def test_feature_two_tower_encodes_a_new_user_from_side_features(tmp_path_factor
     cfg, dataset, engine, state, _ = restore_run(run_dir, None, one_device=True)
     columns = dataset.user_features.columns
     query = {"user": np.full((dataset.num_users, 1), -1, np.int32)} | {
-        f"user_{name}": columns[name][:, None] for name in ("age", "gender", "occupation", "zip_prefix")}
+        f"user_{name}": columns[name][:, None] for name in ("age", "gender", "occupation", "zip_prefix")
+    }
     ids = feature_ids(engine.model, query)
     acts = engine.collection.pool(engine.collection.lookup(state.emb, ids), ids)
     expected = np.asarray(engine.model.apply(state.params, acts, query, method=engine.model.query_vectors))

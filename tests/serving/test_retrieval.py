@@ -78,8 +78,9 @@ def test_approx_top_k_recall_and_scores():
         bins = retrieval.bins_for_recall(10, target, 20_000)
         scores_bk, ids_bk = jax.device_get(retrieval.approx_top_k(query_be, items_ne, exclude_bx, k=10, bins=bins))
         recalls[target] = retrieval.recall_at_k(ids_bk, exact_ids)
-        np.testing.assert_allclose(scores_bk, np.take_along_axis(query_be @ items_ne.T, ids_bk, axis=1), rtol=1e-4,
-                                   atol=1e-4)  # the scores are those of the returned ids
+        np.testing.assert_allclose(
+            scores_bk, np.take_along_axis(query_be @ items_ne.T, ids_bk, axis=1), rtol=1e-4, atol=1e-4
+        )  # the scores are those of the returned ids
         assert np.all(np.diff(scores_bk, axis=1) <= 0)
     assert retrieval.bins_for_recall(10, 0.95, 20_000) == 90
     assert recalls[0.8] >= 0.7 and recalls[0.95] >= 0.9 and recalls[0.95] >= recalls[0.8]

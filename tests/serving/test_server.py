@@ -39,12 +39,17 @@ def bundle(tmp_path_factory):
     offset_e = np.zeros(E, np.float32)
     offset_e[-1] = 0.5
     path = tmp_path_factory.mktemp("serve") / "bundle"
-    write_bundle(path, manifest={"model": "mf", "dataset": {"name": "toy"}},
-                 items_ne=rng.standard_normal((N, E)).astype(np.float32),
-                 users_ue=rng.standard_normal((U, E)).astype(np.float32),
-                 user_tokens=[str(1000 + u) for u in range(U)], item_tokens=[f"i{i}" for i in range(N)], seen=seen,
-                 item_meta=[{"title": f"Movie {i}", "genres": ["Drama"] if i % 2 else []} for i in range(N)],
-                 encoder=FoldInEncoder(np.diag(np.r_[np.ones(E - 1), 0.0]).astype(np.float32), offset_e))
+    write_bundle(
+        path,
+        manifest={"model": "mf", "dataset": {"name": "toy"}},
+        items_ne=rng.standard_normal((N, E)).astype(np.float32),
+        users_ue=rng.standard_normal((U, E)).astype(np.float32),
+        user_tokens=[str(1000 + u) for u in range(U)],
+        item_tokens=[f"i{i}" for i in range(N)],
+        seen=seen,
+        item_meta=[{"title": f"Movie {i}", "genres": ["Drama"] if i % 2 else []} for i in range(N)],
+        encoder=FoldInEncoder(np.diag(np.r_[np.ones(E - 1), 0.0]).astype(np.float32), offset_e),
+    )
     return load_bundle(path)
 
 
@@ -102,21 +107,31 @@ def test_new_user_is_folded_in_from_its_history(url, bundle):
     np.testing.assert_allclose([item["score"] for item in body["items"]], scores, rtol=1e-5)
 
 
-@pytest.mark.parametrize("payload,status,detail", [
-    ({"user_id": "nobody", "k": 10}, 404, "unknown user_id 'nobody' (the bundle knows 20 users"),
-    ({"user_id": "1001", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
-    ({"user_id": "1001", "k": 1001}, 422, "k: Input should be less than or equal to 1000"),
-    ({"user_id": "1001", "k": 301}, 422, "k=301 is out of range: it must lie in 1..300 (the catalogue has 300 items)"),
-    ({"user_id": "1001", "k": "ten"}, 422, "k: Input should be a valid integer"),
-    ({"history": ["i1", "zzz", "i2"]}, 422, "history holds 1 item id(s) unknown to the bundle: 'zzz'"),
-    ({"history": []}, 422, "history: List should have at least 1 item"),
-    ({"user_id": "1001", "history": ["i1"]}, 422, "send exactly one of 'user_id', 'history' and 'features'"),
-    ({}, 422, "send exactly one of 'user_id', 'history' and 'features'"),
-    ({"features": {"age": 30}}, 422, "this bundle's model cannot encode user 'features'; send a known 'user_id' or a "
-                                     "'history'"),
-    ({"features": {"age": [30]}}, 422, "features.age"),
-    ({"user_id": "1001", "n": 3}, 422, "n: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "payload,status,detail",
+    [
+        ({"user_id": "nobody", "k": 10}, 404, "unknown user_id 'nobody' (the bundle knows 20 users"),
+        ({"user_id": "1001", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+        ({"user_id": "1001", "k": 1001}, 422, "k: Input should be less than or equal to 1000"),
+        (
+            {"user_id": "1001", "k": 301},
+            422,
+            "k=301 is out of range: it must lie in 1..300 (the catalogue has 300 items)",
+        ),
+        ({"user_id": "1001", "k": "ten"}, 422, "k: Input should be a valid integer"),
+        ({"history": ["i1", "zzz", "i2"]}, 422, "history holds 1 item id(s) unknown to the bundle: 'zzz'"),
+        ({"history": []}, 422, "history: List should have at least 1 item"),
+        ({"user_id": "1001", "history": ["i1"]}, 422, "send exactly one of 'user_id', 'history' and 'features'"),
+        ({}, 422, "send exactly one of 'user_id', 'history' and 'features'"),
+        (
+            {"features": {"age": 30}},
+            422,
+            "this bundle's model cannot encode user 'features'; send a known 'user_id' or a 'history'",
+        ),
+        ({"features": {"age": [30]}}, 422, "features.age"),
+        ({"user_id": "1001", "n": 3}, 422, "n: Extra inputs are not permitted"),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_clear_detail(url, payload, status, detail):
     response = httpx.post(f"{url}/recommend", json=payload)
     assert response.status_code == status
@@ -146,8 +161,9 @@ def test_concurrent_requests_are_batched_and_answer_as_single_ones(url):
     after = httpx.get(f"{url}/health").json()
     for one, batched in zip(single, together):
         assert [i["item_id"] for i in batched["items"]] == [i["item_id"] for i in one["items"]]
-        np.testing.assert_allclose([i["score"] for i in batched["items"]], [i["score"] for i in one["items"]],
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            [i["score"] for i in batched["items"]], [i["score"] for i in one["items"]], rtol=1e-5
+        )
     assert after["largest_batch"] > 1  # requests shared a retrieval
     assert after["batches"] - before["batches"] < len(payloads)
 
@@ -165,7 +181,8 @@ def test_sharded_and_approximate_recommenders_agree_with_the_exact_one(bundle):
 
 
 def test_serve_cli_on_a_missing_bundle_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "jaxrec.serve", str(tmp_path / "nope")], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrec.serve", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(f"jaxrec: error: {tmp_path / 'nope'} is not a serving bundle")

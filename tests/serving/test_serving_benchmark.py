@@ -20,11 +20,50 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_serving_benchmark_cli_writes_results(tmp_path):
     out = tmp_path / "serving"
-    cmd = [sys.executable, "-m", "benchmarks.serving", "--out", str(out), "--sizes", "500", "--dim", "8",
-           "--users", "50", "--seen", "5", "--repeats", "5", "--phase-seconds", "0.5", "--recall-queries", "32",
-           "--requests", "20", "--seconds", "2", "--concurrency", "4", "--max-batch", "4", "--sweep",
-           "hnsw:16,64;ivf:2,12", "--sweep-ivf", "--big", "3000", "--big-params", "nlist=8", "--big-sweep", "8",
-           "--big-queries", "8", "--compare", "hnsw;hnsw_l2:m=16", "--compare-sweep", "500"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.serving",
+        "--out",
+        str(out),
+        "--sizes",
+        "500",
+        "--dim",
+        "8",
+        "--users",
+        "50",
+        "--seen",
+        "5",
+        "--repeats",
+        "5",
+        "--phase-seconds",
+        "0.5",
+        "--recall-queries",
+        "32",
+        "--requests",
+        "20",
+        "--seconds",
+        "2",
+        "--concurrency",
+        "4",
+        "--max-batch",
+        "4",
+        "--sweep",
+        "hnsw:16,64;ivf:2,12",
+        "--sweep-ivf",
+        "--big",
+        "3000",
+        "--big-params",
+        "nlist=8",
+        "--big-sweep",
+        "8",
+        "--big-queries",
+        "8",
+        "--compare",
+        "hnsw;hnsw_l2:m=16",
+        "--compare-sweep",
+        "500",
+    ]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=300)
 
     results = json.loads((out / "results.json").read_text())
@@ -40,11 +79,17 @@ def test_serving_benchmark_cli_writes_results(tmp_path):
         assert r["http_index_single_n"] == 20 and r["http_index_failures"] == 0
     sweep = results["sweep"]
     assert [(p["index"], p.get("ef_search", p.get("nprobe"))) for p in sweep] == [
-        ("faiss-hnsw", 16), ("faiss-hnsw", 64), ("faiss-ivf", 2), ("faiss-ivf", 12)]
+        ("faiss-hnsw", 16),
+        ("faiss-hnsw", 64),
+        ("faiss-ivf", 2),
+        ("faiss-ivf", 12),
+    ]
     assert sweep[-1]["recall@10"] == 1.0  # nprobe = nlist (12 lists at 500 items) scans them all
     compared = results["compare"]  # ef_search 500 at 500 items: both variants find every exact result
     assert [(r["index"], r["params"]["m"], r["recall@10"]) for r in compared] == [
-        ("faiss-hnsw", 32, 1.0), ("faiss-hnsw_l2", 16, 1.0)]
+        ("faiss-hnsw", 32, 1.0),
+        ("faiss-hnsw_l2", 16, 1.0),
+    ]
     assert all(r["batch_qps"] > 0 and r["b1_p50_ms"] <= r["b1_p99_ms"] for r in compared)
     (big,) = results["big"]
     assert big["items"] == 3000 and big["recall@10"] == 1.0 and big["build_s"] > 0 and big["peak_rss_gb"] > 0

@@ -118,8 +118,12 @@ def test_a_capacity_so_small_that_every_step_overflows_still_trains_exactly():
 def test_auto_plan_replicates_small_and_splits_large_tables():
     engine = build_engine(_config("auto", (1, 8), "adam", None), Schema(NUM_USERS, NUM_ITEMS))
     chosen = {name: p.strategy for name, p in engine.plan.placements.items()}
-    assert chosen == {"user_bias": "data_parallel", "item_bias": "data_parallel", "user": "row_wise",
-                      "item": "row_wise"}
+    assert chosen == {
+        "user_bias": "data_parallel",
+        "item_bias": "data_parallel",
+        "user": "row_wise",
+        "item": "row_wise",
+    }
 
 
 def test_tables_really_are_sharded():
@@ -144,6 +148,7 @@ def test_none_rejects_a_multi_device_mesh():
 def test_bfloat16_tables_train_sharded_like_single_device():
     """bf16 rows (float32 slots and optimiser math): row_wise on 8 devices stays within bf16
     rounding of the single-device run."""
+
     def bf16(strategy, mesh):
         cfg = _config(strategy, mesh, "adam", None)
         cfg.model.embedding_dtype = "bfloat16"
@@ -154,5 +159,6 @@ def test_bfloat16_tables_train_sharded_like_single_device():
     assert {t.dtype for t in tables.values()} == {np.dtype(jax.numpy.bfloat16)}
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
     for name, ref in ref_tables.items():
-        np.testing.assert_allclose(tables[name].astype(np.float32), ref.astype(np.float32), rtol=5e-2, atol=5e-3,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            tables[name].astype(np.float32), ref.astype(np.float32), rtol=5e-2, atol=5e-3, err_msg=name
+        )

@@ -26,11 +26,19 @@ def test_every_collective_kind_on_a_2x4_mesh_by_hand():
         y = jax.lax.fori_loop(0, trips[0], lambda _, c: c + jax.lax.all_to_all(c, "model", 0, 0, tiled=True), y)
         return jax.lax.cond(trips[0] > 0, lambda c: jax.lax.psum(c, ("data", "model")), lambda c: c, y)
 
-    fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(("data", "model")), P()),
-                               out_specs=P(("data", "model")), check_vma=False))
+    fn = jax.jit(
+        jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(("data", "model")), P()), out_specs=P(("data", "model")), check_vma=False
+        )
+    )
     hlo = fn.lower(jax.ShapeDtypeStruct((64,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32)).compile().as_text()
-    assert received_bytes_by_op(hlo) == {"all-gather": 96, "reduce-scatter": 96, "all-to-all": 24,
-                                         "all-reduce": 56, "collective-permute": 0}
+    assert received_bytes_by_op(hlo) == {
+        "all-gather": 96,
+        "reduce-scatter": 96,
+        "all-to-all": 24,
+        "all-reduce": 56,
+        "collective-permute": 0,
+    }
 
 
 def test_group_forms_async_pairs_and_one_device_groups():
@@ -44,8 +52,13 @@ def test_group_forms_async_pairs_and_one_device_groups():
   %all-gather-done = f32[16]{0} all-gather-done(%all-gather-start)
 """
     # g = 4 everywhere but the one-device groups: 3/4 x (4096 + 64 at -done); 2 x 3/4 x 29; 3 x 512
-    assert received_bytes_by_op(hlo) == {"all-gather": 3120, "all-reduce": 43.5, "reduce-scatter": 1536,
-                                         "all-to-all": 0, "collective-permute": 0}
+    assert received_bytes_by_op(hlo) == {
+        "all-gather": 3120,
+        "all-reduce": 43.5,
+        "reduce-scatter": 1536,
+        "all-to-all": 0,
+        "collective-permute": 0,
+    }
 
 
 @pytest.mark.parametrize("strategy,mesh", [("row_wise", (2, 4)), ("data_parallel", (8, 1)), ("column_wise", (2, 4))])

@@ -49,9 +49,18 @@ def test_auto_replicates_tiny_packs_medium_and_splits_large_tables():
     t8..t5 fit whole beside it (20,000, 19,500, 19,000, 18,500 rows) and t4, t3, t2 then would not."""
     plan = make_plan(_dlrm_like_tables(), (1, 4), "auto", budget_bytes=1.6e6)
     chosen = {name: p.strategy for name, p in plan.placements.items()}
-    assert chosen == {"t0": "data_parallel", "t1": "data_parallel", "t2": "row_wise", "t3": "row_wise",
-                      "t4": "row_wise", "t5": "table_wise", "t6": "table_wise", "t7": "table_wise",
-                      "t8": "table_wise", "t9": "row_wise"}
+    assert chosen == {
+        "t0": "data_parallel",
+        "t1": "data_parallel",
+        "t2": "row_wise",
+        "t3": "row_wise",
+        "t4": "row_wise",
+        "t5": "table_wise",
+        "t6": "table_wise",
+        "t7": "table_wise",
+        "t8": "table_wise",
+        "t9": "row_wise",
+    }
     owners = {plan.placements[f"t{i}"].owner for i in (5, 6, 7, 8)}
     assert owners == {0, 1, 2, 3}
     # Every device holds the same block: t2..t4 split (+1,875 rows each) after t5..t8 were packed
@@ -112,9 +121,19 @@ def test_estimate_matches_xla_for_a_billion_parameter_model_on_8_devices(strateg
 
 
 def test_plan_cli_on_64_simulated_devices_agrees_with_xla(tmp_path):
-    cmd = [sys.executable, "-m", "jaxrec.plan", "sharding=auto", "sharding.num_devices=64", "data=synthetic",
-           "data.num_users=12000000", "data.num_items=4000000", "model.dim=64", "train.batch_size=auto",
-           f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxrec.plan",
+        "sharding=auto",
+        "sharding.num_devices=64",
+        "data=synthetic",
+        "data.num_users=12000000",
+        "data.num_items=4000000",
+        "model.dim=64",
+        "train.batch_size=auto",
+        f"hydra.run.dir={tmp_path}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     plan = json.loads((tmp_path / "plan.json").read_text())

@@ -27,12 +27,13 @@ def fake_vocab_sizes(vocab: int) -> list[int]:
     return [max(2, vocab >> (j % 8)) for j in range(NUM_CAT)]
 
 
-def write_fake_logs(path: Path, num_lines: int, *, seed: int = 0, vocab: int = 1000,
-                    signal_feature: int | None = None) -> None:
+def write_fake_logs(
+    path: Path, num_lines: int, *, seed: int = 0, vocab: int = 1000, signal_feature: int | None = None
+) -> None:
     """Write `num_lines` lines to `path` (gzip-compressed when it ends in .gz)."""
     rng = np.random.default_rng(seed)
     table = _TokenTable(rng, fake_vocab_sizes(vocab))
-    with (gzip.open(path, "wb", compresslevel=1) if str(path).endswith(".gz") else open(path, "wb")) as f:
+    with gzip.open(path, "wb", compresslevel=1) if str(path).endswith(".gz") else open(path, "wb") as f:
         for start in range(0, num_lines, CHUNK_LINES):
             f.write(table.render(rng, min(CHUNK_LINES, num_lines - start), signal_feature))
 

@@ -75,8 +75,9 @@ def parse_lines(buf: bytes) -> ParsedLines:
     ok = label_ok & ints_ok & cats_ok
     good_index = np.flatnonzero(good)
     bad = np.sort(np.r_[np.flatnonzero(~good), good_index[~ok]])
-    return ParsedLines((data[starts[ok, 0]] - 48).astype(np.uint8), ints[ok], cats[ok], cat_missing[ok],
-                       good_index[ok], bad)
+    return ParsedLines(
+        (data[starts[ok, 0]] - 48).astype(np.uint8), ints[ok], cats[ok], cat_missing[ok], good_index[ok], bad
+    )
 
 
 def _parse_ints(data, starts_ni, ends_ni):
@@ -90,7 +91,8 @@ def _parse_ints(data, starts_ni, ends_ni):
     in_field = np.arange(INT_WIDTH) >= INT_WIDTH - np.minimum(num_digits, INT_WIDTH - 1)[..., None]
     digits = np.where(in_field, window - np.uint8(48), np.uint8(0))
     fields_ok = ((num_digits == 0) & ~negative) | (
-        (num_digits > 0) & (num_digits < INT_WIDTH) & ~np.any(digits > 9, axis=-1))
+        (num_digits > 0) & (num_digits < INT_WIDTH) & ~np.any(digits > 9, axis=-1)
+    )
     values = (digits @ _POW10[::-1].astype(np.float64)).astype(np.int64)
     return np.where(negative, -values, values), np.all(fields_ok, axis=1)
 

@@ -47,8 +47,16 @@ MAX_SKIPPED_EXAMPLES = 10  # malformed lines quoted in metadata.json under --on-
 COLUMNS = {"label": ("uint8", []), "dense": ("float32", [NUM_INT]), "sparse": ("int32", [NUM_CAT])}
 
 
-def prepare(inputs: list[str], out: Path, options: dict, *, workers: int = 1, stage: str = "all",
-            task_index: int = 0, num_tasks: int = 1) -> dict | None:
+def prepare(
+    inputs: list[str],
+    out: Path,
+    options: dict,
+    *,
+    workers: int = 1,
+    stage: str = "all",
+    task_index: int = 0,
+    num_tasks: int = 1,
+) -> dict | None:
     """Run `stage` (or every pass) into `out`; returns the metadata once finished."""
     out.mkdir(parents=True, exist_ok=True)
     run = _Runner(workers, task_index, num_tasks)
@@ -77,8 +85,10 @@ def _require(stage: str, before: str, paths: list[Path]) -> None:
     """Stop in one line when a pass's inputs are missing (a job array run out of order)."""
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise JaxrecError(f"--stage {stage} needs --stage {before} to finish first: {len(missing)} of its outputs "
-                          f"are missing, e.g. {missing[0]}")
+        raise JaxrecError(
+            f"--stage {stage} needs --stage {before} to finish first: {len(missing)} of its outputs "
+            f"are missing, e.g. {missing[0]}"
+        )
 
 
 class _Runner:
@@ -107,8 +117,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for name in inputs:
         path = Path(name).resolve()
         if path.is_dir():
-            days = sorted((p for p in path.iterdir() if p.name.removesuffix(".gz").removeprefix("day_").isdigit()),
-                          key=lambda p: int(p.name.removesuffix(".gz").removeprefix("day_")))
+            days = sorted(
+                (p for p in path.iterdir() if p.name.removesuffix(".gz").removeprefix("day_").isdigit()),
+                key=lambda p: int(p.name.removesuffix(".gz").removeprefix("day_")),
+            )
             found = days or [p for p in (path / "train.txt", path / "train.txt.gz") if p.exists()][:1]
             if not found:
                 raise JaxrecError(f"{path}: no day_N, day_N.gz or train.txt files in this folder")
@@ -127,8 +139,10 @@ def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())
         if {"inputs": plan["identity"]["inputs"], "options": plan["identity"]["options"]} != identity:
-            raise JaxrecError(f"{out} holds a prepare of other inputs or options (see {plan_path}); "
-                              "use another --out, or delete the folder")
+            raise JaxrecError(
+                f"{out} holds a prepare of other inputs or options (see {plan_path}); "
+                "use another --out, or delete the folder"
+            )
         return plan
     pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, int(options["piece_mb"] * 2**20))]
     # One pool pass: each file's sha256 (long, so first) next to every piece's line count.
@@ -139,10 +153,16 @@ def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner
         piece.update(first_line=line_of_file[piece["file"]], lines=n)
         line_of_file[piece["file"]] += n
     offsets = np.r_[0, np.cumsum([line_of_file[i] for i in range(len(files))])].tolist()
-    plan = {"identity": identity, "pieces": pieces, "file_first_line": offsets[:-1],
-            "inputs": [{"path": str(f), "size": f.stat().st_size, "sha256": h, "lines": line_of_file[i]}
-                       for i, (f, h) in enumerate(zip(files, hashes))],
-            "split": split_plan(options, [line_of_file[i] for i in range(len(files))])}
+    plan = {
+        "identity": identity,
+        "pieces": pieces,
+        "file_first_line": offsets[:-1],
+        "inputs": [
+            {"path": str(f), "size": f.stat().st_size, "sha256": h, "lines": line_of_file[i]}
+            for i, (f, h) in enumerate(zip(files, hashes))
+        ],
+        "split": split_plan(options, [line_of_file[i] for i in range(len(files))]),
+    }
     write_atomic(plan_path, json.dumps(plan, indent=1).encode())
     log.info("plan: %d files, %d pieces, %d lines", len(files), len(pieces), offsets[-1])
     return plan
@@ -182,7 +202,7 @@ def _read_blocks(path: Path, piece: dict):
     """The piece's bytes as blocks of whole lines, each ending with b"\\n" (one is added to a
     final line without it)."""
     gz = Path(path).suffix == ".gz"
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
         if not gz:
             f.seek(piece["start"])
         left = None if gz else piece["end"] - piece["start"]
@@ -246,8 +266,10 @@ def _merge_feature(out: Path, plan: dict, feature: int) -> None:
     kept = values[counts >= plan["identity"]["options"]["min_count"]]
     _vocab_path(out, feature).parent.mkdir(exist_ok=True)
     write_atomic(_vocab_path(out, feature), lambda f: np.save(f, kept))
-    write_atomic(_vocab_path(out, feature).with_suffix(".json"),
-                 json.dumps({"distinct_in_train": len(values), "kept": len(kept)}).encode())
+    write_atomic(
+        _vocab_path(out, feature).with_suffix(".json"),
+        json.dumps({"distinct_in_train": len(values), "kept": len(kept)}).encode(),
+    )
 
 
 # ---- encode --------------------------------------------------------------------------------
@@ -285,12 +307,21 @@ def _encode_piece(out: Path, plan: dict, piece_index: int) -> None:
             handle.close()
     for (s, c), path in tmp.items():
         os.replace(path, shard_file(out, s, piece_index, c))
-    manifest = {"piece": piece_index, "rows": rows, "positives": positives, "skipped_lines": len(skipped),
-                "skipped_examples": skipped[:MAX_SKIPPED_EXAMPLES]}
+    manifest = {
+        "piece": piece_index,
+        "rows": rows,
+        "positives": positives,
+        "skipped_lines": len(skipped),
+        "skipped_examples": skipped[:MAX_SKIPPED_EXAMPLES],
+    }
     write_atomic(_manifest_path(out, piece_index), json.dumps(manifest).encode())
     piece = plan["pieces"][piece_index]
-    log.info("encoded piece %d: %d lines, %.1f MB/s", piece_index, piece["lines"],
-             (piece["end"] - piece["start"]) / 1e6 / (time.perf_counter() - started))
+    log.info(
+        "encoded piece %d: %d lines, %.1f MB/s",
+        piece_index,
+        piece["lines"],
+        (piece["end"] - piece["start"]) / 1e6 / (time.perf_counter() - started),
+    )
 
 
 def _make_id_mapper(out: Path, options: dict):
@@ -337,32 +368,54 @@ def _parsed_blocks(plan: dict, piece_index: int):
 def _finish(out: Path, plan: dict) -> dict:
     options = plan["identity"]["options"]
     manifests = [json.loads(_manifest_path(out, p).read_text()) for p in range(len(plan["pieces"]))]
-    splits = {s: {"rows": sum(m["rows"][s] for m in manifests), "positives": sum(m["positives"][s] for m in manifests),
-                  "shards": [{"piece": m["piece"], "rows": m["rows"][s]} for m in manifests if m["rows"][s]]}
-              for s in SPLITS}
+    splits = {
+        s: {
+            "rows": sum(m["rows"][s] for m in manifests),
+            "positives": sum(m["positives"][s] for m in manifests),
+            "shards": [{"piece": m["piece"], "rows": m["rows"][s]} for m in manifests if m["rows"][s]],
+        }
+        for s in SPLITS
+    }
     if options["hash_buckets"] is not None:
         vocab_sizes, features = [options["hash_buckets"]] * NUM_CAT, []
     else:
         features = [json.loads(_vocab_path(out, j).with_suffix(".json").read_text()) for j in range(NUM_CAT)]
         vocab_sizes = [f["kept"] + 1 for f in features]
     metadata = {
-        "format": "jaxrec-criteo-shards-1", "num_dense": NUM_INT, "num_sparse": NUM_CAT,
-        "num_examples": sum(s["rows"] for s in splits.values()), "num_lines": sum(p["lines"] for p in plan["pieces"]),
+        "format": "jaxrec-criteo-shards-1",
+        "num_dense": NUM_INT,
+        "num_sparse": NUM_CAT,
+        "num_examples": sum(s["rows"] for s in splits.values()),
+        "num_lines": sum(p["lines"] for p in plan["pieces"]),
         "skipped_lines": sum(m["skipped_lines"] for m in manifests),
         "skipped_examples": [e for m in manifests for e in m["skipped_examples"]][:MAX_SKIPPED_EXAMPLES],
-        "vocab_sizes": vocab_sizes, "features": [{"name": f"C{j + 1}"} | f for j, f in enumerate(features)],
+        "vocab_sizes": vocab_sizes,
+        "features": [{"name": f"C{j + 1}"} | f for j, f in enumerate(features)],
         "columns": {name: {"dtype": dtype, "shape": shape} for name, (dtype, shape) in COLUMNS.items()},
-        "shard_path": "shards/{split}-{piece:05d}.{column}", "splits": splits, "split": plan["split"],
-        "inputs": plan["inputs"], "options": options,
-        "transforms": {"dense": "log(1 + max(x, 0)), missing as 0",
-                       "sparse": "id 0: missing; 1 + value mod (hash_buckets - 1)" if options["hash_buckets"]
-                       else "id 0: missing or rare; 1..K: kept values by hex value"},
+        "shard_path": "shards/{split}-{piece:05d}.{column}",
+        "splits": splits,
+        "split": plan["split"],
+        "inputs": plan["inputs"],
+        "options": options,
+        "transforms": {
+            "dense": "log(1 + max(x, 0)), missing as 0",
+            "sparse": "id 0: missing; 1 + value mod (hash_buckets - 1)"
+            if options["hash_buckets"]
+            else "id 0: missing or rare; 1..K: kept values by hex value",
+        },
     }
     for stale in out.rglob("*.tmp"):  # left by a killed run; every task is done now
         stale.unlink()
     write_atomic(out / "metadata.json", json.dumps(metadata, indent=1).encode())
-    log.info("prepared %d examples (train %d, valid %d, test %d), %d lines skipped -> %s", metadata["num_examples"],
-             splits["train"]["rows"], splits["valid"]["rows"], splits["test"]["rows"], metadata["skipped_lines"], out)
+    log.info(
+        "prepared %d examples (train %d, valid %d, test %d), %d lines skipped -> %s",
+        metadata["num_examples"],
+        splits["train"]["rows"],
+        splits["valid"]["rows"],
+        splits["test"]["rows"],
+        metadata["skipped_lines"],
+        out,
+    )
     return metadata
 
 

@@ -34,12 +34,16 @@ log = logging.getLogger("jaxrec.data")
 def read_metadata(path: str | None) -> dict:
     """metadata.json of a prepared folder, with one clear line when it is missing."""
     if not path:
-        raise JaxrecError("config key data.path is required when data=criteo: the --out folder of "
-                          "`python -m jaxrec.data prepare criteo FILES --out DIR`")
+        raise JaxrecError(
+            "config key data.path is required when data=criteo: the --out folder of "
+            "`python -m jaxrec.data prepare criteo FILES --out DIR`"
+        )
     meta_path = Path(path) / "metadata.json"
     if not meta_path.is_file():
-        raise JaxrecError(f"data.path={path}: no metadata.json; prepare the logs first with `python -m jaxrec.data "
-                          f"prepare criteo FILES --out {path}` (rerunning it finishes an interrupted one)")
+        raise JaxrecError(
+            f"data.path={path}: no metadata.json; prepare the logs first with `python -m jaxrec.data "
+            f"prepare criteo FILES --out {path}` (rerunning it finishes an interrupted one)"
+        )
     return json.loads(meta_path.read_text())
 
 
@@ -48,16 +52,20 @@ class BlockShuffle:
 
     def __init__(self, num_rows: int, block_rows: int, window_blocks: int, seed: int):
         if block_rows < 1 or window_blocks < 1:
-            raise JaxrecError(f"config keys data.shuffle_block_rows={block_rows}, data.shuffle_window_blocks="
-                              f"{window_blocks}: both must be >= 1")
+            raise JaxrecError(
+                f"config keys data.shuffle_block_rows={block_rows}, data.shuffle_window_blocks="
+                f"{window_blocks}: both must be >= 1"
+            )
         self.num_rows, self.block_rows, self.window_blocks, self.seed = num_rows, block_rows, window_blocks, seed
         self.num_blocks = -(-num_rows // block_rows)
 
     def __call__(self, epoch: int, start: int, stop: int) -> np.ndarray:
         window_starts = self._window_starts(epoch)
         first, last = np.searchsorted(window_starts, [start, stop - 1], side="right") - 1
-        parts = [self._window_rows(epoch, w)[max(start - window_starts[w], 0) : stop - window_starts[w]]
-                 for w in range(first, last + 1)]  # slices only: a window is never copied
+        parts = [
+            self._window_rows(epoch, w)[max(start - window_starts[w], 0) : stop - window_starts[w]]
+            for w in range(first, last + 1)
+        ]  # slices only: a window is never copied
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @functools.lru_cache(maxsize=2)
@@ -75,8 +83,9 @@ class BlockShuffle:
     @functools.lru_cache(maxsize=2)
     def _window_rows(self, epoch: int, window: int) -> np.ndarray:
         blocks = self._block_order(epoch)[window * self.window_blocks :][: self.window_blocks]
-        rows = np.concatenate([np.arange(b * self.block_rows, min((b + 1) * self.block_rows, self.num_rows))
-                               for b in blocks])
+        rows = np.concatenate(
+            [np.arange(b * self.block_rows, min((b + 1) * self.block_rows, self.num_rows)) for b in blocks]
+        )
         return np.random.default_rng([self.seed, epoch, window]).permutation(rows)
 
 
@@ -97,8 +106,9 @@ class PreparedPart:
     @functools.lru_cache(maxsize=None)
     def _column(self, shard: int, column: str) -> np.memmap:
         spec = self.metadata["columns"][column]
-        path = self.folder / self.metadata["shard_path"].format(split=self.split, piece=self.shards[shard]["piece"],
-                                                                  column=column)
+        path = self.folder / self.metadata["shard_path"].format(
+            split=self.split, piece=self.shards[shard]["piece"], column=column
+        )
         return np.memmap(path, np.dtype(spec["dtype"]), "r", shape=(self.shards[shard]["rows"], *spec["shape"]))
 
     def rows(self, index_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,22 +147,40 @@ class CriteoDataset(CtrDataset):
     def summary(self) -> dict:
         meta = self.train.metadata
         splits = meta["splits"]
-        return {"path": str(self.train.folder), "num_examples": meta["num_examples"],
-                "num_train": splits["train"]["rows"], "num_valid": splits["valid"]["rows"],
-                "num_test": splits["test"]["rows"], "num_dense": meta["num_dense"], "vocab_sizes": meta["vocab_sizes"],
-                "positive_rate": splits["train"]["positives"] / max(splits["train"]["rows"], 1),
-                "skipped_lines": meta["skipped_lines"], "split": meta["split"], "options": meta["options"],
-                "inputs": [{k: f[k] for k in ("path", "size", "sha256")} for f in meta["inputs"]]}
+        return {
+            "path": str(self.train.folder),
+            "num_examples": meta["num_examples"],
+            "num_train": splits["train"]["rows"],
+            "num_valid": splits["valid"]["rows"],
+            "num_test": splits["test"]["rows"],
+            "num_dense": meta["num_dense"],
+            "vocab_sizes": meta["vocab_sizes"],
+            "positive_rate": splits["train"]["positives"] / max(splits["train"]["rows"], 1),
+            "skipped_lines": meta["skipped_lines"],
+            "split": meta["split"],
+            "options": meta["options"],
+            "inputs": [{k: f[k] for k in ("path", "size", "sha256")} for f in meta["inputs"]],
+        }
 
 
 def load_criteo_dataset(cfg) -> CriteoDataset:
     """data=criteo: the prepared folder data.path as a CtrDataset of memory-mapped parts."""
     metadata = read_metadata(cfg.path)
     folder = Path(cfg.path)
-    parts = {s: PreparedPart(folder, metadata, s, cfg.shuffle_block_rows, cfg.shuffle_window_blocks)
-             for s in ("train", "valid", "test")}
-    log.info("criteo %s: %d examples (train %d, valid %d, test %d), vocabularies %d..%d", folder,
-             metadata["num_examples"], len(parts["train"]), len(parts["valid"]), len(parts["test"]),
-             min(metadata["vocab_sizes"]), max(metadata["vocab_sizes"]))
-    return CriteoDataset("criteo", tuple(metadata["vocab_sizes"]), parts["train"], parts["valid"], parts["test"],
-                         oracle_logit=None)
+    parts = {
+        s: PreparedPart(folder, metadata, s, cfg.shuffle_block_rows, cfg.shuffle_window_blocks)
+        for s in ("train", "valid", "test")
+    }
+    log.info(
+        "criteo %s: %d examples (train %d, valid %d, test %d), vocabularies %d..%d",
+        folder,
+        metadata["num_examples"],
+        len(parts["train"]),
+        len(parts["valid"]),
+        len(parts["test"]),
+        min(metadata["vocab_sizes"]),
+        max(metadata["vocab_sizes"]),
+    )
+    return CriteoDataset(
+        "criteo", tuple(metadata["vocab_sizes"]), parts["train"], parts["valid"], parts["test"], oracle_logit=None
+    )

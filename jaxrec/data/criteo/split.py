@@ -23,8 +23,12 @@ KAGGLE_DAYS = 7
 def split_plan(options: dict, lines_per_file: list[int]) -> dict:
     """The split in line numbers over all input files (counted across files, from 0)."""
     if options["split"] == "random":
-        return {"kind": "random", "seed": options["seed"], "valid_ratio": options["valid_ratio"],
-                "test_ratio": options["test_ratio"]}
+        return {
+            "kind": "random",
+            "seed": options["seed"],
+            "valid_ratio": options["valid_ratio"],
+            "test_ratio": options["test_ratio"],
+        }
     if len(lines_per_file) == 1:
         base, extra = divmod(lines_per_file[0], KAGGLE_DAYS)
         days = [base + (d < extra) for d in range(KAGGLE_DAYS)]
@@ -32,17 +36,22 @@ def split_plan(options: dict, lines_per_file: list[int]) -> dict:
         days = list(lines_per_file)
     last_start = sum(days[:-1])
     test_lines = -(-days[-1] // 2)
-    return {"kind": "days", "day_lines": days, "train_lines": [0, last_start],
-            "test_lines": [last_start, last_start + test_lines],
-            "valid_lines": [last_start + test_lines, last_start + days[-1]]}
+    return {
+        "kind": "days",
+        "day_lines": days,
+        "train_lines": [0, last_start],
+        "test_lines": [last_start, last_start + test_lines],
+        "valid_lines": [last_start + test_lines, last_start + days[-1]],
+    }
 
 
 def assign_splits(plan: dict, options: dict, line: np.ndarray) -> np.ndarray:
     """uint8 [n]: 0 train, 1 valid, 2 test, for global line numbers `line` [n]."""
     if plan["kind"] == "random":
         u = _uniform(plan["seed"], line)
-        return np.where(u < plan["test_ratio"], 2, np.where(u < plan["test_ratio"] + plan["valid_ratio"], 1, 0)
-                        ).astype(np.uint8)
+        return np.where(u < plan["test_ratio"], 2, np.where(u < plan["test_ratio"] + plan["valid_ratio"], 1, 0)).astype(
+            np.uint8
+        )
     return np.where(line < plan["test_lines"][0], 0, np.where(line < plan["test_lines"][1], 2, 1)).astype(np.uint8)
 
 
