@@ -21,10 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
 from jaxrec.config import (
-    CONF_DIR,
     DATA_CONFIGS,
     MODEL_CONFIGS,
     NUMERIC_RANGES,
@@ -33,8 +31,6 @@ from jaxrec.config import (
     as_override,
     check_bool_overrides,
     compose_config,
-    register_configs,
-    to_config,
 )
 from jaxrec.data import readers
 from jaxrec.data.preprocess import preprocess
@@ -52,12 +48,6 @@ TINY = [
     "train.progress=false",
     "model.dim=8",
 ]
-
-
-def _compose(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +82,7 @@ def _compose(overrides: list[str]):
 )
 def test_impossible_config_values_fail_in_one_line_naming_the_key(overrides, message):
     with pytest.raises(JaxrecError, match="config key") as err:
-        to_config(_compose(overrides))
+        compose_config(overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -200,7 +190,7 @@ def test_data_too_small_for_the_run_fails_before_training(tmp_path, overrides, m
     rows = [(u, i) for u in range(8) for i in range(6) if (u + i) % 3 != 0]
     path = tmp_path / "log.csv"
     pd.DataFrame(rows, columns=["user_id", "item_id"]).to_csv(path, index=False)
-    cfg = to_config(_compose(["data=csv", f"data.path={path}", "train.progress=false", *overrides]))
+    cfg = compose_config(["data=csv", f"data.path={path}", "train.progress=false", *overrides])
     with pytest.raises(JaxrecError) as err:
         run(cfg, tmp_path / "run")
     assert message in str(err.value), str(err.value)
@@ -372,7 +362,7 @@ def test_readme_table_override_spelling_composes():
     """`sharding.tables.item=row_wise` (the README's form) and Hydra's own `+` form both work."""
     for spelling in ("sharding.tables.item=row_wise", "+sharding.tables.item=row_wise"):
         overrides = accept_table_overrides(["sharding=auto", spelling, "sharding.tables.user=table_wise"])
-        cfg = to_config(_compose(overrides))
+        cfg = compose_config(overrides)
         assert cfg.sharding.tables == {"item": "row_wise", "user": "table_wise"}
 
 

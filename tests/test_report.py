@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from jaxrec.config import CONF_DIR, compose_config, config_from_dict, register_configs, to_config
+from jaxrec.config import CONF_DIR, compose_conf, compose_config, config_from_dict, to_config
 from jaxrec.errors import JaxrecError
 from jaxrec.report import main, write_report
 
@@ -184,9 +183,7 @@ def test_an_experiment_sweep_goes_on_past_a_failing_job_and_each_row_reruns_its_
 
 def _compose(overrides):
     """(hydra's sweeper node, the typed run config) of a composed config."""
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg = compose_conf(overrides, with_hydra=True)
     sweeper = cfg.hydra.sweeper
     with open_dict(cfg):
         del cfg["hydra"]

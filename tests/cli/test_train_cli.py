@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, register_configs, to_config
+from jaxrec.config import compose_config
 from jaxrec.errors import JaxrecError
 
 TINY = [
@@ -85,14 +84,8 @@ def test_bad_batch_for_the_mesh_is_one_line_without_traceback(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
-def _compose(overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def test_invalid_values_name_the_key_and_choices():
     with pytest.raises(JaxrecError, match=r"model.loss='hinge' is not valid; expected one of bce, bpr, mse, softmax"):
-        to_config(_compose(["model.loss=hinge"]))
+        compose_config(["model.loss=hinge"])
     with pytest.raises(JaxrecError, match=r"data.path is required when data=csv"):
-        to_config(_compose(["data=csv"]))
+        compose_config(["data=csv"])

@@ -2,22 +2,15 @@
 jax.distributed.initialize()'s own detection."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from jaxrec import distributed
-from jaxrec.config import CONF_DIR, DistributedConfig, register_configs
+from jaxrec.config import DistributedConfig, compose_conf
 from jaxrec.errors import JaxrecError
 
 
 def test_slurm_launcher_config_is_one_group_per_job():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason='needs pip install -e ".[cluster]"')
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=["hydra/launcher=slurm_group", "hydra.launcher.nodes=4"],
-            return_hydra_config=True,
-        )
+    cfg = compose_conf(["hydra/launcher=slurm_group", "hydra.launcher.nodes=4"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node) == (4, 1)
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxrec.config import Config
+from jaxrec.config import compose_config
 from jaxrec.runner import run
 
 DATA = ["data=synthetic", "data.num_users=120", "data.num_items=60", "data.num_interactions=3000"]
@@ -39,14 +39,7 @@ def _launch(run_dir: Path, strategy: str, *extra: str, wait: bool = True):
 
 def _single_process(run_dir: Path, strategy: str) -> dict:
     """The same run in this test process, whose 8 simulated devices make one 1x8 mesh."""
-    from hydra import compose, initialize_config_dir
-
-    from jaxrec.config import CONF_DIR, register_configs, to_config
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg: Config = to_config(compose(config_name="config", overrides=[*DATA, *TRAIN, f"sharding={strategy}"]))
-    return run(cfg, run_dir)
+    return run(compose_config([*DATA, *TRAIN, f"sharding={strategy}"]), run_dir)
 
 
 def _assert_same_metrics(got: dict, want: dict):

@@ -7,15 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from jaxrec.config import (
-    CONF_DIR,
     Config,
     compose_config,
     config_from_dict,
-    register_configs,
-    to_config,
     to_dict,
     validate,
 )
@@ -92,20 +88,12 @@ def test_sharded_step_matches_single_device(assert_sharded_step_matches):
     assert_sharded_step_matches(cfg, dataset.schema, _batches(dataset, 64, 1)[0])
 
 
-def _compose(overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def test_configs_compose_and_round_trip():
-    cfg = to_config(_compose(["experiment=dcn_v2_criteo"]))
+    cfg = compose_config(["experiment=dcn_v2_criteo"])
     assert (cfg.model.name, cfg.data.name, cfg.train.select_metric) == ("dcn_v2", "criteo_synthetic", "auc")
     assert (cfg.data.num_dense, cfg.data.num_sparse, cfg.model.cross_layers) == (13, 26, 3)
     assert config_from_dict(to_dict(cfg)) == cfg  # what results.json and checkpoints hold restores it
-    plain = to_config(
-        _compose(["model=dcn_v2", "data=criteo_synthetic", "data.vocab_sizes=[5,6]", "data.num_sparse=2"])
-    )
+    plain = compose_config(["model=dcn_v2", "data=criteo_synthetic", "data.vocab_sizes=[5,6]", "data.num_sparse=2"])
     assert plain.data.vocab_sizes == [5, 6] and plain.model.bottom_mlp == [64, 16]
 
 

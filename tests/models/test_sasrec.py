@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, Config, compose_config, register_configs, to_config, validate
+from jaxrec.config import Config, compose_config, register_configs, validate
 from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
 from jaxrec.models.sasrec import SASRec
@@ -125,8 +124,7 @@ def test_one_sharded_step_equals_the_unsharded_step(reference, dataset, train_se
 
 def test_config_composes_with_hydra():
     register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = to_config(compose(config_name="config", overrides=["model=sasrec", "model.max_len=20"]))
+    cfg = compose_config(["model=sasrec", "model.max_len=20"])
     assert (cfg.model.name, cfg.model.loss, cfg.model.max_len, cfg.model.num_layers) == ("sasrec", "softmax", 20, 2)
     assert cfg.data.num_negatives == 100  # set by the model file (# @package _global_)
     engine = build_engine(cfg, load_dataset(_config().data).schema)

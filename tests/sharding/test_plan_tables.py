@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
-from jaxrec.config import CONF_DIR, to_config
+from jaxrec.config import compose_config
 from jaxrec.data import dataset, readers, synthetic
 from jaxrec.data.dataset import data_schema, load_dataset
 from jaxrec.models import MODEL_CLASSES
@@ -25,8 +24,7 @@ SIDE_TABLES = {"user_age", "user_gender", "user_occupation", "user_zip_prefix", 
 def _config(model: str, data: list[str] | None = None):
     data = data or (CTR if model == "dcn_v2" else INTERACTIONS)
     overrides = [f"model={model}", "model.dim=8", "train.batch_size=32", *data]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(compose(config_name="config", overrides=overrides))
+    return compose_config(overrides)
 
 
 @pytest.mark.parametrize("model", sorted(MODEL_CLASSES))
