@@ -390,6 +390,43 @@ def check_model_fits_data(cfg: Config) -> None:
         )
 
 
+RANKING_AT_K = ("hr", "ndcg", "recall", "precision", "coverage")
+
+
+def selectable_metrics(cfg: Config) -> list[str]:
+    """The validation metrics the run computes: what train.select_metric may pick (a name it
+    does not compute would leave every epoch's value NaN and select the first)."""
+    if isinstance(cfg.data, CTR_DATA):
+        return ["auc", "logloss", "accuracy"]
+    if not cfg.train.ranking_metrics:
+        return ["rmse", "mae"]
+    ranking = [f"{metric}@{k}" for k in cfg.train.ks for metric in RANKING_AT_K] + ["mrr", "auc"]
+    names = ranking + (["rmse", "mae"] if cfg.model.loss == "mse" else [])
+    if cfg.train.sampled_negatives:
+        names += [f"sampled/{metric}@{k}" for k in cfg.train.ks for metric in ("hr", "ndcg")] + ["sampled/mrr"]
+    return names + [f"cold/{name}" for name in ranking]
+
+
+def _check_csv_columns(data: CsvConfig) -> None:
+    """Checks what the file cannot tell: a temporal split needs real timestamps (without a
+    timestamp column the rows' file order would stand in for time and the cut would hold out
+    whole users of a file sorted by user), and each role names its own column."""
+    if not data.path:
+        raise JaxrecError("config key data.path is required when data=csv (a CSV, TSV or Parquet file)")
+    if data.split == "temporal" and not data.timestamp_col:
+        raise JaxrecError(
+            "config key data.split=temporal cuts by time, but data.timestamp_col is not set: name the "
+            "timestamp column, or use data.split=leave_one_out (file order within each user) or random"
+        )
+    roles = {"data.user_col": data.user_col, "data.item_col": data.item_col}
+    roles |= {"data.rating_col": data.rating_col, "data.timestamp_col": data.timestamp_col}
+    named = [(key, column) for key, column in roles.items() if column]
+    for index, (key, column) in enumerate(named):
+        for other, other_column in named[index + 1 :]:
+            if column == other_column:
+                raise JaxrecError(f"config keys {key} and {other} both name column {column!r}: each needs its own")
+
+
 def validate(cfg: Config) -> Config:
     """Checks the values Hydra's types cannot express, with the key and valid choices named."""
     _check_choice("data.name", cfg.data.name, DATASETS)
@@ -425,8 +462,14 @@ def validate(cfg: Config) -> Config:
         raise JaxrecError("config key train.ranking_metrics=false leaves only rmse/mae, which need model.loss=mse")
     for table, strategy in cfg.sharding.tables.items():
         _check_choice(f"sharding.tables.{table}", strategy, STRATEGIES[1:-1] + ("none",))
-    if isinstance(cfg.data, CsvConfig) and not cfg.data.path:
-        raise JaxrecError("config key data.path is required when data=csv (a CSV, TSV or Parquet file)")
+    if isinstance(cfg.data, CsvConfig):
+        _check_csv_columns(cfg.data)
+    if cfg.train.select_metric not in selectable_metrics(cfg):
+        computed = [name for name in selectable_metrics(cfg) if not name.startswith("cold/")]
+        raise JaxrecError(
+            f"config key train.select_metric={cfg.train.select_metric!r}: this run's validation computes "
+            f"{', '.join(computed)}" + (" (and cold/<metric> on the cold-start slice)" if len(computed) > 3 else "")
+        )
     if isinstance(cfg.train.batch_size, str) and cfg.train.batch_size != "auto":
         raise JaxrecError(f"config key train.batch_size={cfg.train.batch_size!r}: expected an integer or 'auto'")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size <= 0:

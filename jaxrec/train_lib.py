@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from typing import Any
 
 import flax.struct
@@ -466,12 +467,39 @@ def check_before_data(cfg: Config, num_devices: int | None = None) -> None:
         check_batch_size(cfg.train.batch_size, devices, shape)
     if cfg.data.name == "synthetic" and isinstance(cfg.train.batch_size, int):
         check_split_fits_batch(cfg.train.batch_size, cfg.data.num_interactions, "data.num_interactions")
+    check_generated_data_fits_memory(cfg.data)
     try:
         schema = data_schema(cfg.data)
     except JaxrecError:  # a file's size is known once it is read: check_data_fits then
         return
     if not schema.example_fields:  # CTR data is scored per example, not ranked
         check_catalogue(cfg, schema.num_items)
+
+
+# Bytes a generated data set holds at least, per user or item (its latent factors and side
+# features), per interaction (str ids in pandas, ratings, times, then the int32 encoded arrays) and
+# per CTR example (float32 dense and int32 categorical values): a floor, not an estimate of the peak.
+GENERATED_BYTES = {"entity": 64, "interaction": 100, "ctr_value": 4}
+
+
+def check_generated_data_fits_memory(data) -> None:
+    """A generated data set larger than this machine's memory fails here, in one line, instead of
+    as an allocation error from inside numpy."""
+    if data.name == "synthetic":
+        need = GENERATED_BYTES["entity"] * (data.num_users + data.num_items)
+        need += GENERATED_BYTES["interaction"] * data.num_interactions
+        keys = "data.num_users, data.num_items and data.num_interactions"
+    elif data.name == "criteo_synthetic":
+        need = GENERATED_BYTES["ctr_value"] * data.num_examples * (1 + data.num_dense + data.num_sparse)
+        keys = "data.num_examples"
+    else:
+        return
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory:
+        raise JaxrecError(
+            f"config keys {keys}: generating this data set needs at least {need / 2**30:,.1f} GiB, "
+            f"more than this machine's {memory / 2**30:,.1f} GiB of memory"
+        )
 
 
 def check_split_fits_batch(batch_size: int, examples: int, what: str) -> None:
@@ -508,6 +536,20 @@ def check_data_fits(engine: Engine, dataset, batch_size: int) -> None:
     check_catalogue(cfg, dataset.num_items)
     inter = dataset.interactions
     most_seen = int(np.bincount(inter.user, minlength=inter.num_users).max(initial=0))
+    if candidates_per_example(cfg) > 1 and cfg.data.num_negatives >= dataset.num_items:
+        raise JaxrecError(
+            f"config key data.num_negatives={cfg.data.num_negatives}: the catalogue has {dataset.num_items} "
+            "items; draw fewer negatives per positive than that"
+        )
+    if cfg.train.select_metric.startswith("cold/"):
+        train = dataset.split.train
+        cold_u = np.bincount(train.user, minlength=train.num_users) <= cfg.data.cold_max_train
+        if not cold_u[dataset.split.valid.user].any():
+            raise JaxrecError(
+                f"config key train.select_metric={cfg.train.select_metric!r}: no validation user has at most "
+                f"data.cold_max_train={cfg.data.cold_max_train} training interactions, so there is no cold-start "
+                "slice to select on (data.cold_users > 0 makes one)"
+            )
     if cfg.train.sampled_negatives > dataset.num_items - most_seen:
         raise JaxrecError(
             f"config key train.sampled_negatives={cfg.train.sampled_negatives}: a user has "

@@ -74,6 +74,11 @@ TINY = [
         (["train.checkpoint_every=-5"], "train.checkpoint_every=-5: expected an integer >= 0"),
         (["train.distributed.process_id=-1"], "train.distributed.process_id=-1: expected an integer >= 0"),
         (["data.min_rating=inf"], "data.min_rating=inf: expected a finite number"),
+        (["train.select_metric=foo"], "train.select_metric='foo': this run's validation computes hr@10, ndcg@10"),
+        (["train.select_metric=ndcg@15"], "train.select_metric='ndcg@15'"),
+        (["model=dcn_v2", "train.select_metric=ndcg@10"], "validation computes auc, logloss, accuracy"),
+        (["data=csv", "data.path=a.csv", "data.split=temporal"], "data.timestamp_col is not set"),
+        (["data=csv", "data.path=a.csv", "data.item_col=user_id"], "data.user_col and data.item_col both name"),
         (
             ["model=dcn_v2", "data=criteo", "data.shuffle_window_blocks=0"],
             "data.shuffle_window_blocks=0: expected an integer >= 1",
@@ -153,6 +158,7 @@ def test_boolean_overrides_are_strict(override, ok):
         ({"data.name": "synthetic", "data.num_items": 15}, "train.ks=[10, 20]: cutoff 20 exceeds the catalogue's 15"),
         ({"data.name": "synthetic", "data.num_items": 50, "train.sampled_negatives": 50}, "sampled_negatives=50"),
         ({"data.name": "synthetic", "train.batch_size": 40000}, "larger than the training split"),
+        ({"data.name": "synthetic", "data.num_users": 10**12}, "generating this data set needs at least 59,604.6 GiB"),
     ],
 )
 def test_every_shape_is_checked_before_data_loads(changes, message):
@@ -177,8 +183,16 @@ def test_every_shape_is_checked_before_data_loads(changes, message):
         (["train.batch_size=1024"], "train.batch_size=1024 is larger than the training split"),
         (["train.batch_size=8", "train.ks=[5,10]"], "train.ks=[5, 10]: cutoff 10 exceeds the catalogue's 6 items"),
         (
-            ["train.batch_size=8", "train.ks=[2]", "train.sampled_negatives=3"],
+            ["train.batch_size=8", "train.ks=[2]", "train.select_metric=ndcg@2", "train.sampled_negatives=3"],
             "a user has interacted with 4 of the 6 items",
+        ),
+        (
+            ["train.batch_size=8", "train.ks=[2]", "train.select_metric=ndcg@2", "data.num_negatives=6"],
+            "data.num_negatives=6: the catalogue has 6",
+        ),
+        (
+            ["train.batch_size=8", "train.ks=[2]", "train.select_metric=cold/hr@2", "data.cold_max_train=0"],
+            "no validation user has at most data.cold_max_train=0",
         ),
     ],
 )
@@ -251,6 +265,12 @@ def test_unreadable_files_fail_in_one_line_naming_the_file(tmp_path, monkeypatch
         readers.read_interactions(path)
     assert str(err.value).startswith(str(path)) and message in str(err.value), str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_repeated_header_name_fails_in_one_line(tmp_path):
+    path = _csv(tmp_path, "user_id,item_id,item_id,rating\n1,a,b,4\n")
+    with pytest.raises(JaxrecError, match="the header names column\\(s\\) 'item_id' more than once"):
+        readers.read_interactions(path, rating_col="rating")
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):

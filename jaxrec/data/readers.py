@@ -97,7 +97,11 @@ def _read_header(path: Path, sep: str, encoding: str) -> list[str]:
         first = file.readline().rstrip("\r\n")
     if not first.strip():
         raise JaxrecError(f"{path}: file is empty (expected a header line)")
-    return [field.strip() for field in next(csv.reader([first], delimiter=sep))]
+    names = [field.strip() for field in next(csv.reader([first], delimiter=sep))]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise JaxrecError(f"{path}: the header names column(s) {', '.join(map(repr, repeated))} more than once")
+    return names
 
 
 def _count_fields(text: str, sep: str, quoted: bool) -> int:
