@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -75,14 +76,25 @@ def _add_prepare(commands) -> None:
     )
 
 
-def _prepare(args) -> None:
-    from jaxrec.data.criteo.prepare import prepare
+MIN_PIECE_MB = 0.01  # smaller pieces only add per-piece overhead (a piece is one shard per split)
+MAX_HASH_BUCKETS = 2**31  # ids are int32
 
-    if args.hash_buckets is not None and args.hash_buckets < 2:
-        raise JaxrecError(f"--hash-buckets {args.hash_buckets}: need at least 2 (id 0 is missing)")
-    min_count = None if args.hash_buckets is not None else (args.min_count or 1)
-    if min_count is not None and min_count < 1:
-        raise JaxrecError(f"--min-count {args.min_count}: need at least 1")
+
+def _prepare_options(args) -> dict:
+    """Every prepare argument checked before any work starts (one line each), as the options dict
+    that plan.json and metadata.json record."""
+    if args.hash_buckets is not None and not 2 <= args.hash_buckets <= MAX_HASH_BUCKETS:
+        raise JaxrecError(
+            f"--hash-buckets {args.hash_buckets}: need 2 .. {MAX_HASH_BUCKETS} (id 0 is missing; ids are int32)"
+        )
+    if args.min_count is not None and args.min_count < 1:
+        raise JaxrecError(f"--min-count {args.min_count}: need at least 1 (1 keeps every value seen in train)")
+    if not (math.isfinite(args.piece_mb) and args.piece_mb >= MIN_PIECE_MB):
+        raise JaxrecError(f"--piece-mb {args.piece_mb}: must be a finite number of MiB >= {MIN_PIECE_MB}")
+    if args.workers < 1:
+        raise JaxrecError(f"--workers {args.workers}: must be at least 1")
+    if not 0 <= args.seed < 2**63:
+        raise JaxrecError(f"--seed {args.seed}: must be in 0 .. 2**63 - 1")
     if args.split == "random" and not (
         0 <= args.valid_ratio and 0 <= args.test_ratio and args.valid_ratio + args.test_ratio < 1
     ):
@@ -90,13 +102,11 @@ def _prepare(args) -> None:
             f"--valid-ratio {args.valid_ratio} --test-ratio {args.test_ratio}: need shares >= 0 "
             "that leave some train lines"
         )
-    if args.piece_mb <= 0 or args.workers < 1:
-        raise JaxrecError(f"--piece-mb {args.piece_mb} --workers {args.workers}: both must be positive")
     if not 0 <= args.task_index < args.num_tasks:
         raise JaxrecError(f"--task-index {args.task_index} is not in 0 .. --num-tasks - 1 ({args.num_tasks - 1})")
     random = args.split == "random"
-    options = {
-        "min_count": min_count,
+    return {
+        "min_count": None if args.hash_buckets is not None else (1 if args.min_count is None else args.min_count),
         "hash_buckets": args.hash_buckets,
         "split": args.split,
         "seed": args.seed if random else None,
@@ -105,9 +115,15 @@ def _prepare(args) -> None:
         "on_bad_line": args.on_bad_line,
         "piece_mb": args.piece_mb,
     }
+
+
+def _prepare(args) -> None:
+    from jaxrec.data.criteo.prepare import prepare
+
+    options = _prepare_options(args)
     metadata = prepare(
         args.inputs,
-        args.out.resolve(),
+        args.out,
         options,
         workers=args.workers,
         stage=args.stage,

@@ -3,6 +3,8 @@ planning from metadata, per-process batches, and a run that learns from prepared
 
 import gzip
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from jaxrec.data.criteo.parse import parse_lines
 from jaxrec.data.criteo.shards import BlockShuffle, load_criteo_dataset
 from jaxrec.data.ctr import make_ctr_dataset
 from jaxrec.data.dataset import data_schema
+from jaxrec.errors import JaxrecError
 
 
 def _line(label: str, ints: list[str], cats: list[str], end: str = "\n") -> str:
@@ -218,3 +221,119 @@ def test_run_learns_the_category_that_decides_clicks(learnable, tmp_path):
     # measured test AUC 0.85, about the best possible (clicks 0.8 vs 0.1 by C2); a constant scores 0.5
     assert results["metrics"]["auc"] > 0.7
     assert results["data"]["num_train"] + results["data"]["num_valid"] + results["data"]["num_test"] == 14_000
+
+
+# ---- issue 15's classes on prepare: every mistake is one line and exit 2, before the work ----
+
+
+def _refused(capsys, out, *inputs, flags=()) -> str:
+    """Run prepare expecting a one-line refusal (exit 2); returns that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        _prepare(out, *inputs, flags=flags)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("jaxrec: error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def small_logs(tmp_path_factory):
+    """300 fake lines as day_0.txt, and the same lines gzip-compressed."""
+    folder = tmp_path_factory.mktemp("small")
+    write_fake_logs(folder / "day_0.txt", 300, seed=4, vocab=20)
+    (folder / "day_0.gz").write_bytes(gzip.compress((folder / "day_0.txt").read_bytes()))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--piece-mb", "nan"], "--piece-mb nan: must be a finite number"),
+        (["--piece-mb", "inf"], "--piece-mb inf: must be a finite number"),
+        (["--piece-mb", "0.000001"], "--piece-mb 1e-06: must be a finite number of MiB >= 0.01"),
+        (["--min-count", "0"], "--min-count 0: need at least 1"),
+        (["--hash-buckets", str(2**40)], f"--hash-buckets {2**40}: need 2 .. 2147483648"),
+        (["--split", "random", "--seed", "-1"], "--seed -1: must be in 0"),
+        (["--split", "random", "--valid-ratio", "nan"], "--valid-ratio nan --test-ratio 0.1: need shares >= 0"),
+    ],
+)
+def test_impossible_arguments_are_refused_before_any_work(small_logs, tmp_path, capsys, flags, expected):
+    assert expected in _refused(capsys, tmp_path / "out", small_logs / "day_0.txt", flags=flags)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(small_logs, tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    assert f"--out {tmp_path / 'afile'} is a file" in _refused(capsys, tmp_path / "afile", small_logs / "day_0.txt")
+    assert "which is a file" in _refused(capsys, tmp_path / "afile" / "sub", small_logs / "day_0.txt")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert "loop: cannot be resolved" in _refused(capsys, tmp_path / "loop", small_logs / "day_0.txt")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_damaged_gzip_input_is_one_line_naming_the_file(small_logs, tmp_path, capsys):
+    data = (small_logs / "day_0.gz").read_bytes()
+    (tmp_path / "truncated.gz").write_bytes(data[: len(data) // 2])
+    err = _refused(capsys, tmp_path / "o1", tmp_path / "truncated.gz")
+    assert f"{tmp_path / 'truncated.gz'}: the compressed stream ends early" in err
+    (tmp_path / "crc.gz").write_bytes(data[:-8] + bytes(8))  # the trailer's CRC and size zeroed
+    assert f"{tmp_path / 'crc.gz'}: damaged gzip data" in _refused(capsys, tmp_path / "o2", tmp_path / "crc.gz")
+    (tmp_path / "plain.gz").write_bytes((small_logs / "day_0.txt").read_bytes())
+    assert "is named .gz but is not gzip-compressed" in _refused(capsys, tmp_path / "o3", tmp_path / "plain.gz")
+    (tmp_path / "packed.txt").write_bytes(data)  # gzip under a plain name is read as gzip
+    assert _prepare(tmp_path / "o4", tmp_path / "packed.txt")["num_lines"] == 300
+
+
+def test_inputs_without_examples_are_refused(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "zero.gz").write_bytes(b"")
+    (tmp_path / "nothing.gz").write_bytes(gzip.compress(b""))
+    (tmp_path / "bad.txt").write_text("\n\n" + _line("7", [], []))
+    assert "empty.txt: the file is empty" in _refused(capsys, tmp_path / "o1", tmp_path / "empty.txt")
+    assert "zero.gz: the file is empty" in _refused(capsys, tmp_path / "o2", tmp_path / "zero.gz")
+    assert "nothing.gz: no lines" in _refused(capsys, tmp_path / "o3", tmp_path / "nothing.gz")
+    assert "/dev/null: not a regular file" in _refused(capsys, tmp_path / "o5", "/dev/null")
+    err = _refused(capsys, tmp_path / "o4", tmp_path / "bad.txt", flags=["--on-bad-line", "skip"])
+    assert "no training examples: 3 lines gave train 0" in err and "(3 skipped as malformed)" in err
+    assert not (tmp_path / "o4" / "metadata.json").exists()
+
+
+def test_the_same_input_twice_is_refused(small_logs, tmp_path, capsys):
+    day = small_logs / "day_0.txt"
+    assert f"{day} is given twice" in _refused(capsys, tmp_path / "o1", day, day)
+    assert f"{small_logs / 'day_0.gz'} is given twice" in _refused(
+        capsys, tmp_path / "o2", small_logs, day.with_suffix(".gz")
+    )
+    (tmp_path / "copy.txt").write_bytes(day.read_bytes())
+    err = _refused(capsys, tmp_path / "o3", day, tmp_path / "copy.txt")
+    assert f"{tmp_path / 'copy.txt'} and {day} have the same content" in err
+
+
+def test_a_rerun_after_the_input_changed_is_refused(tmp_path, capsys):
+    write_fake_logs(tmp_path / "train.txt", 300, seed=5, vocab=20)
+    _prepare(tmp_path / "out", tmp_path / "train.txt")
+    before = (tmp_path / "out" / "metadata.json").read_bytes()
+    os.utime(tmp_path / "train.txt")  # touched, content unchanged: the rerun hashes it and goes on
+    (tmp_path / "out" / "notes.tmp").write_text("the user's")  # not prepare's to clean up
+    _prepare(tmp_path / "out", tmp_path / "train.txt")
+    assert (tmp_path / "out" / "notes.tmp").read_text() == "the user's"
+    data = bytearray((tmp_path / "train.txt").read_bytes())
+    data[0] ^= 1  # label 0 <-> 1, same size
+    (tmp_path / "train.txt").write_bytes(data)
+    err = _refused(capsys, tmp_path / "out", tmp_path / "train.txt")
+    assert f"{tmp_path / 'train.txt'} changed since" in err and "stale" in err
+    assert (tmp_path / "out" / "metadata.json").read_bytes() == before
+
+
+def test_a_cut_short_shard_is_one_line_and_a_rerun_of_prepare_repairs_it(learnable, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(learnable, out)
+    shard = out / "shards" / "train-00000.sparse"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:1000])
+    with pytest.raises(JaxrecError, match=f"{shard} has 1000 bytes; metadata.json says {len(whole)} .*re-run"):
+        load_criteo_dataset(CriteoConfig(path=str(out)))
+    meta = json.loads((out / "metadata.json").read_text())
+    inputs = [f["path"] for f in meta["inputs"]]
+    _prepare(out, *inputs, flags=["--split", "random", "--seed", "0"])
+    assert shard.read_bytes() == whole and len(load_criteo_dataset(CriteoConfig(path=str(out))).part("train")) > 0

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -57,10 +58,16 @@ def prepare(
     task_index: int = 0,
     num_tasks: int = 1,
 ) -> dict | None:
-    """Run `stage` (or every pass) into `out`; returns the metadata once finished."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run `stage` (or every pass) into `out`; returns the metadata once finished.
+
+    Everything that can be checked before the work starts is: --out, each input (present,
+    readable, not empty, not given twice, its compression), and, on a rerun, that no input
+    changed since plan.json was written."""
+    out = _resolve(out, "--out ")
+    _check_out(out)
+    files = expand_inputs(inputs)
     run = _Runner(workers, task_index, num_tasks)
-    plan = _load_or_make_plan(out, inputs, options, run)
+    plan = _load_or_make_plan(out, files, options, run)
     if stage == "plan":
         return None
     pieces, features = run.share(range(len(plan["pieces"]))), run.share(range(NUM_CAT))
@@ -74,10 +81,11 @@ def prepare(
     if stage in ("all", "encode"):
         if options["min_count"] is not None:
             _require(stage, "merge", [_vocab_path(out, j) for j in range(NUM_CAT)])
-        run.tasks(_encode_piece, [(out, plan, p) for p in pieces if not _manifest_path(out, p).exists()])
+        run.tasks(_encode_piece, [(out, plan, p) for p in pieces if not _piece_done(out, p)])
     if stage != "all":
         return None
     _require(stage, "encode", [_manifest_path(out, p) for p in range(len(plan["pieces"]))])
+    _check_inputs_unchanged(out, plan, files)  # a file edited while it was being encoded
     return _finish(out, plan)
 
 
@@ -111,11 +119,35 @@ class _Runner:
 # ---- plan ----------------------------------------------------------------------------------
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a folder that exists or can be made, and that this user can write."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "not a folder"
+        where = f"is {kind}" if existing == out else f"is under {existing}, which is {kind}"
+        raise JaxrecError(f"--out {out} {where}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise JaxrecError(f"--out {out}: {existing} is not writable")
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+
+
+def is_gzip(path: Path) -> bool:
+    """Whether the file is gzip-compressed, by its first bytes (its name may say otherwise)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; a folder contributes its day_N[.gz] files in day order, else train.txt[.gz]."""
+    """Files as given; a folder contributes its day_N[.gz] files in day order, else train.txt[.gz].
+
+    Each file must be readable, not empty, given once, and plain text or gzip (a .gz name that
+    is not gzip, or another compression, is refused: it would be read as garbage lines)."""
     files = []
     for name in inputs:
-        path = Path(name).resolve()
+        path = _resolve(Path(name))
         if path.is_dir():
             days = sorted(
                 (p for p in path.iterdir() if p.name.removesuffix(".gz").removeprefix("day_").isdigit()),
@@ -125,26 +157,59 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             if not found:
                 raise JaxrecError(f"{path}: no day_N, day_N.gz or train.txt files in this folder")
             files += found
-        elif path.is_file():
+        elif path.exists():
             files.append(path)
         else:
             raise JaxrecError(f"{name}: no such file or folder")
+    for k, path in enumerate(files):
+        if path in files[:k]:
+            raise JaxrecError(f"{path} is given twice: each input must be a different file (a day of the logs)")
+        _check_input_file(path)
     return files
 
 
-def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner) -> dict:
-    files = expand_inputs(inputs)
+def _resolve(path: Path, what: str = "") -> Path:
+    """The absolute path without symbolic links; a link loop is one line."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as err:
+        raise JaxrecError(f"{what}{path}: cannot be resolved ({err})") from None
+
+
+def _check_input_file(path: Path) -> None:
+    if not path.is_file():
+        raise JaxrecError(f"{path}: not a regular file (a device, pipe or socket cannot be cut into pieces)")
+    if not os.access(path, os.R_OK):
+        raise JaxrecError(f"{path}: no permission to read it")
+    if path.stat().st_size == 0:
+        raise JaxrecError(f"{path}: the file is empty (0 bytes; an interrupted download?)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    other = next((kind for magic, kind in OTHER_COMPRESSION.items() if head.startswith(magic)), None)
+    if other:
+        raise JaxrecError(f"{path} is {other}-compressed; decompress it (or recompress it with gzip) first")
+    if path.suffix == ".gz" and not head.startswith(GZIP_MAGIC):
+        raise JaxrecError(f"{path} is named .gz but is not gzip-compressed; rename or recompress it")
+
+
+def _load_or_make_plan(out: Path, files: list[Path], options: dict, run: _Runner) -> dict:
     identity = {"inputs": [[str(f), f.stat().st_size] for f in files], "options": options}
     plan_path = out / "plan.json"
     if plan_path.exists():
-        plan = json.loads(plan_path.read_text())
-        if {"inputs": plan["identity"]["inputs"], "options": plan["identity"]["options"]} != identity:
+        try:
+            plan = json.loads(plan_path.read_text())
+            recorded = {"paths": [p for p, _ in plan["identity"]["inputs"]], "options": plan["identity"]["options"]}
+        except (ValueError, KeyError, TypeError) as err:
+            raise JaxrecError(f"{plan_path} is damaged ({err}); delete {out} and prepare again") from None
+        if recorded != {"paths": [str(f) for f in files], "options": options}:
             raise JaxrecError(
                 f"{out} holds a prepare of other inputs or options (see {plan_path}); "
                 "use another --out, or delete the folder"
             )
+        _check_inputs_unchanged(out, plan, files)
         return plan
     pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, int(options["piece_mb"] * 2**20))]
+    stats = [f.stat() for f in files]
     # One pool pass: each file's sha256 (long, so first) next to every piece's line count.
     measured = run.tasks(_measure, [(files, i) for i in range(len(files))] + [(files, p) for p in pieces])
     hashes, lines = measured[: len(files)], measured[len(files) :]
@@ -152,26 +217,62 @@ def _load_or_make_plan(out: Path, inputs: list[str], options: dict, run: _Runner
     for piece, n in zip(pieces, lines):
         piece.update(first_line=line_of_file[piece["file"]], lines=n)
         line_of_file[piece["file"]] += n
+    _check_contents(files, hashes, line_of_file)
     offsets = np.r_[0, np.cumsum([line_of_file[i] for i in range(len(files))])].tolist()
     plan = {
         "identity": identity,
         "pieces": pieces,
         "file_first_line": offsets[:-1],
         "inputs": [
-            {"path": str(f), "size": f.stat().st_size, "sha256": h, "lines": line_of_file[i]}
-            for i, (f, h) in enumerate(zip(files, hashes))
+            {"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h, "lines": line_of_file[i]}
+            for i, (f, st, h) in enumerate(zip(files, stats, hashes))
         ],
         "split": split_plan(options, [line_of_file[i] for i in range(len(files))]),
     }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise JaxrecError(f"--out {out}: cannot make the folder ({err.strerror})") from None
     write_atomic(plan_path, json.dumps(plan, indent=1).encode())
     log.info("plan: %d files, %d pieces, %d lines", len(files), len(pieces), offsets[-1])
     return plan
 
 
+def _check_contents(files: list[Path], hashes: list[str], line_of_file: dict) -> None:
+    """No input without lines, and no two inputs with the same bytes (a day given twice would be
+    both train and test)."""
+    first_with = {}
+    for i, (path, digest) in enumerate(zip(files, hashes)):
+        if line_of_file[i] == 0:
+            raise JaxrecError(f"{path}: no lines (an empty log)")
+        if digest in first_with:
+            raise JaxrecError(
+                f"{path} and {first_with[digest]} have the same content (sha256 {digest[:16]}...): "
+                "each input must be a different day of the logs"
+            )
+        first_with[digest] = path
+
+
+def _check_inputs_unchanged(out: Path, plan: dict, files: list[Path]) -> None:
+    """Refuse to go on from a plan whose inputs changed: its shards would hold the old lines.
+    Size and mtime are compared first (a stat); a file whose mtime alone moved is hashed."""
+    for path, recorded in zip(files, plan["inputs"]):
+        now = path.stat()
+        if now.st_size == recorded["size"] and now.st_mtime_ns == recorded.get("mtime_ns"):
+            continue
+        if now.st_size == recorded["size"] and _sha256(path) == recorded["sha256"]:
+            log.info("%s: modified time changed, content (sha256) did not", path)
+            continue
+        raise JaxrecError(
+            f"{path} changed since {out} was prepared from it (size or sha256 differ from "
+            f"{out / 'plan.json'}), so its shards are stale; delete {out} (or use another --out) and prepare again"
+        )
+
+
 def _cut_pieces(file_index: int, path: Path, piece_bytes: int) -> list[dict]:
     """Byte ranges of whole lines, each about piece_bytes (a .gz file cannot be cut: one piece)."""
     size = path.stat().st_size
-    if path.suffix == ".gz" or size <= piece_bytes:
+    if is_gzip(path) or size <= piece_bytes:
         return [{"file": file_index, "start": 0, "end": size}]
     bounds = [0]
     with open(path, "rb") as f:
@@ -191,8 +292,12 @@ def _measure(files: list[Path], what: int | dict) -> str | int:
     """The sha256 of file `what` (an index), or the line count of piece `what` (a dict)."""
     if isinstance(what, dict):
         return sum(block.count(b"\n") for block in _read_blocks(files[what["file"]], what))
+    return _sha256(files[what])
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(files[what], "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -200,25 +305,34 @@ def _measure(files: list[Path], what: int | dict) -> str | int:
 
 def _read_blocks(path: Path, piece: dict):
     """The piece's bytes as blocks of whole lines, each ending with b"\\n" (one is added to a
-    final line without it)."""
-    gz = Path(path).suffix == ".gz"
-    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
-        if not gz:
-            f.seek(piece["start"])
-        left = None if gz else piece["end"] - piece["start"]
-        carry = b""
-        while left is None or left > 0:
-            chunk = f.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left))
-            if not chunk:
-                break
-            left = None if left is None else left - len(chunk)
-            data = carry + chunk
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield data[:cut]
-            carry = data[cut:]
-        if carry:
-            yield carry + b"\n"
+    final line without it). A damaged gzip stream stops with one line naming the file."""
+    gz = is_gzip(path)
+    lines_read = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            if not gz:
+                f.seek(piece["start"])
+            left = None if gz else piece["end"] - piece["start"]
+            carry = b""
+            while left is None or left > 0:
+                chunk = f.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left))
+                if not chunk:
+                    break
+                left = None if left is None else left - len(chunk)
+                data = carry + chunk
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    lines_read += data.count(b"\n", 0, cut) if gz else 0
+                    yield data[:cut]
+                carry = data[cut:]
+            if carry:
+                yield carry + b"\n"
+    except EOFError:
+        where = f" (somewhere after line {lines_read})" if lines_read else ""
+        raise JaxrecError(f"{path}: the compressed stream ends early{where}; a truncated download?") from None
+    except (zlib.error, gzip.BadGzipFile) as err:
+        where = f" somewhere after line {lines_read}" if lines_read else ""
+        raise JaxrecError(f"{path}: damaged gzip data{where} ({err})") from None
 
 
 # ---- count and merge -----------------------------------------------------------------------
@@ -281,6 +395,24 @@ def _manifest_path(out: Path, piece: int) -> Path:
 
 def shard_file(out: Path, split: str, piece: int, column: str) -> Path:
     return out / "shards" / f"{split}-{piece:05d}.{column}"
+
+
+def shard_bytes(column: str, rows: int) -> int:
+    """The size of a column's shard file of `rows` rows."""
+    dtype, shape = COLUMNS[column]
+    return rows * np.dtype(dtype).itemsize * int(np.prod(shape))
+
+
+def _piece_done(out: Path, piece: int) -> bool:
+    """Whether the piece's manifest exists and every shard file has the size it states (a shard
+    cut short or damaged after the fact is encoded again)."""
+    try:
+        rows = json.loads(_manifest_path(out, piece).read_text())["rows"]
+        return all(
+            shard_file(out, s, piece, c).stat().st_size == shard_bytes(c, rows[s]) for s in SPLITS for c in COLUMNS
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _encode_piece(out: Path, plan: dict, piece_index: int) -> None:
@@ -376,6 +508,16 @@ def _finish(out: Path, plan: dict) -> dict:
         }
         for s in SPLITS
     }
+    if not splits["train"]["rows"]:
+        raise JaxrecError(
+            f"no training examples: {sum(p['lines'] for p in plan['pieces'])} lines gave train "
+            f"{splits['train']['rows']}, valid {splits['valid']['rows']}, test {splits['test']['rows']} "
+            f"({sum(m['skipped_lines'] for m in manifests)} skipped as malformed); "
+            "give more lines or other split options"
+        )
+    for split in ("valid", "test"):
+        if not splits[split]["rows"]:
+            log.warning("warning: the %s split is empty; a run on this folder has nothing to evaluate it on", split)
     if options["hash_buckets"] is not None:
         vocab_sizes, features = [options["hash_buckets"]] * NUM_CAT, []
     else:
@@ -404,7 +546,9 @@ def _finish(out: Path, plan: dict) -> dict:
             else "id 0: missing or rare; 1..K: kept values by hex value",
         },
     }
-    for stale in out.rglob("*.tmp"):  # left by a killed run; every task is done now
+    # Left by a killed run; every task is done now. Only prepare's own files: --out may be a
+    # folder that also holds the user's.
+    for stale in [*out.glob("*.json.tmp"), *(p for d in ("work", "vocab", "shards") for p in out.glob(f"{d}/*.tmp"))]:
         stale.unlink()
     write_atomic(out / "metadata.json", json.dumps(metadata, indent=1).encode())
     log.info(

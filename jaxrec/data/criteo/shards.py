@@ -44,7 +44,31 @@ def read_metadata(path: str | None) -> dict:
             f"data.path={path}: no metadata.json; prepare the logs first with `python -m jaxrec.data "
             f"prepare criteo FILES --out {path}` (rerunning it finishes an interrupted one)"
         )
-    return json.loads(meta_path.read_text())
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise JaxrecError(f"{meta_path} cannot be read ({err}); re-run prepare with --out {path}") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != "jaxrec-criteo-shards-1":
+        raise JaxrecError(f"{meta_path} is not the metadata of `python -m jaxrec.data prepare criteo`")
+    return metadata
+
+
+def check_shards(folder: Path, metadata: dict) -> None:
+    """Every shard file metadata.json lists is present with the size its row count implies, so
+    a missing or truncated shard is one line here and not an mmap error inside the data loader."""
+    for split, info in metadata["splits"].items():
+        for shard in info["shards"]:
+            for column, spec in metadata["columns"].items():
+                path = folder / metadata["shard_path"].format(split=split, piece=shard["piece"], column=column)
+                expected = shard["rows"] * np.dtype(spec["dtype"]).itemsize * int(np.prod(spec["shape"]))
+                size = path.stat().st_size if path.is_file() else None
+                if size != expected:
+                    found = "is missing" if size is None else f"has {size} bytes"
+                    raise JaxrecError(
+                        f"{path} {found}; metadata.json says {expected} ({shard['rows']} rows): the shard is "
+                        f"damaged or cut short; re-run `python -m jaxrec.data prepare criteo ... --out {folder}` "
+                        "with the same inputs and options (it encodes such pieces again)"
+                    )
 
 
 class BlockShuffle:
@@ -167,6 +191,7 @@ def load_criteo_dataset(cfg) -> CriteoDataset:
     """data=criteo: the prepared folder data.path as a CtrDataset of memory-mapped parts."""
     metadata = read_metadata(cfg.path)
     folder = Path(cfg.path)
+    check_shards(folder, metadata)
     parts = {
         s: PreparedPart(folder, metadata, s, cfg.shuffle_block_rows, cfg.shuffle_window_blocks)
         for s in ("train", "valid", "test")
