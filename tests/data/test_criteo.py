@@ -149,6 +149,9 @@ def test_killed_prepare_reruns_to_identical_output(tmp_path):
     (out / "shards" / "train-00002.dense.tmp").write_bytes(b"\1" * 100)
     (out / "vocab" / "C03.npy").unlink()
     (out / "work" / "count-00000.npz").unlink()
+    # ... or what a damaged disk leaves: files cut short after they were written
+    for damaged in (out / "vocab" / "C01.npy", out / "work" / "count-00001.npz"):
+        damaged.write_bytes(damaged.read_bytes()[:150])
     _prepare(out, tmp_path / "train.txt", flags=flags)
     whole = {p.relative_to(tmp_path / "whole"): p.read_bytes() for p in (tmp_path / "whole").rglob("*") if p.is_file()}
     resumed = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -306,7 +309,9 @@ def test_the_same_input_twice_is_refused(small_logs, tmp_path, capsys):
     )
     (tmp_path / "copy.txt").write_bytes(day.read_bytes())
     err = _refused(capsys, tmp_path / "o3", day, tmp_path / "copy.txt")
-    assert f"{tmp_path / 'copy.txt'} and {day} have the same content" in err
+    assert f"{tmp_path / 'copy.txt'} and {day} hold the same lines (the same sha256)" in err
+    err = _refused(capsys, tmp_path / "o4", day, small_logs / "day_0.gz")
+    assert f"{small_logs / 'day_0.gz'} and {day} hold the same lines (one compressed, one not)" in err
 
 
 def test_a_rerun_after_the_input_changed_is_refused(tmp_path, capsys):
@@ -334,6 +339,16 @@ def test_a_cut_short_shard_is_one_line_and_a_rerun_of_prepare_repairs_it(learnab
     with pytest.raises(JaxrecError, match=f"{shard} has 1000 bytes; metadata.json says {len(whole)} .*re-run"):
         load_criteo_dataset(CriteoConfig(path=str(out)))
     meta = json.loads((out / "metadata.json").read_text())
-    inputs = [f["path"] for f in meta["inputs"]]
-    _prepare(out, *inputs, flags=["--split", "random", "--seed", "0"])
+    _prepare(out, *[f["path"] for f in meta["inputs"]], flags=["--split", "random", "--seed", "0"])
     assert shard.read_bytes() == whole and len(load_criteo_dataset(CriteoConfig(path=str(out))).part("train")) > 0
+    shard.unlink()
+    with pytest.raises(JaxrecError, match=f"{shard} is missing"):
+        load_criteo_dataset(CriteoConfig(path=str(out)))
+    shard.write_bytes(whole)
+    del meta["splits"]["valid"]["shards"]
+    (out / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(JaxrecError, match="metadata.json is damaged .KeyError: 'shards'"):
+        load_criteo_dataset(CriteoConfig(path=str(out)))
+    (out / "metadata.json").write_text('{"format": "jaxrec-crit')
+    with pytest.raises(JaxrecError, match="metadata.json cannot be read"):
+        load_criteo_dataset(CriteoConfig(path=str(out)))

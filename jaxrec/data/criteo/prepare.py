@@ -29,8 +29,10 @@ import json
 import logging
 import os
 import time
+import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -66,16 +68,27 @@ def prepare(
     out = _resolve(out, "--out ")
     _check_out(out)
     files = expand_inputs(inputs)
-    run = _Runner(workers, task_index, num_tasks)
+    try:
+        return _run_passes(out, files, options, _Runner(workers, task_index, num_tasks), stage)
+    except OSError as err:  # a full disk, an input deleted midway, ...
+        raise JaxrecError(f"prepare stopped: {err}; finished pieces are kept, so rerun once it is fixed") from None
+    except BrokenProcessPool:
+        raise JaxrecError(
+            "prepare stopped: a worker process died (out of memory?); rerun with fewer --workers or a smaller "
+            "--piece-mb (finished pieces are kept)"
+        ) from None
+
+
+def _run_passes(out: Path, files: list[Path], options: dict, run: _Runner, stage: str) -> dict | None:
     plan = _load_or_make_plan(out, files, options, run)
     if stage == "plan":
         return None
     pieces, features = run.share(range(len(plan["pieces"]))), run.share(range(NUM_CAT))
     if options["min_count"] is not None and stage in ("all", "count"):
-        done = all(_vocab_path(out, j).exists() for j in range(NUM_CAT))
-        run.tasks(_count_piece, [(out, plan, p) for p in pieces if not (done or _count_path(out, p).exists())])
+        done = all(_vocab_done(out, j) for j in range(NUM_CAT))
+        run.tasks(_count_piece, [(out, plan, p) for p in pieces if not (done or _count_done(out, p))])
     if options["min_count"] is not None and stage in ("all", "merge"):
-        todo = [j for j in features if not _vocab_path(out, j).exists()]
+        todo = [j for j in features if not _vocab_done(out, j)]
         _require(stage, "count", [_count_path(out, p) for p in range(len(plan["pieces"]))] if todo else [])
         run.tasks(_merge_feature, [(out, plan, j) for j in todo])
     if stage in ("all", "encode"):
@@ -239,18 +252,23 @@ def _load_or_make_plan(out: Path, files: list[Path], options: dict, run: _Runner
 
 
 def _check_contents(files: list[Path], hashes: list[str], line_of_file: dict) -> None:
-    """No input without lines, and no two inputs with the same bytes (a day given twice would be
-    both train and test)."""
+    """No input without lines, and no two inputs with the same lines (a day given twice would be
+    both train and test): the same sha256, or, for a .gz and a plain copy, the same line count
+    and first 64 KiB of text."""
     first_with = {}
     for i, (path, digest) in enumerate(zip(files, hashes)):
         if line_of_file[i] == 0:
             raise JaxrecError(f"{path}: no lines (an empty log)")
-        if digest in first_with:
-            raise JaxrecError(
-                f"{path} and {first_with[digest]} have the same content (sha256 {digest[:16]}...): "
-                "each input must be a different day of the logs"
-            )
-        first_with[digest] = path
+        with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as f:
+            text_key = (line_of_file[i], hashlib.sha256(f.read(1 << 16)).hexdigest())
+        for key in (digest, text_key):
+            if key in first_with:
+                raise JaxrecError(
+                    f"{path} and {first_with[key]} hold the same lines "
+                    f"({'the same sha256' if key == digest else 'one compressed, one not'}): "
+                    "each input must be a different day of the logs"
+                )
+            first_with[key] = path
 
 
 def _check_inputs_unchanged(out: Path, plan: dict, files: list[Path]) -> None:
@@ -344,6 +362,25 @@ def _count_path(out: Path, piece: int) -> Path:
 
 def _vocab_path(out: Path, feature: int) -> Path:
     return out / "vocab" / f"C{feature + 1:02d}.npy"
+
+
+def _count_done(out: Path, piece: int) -> bool:
+    """Whether the piece's counts exist and open (a damaged file is counted again)."""
+    try:
+        with np.load(_count_path(out, piece)) as counts:
+            return len(counts.files) == 2 * NUM_CAT
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def _vocab_done(out: Path, feature: int) -> bool:
+    """Whether the feature's vocabulary and its counts exist and open (header and size checked
+    by the memory map, nothing read); a damaged one is merged again."""
+    try:
+        np.load(_vocab_path(out, feature), mmap_mode="r")
+        return isinstance(json.loads(_vocab_path(out, feature).with_suffix(".json").read_text())["kept"], int)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _count_piece(out: Path, plan: dict, piece_index: int) -> None:

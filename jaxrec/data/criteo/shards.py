@@ -50,15 +50,32 @@ def read_metadata(path: str | None) -> dict:
         raise JaxrecError(f"{meta_path} cannot be read ({err}); re-run prepare with --out {path}") from None
     if not isinstance(metadata, dict) or metadata.get("format") != "jaxrec-criteo-shards-1":
         raise JaxrecError(f"{meta_path} is not the metadata of `python -m jaxrec.data prepare criteo`")
+    missing = [key for key in METADATA_KEYS if key not in metadata]
+    if missing:
+        raise JaxrecError(f"{meta_path} lacks {', '.join(missing)}; re-run prepare with --out {path}")
     return metadata
+
+
+METADATA_KEYS = ("vocab_sizes", "num_dense", "num_sparse", "num_examples", "splits", "columns", "shard_path")
 
 
 def check_shards(folder: Path, metadata: dict) -> None:
     """Every shard file metadata.json lists is present with the size its row count implies, so
     a missing or truncated shard is one line here and not an mmap error inside the data loader."""
-    for split, info in metadata["splits"].items():
+    try:
+        _check_shard_sizes(folder, metadata)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise JaxrecError(
+            f"{folder / 'metadata.json'} is damaged ({type(err).__name__}: {err}); re-run prepare with --out {folder}"
+        ) from None
+
+
+def _check_shard_sizes(folder: Path, metadata: dict) -> None:
+    for split in ("train", "valid", "test"):
+        info = metadata["splits"][split]
         for shard in info["shards"]:
-            for column, spec in metadata["columns"].items():
+            for column in ("label", "dense", "sparse"):
+                spec = metadata["columns"][column]
                 path = folder / metadata["shard_path"].format(split=split, piece=shard["piece"], column=column)
                 expected = shard["rows"] * np.dtype(spec["dtype"]).itemsize * int(np.prod(spec["shape"]))
                 size = path.stat().st_size if path.is_file() else None
