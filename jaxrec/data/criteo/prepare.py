@@ -23,14 +23,11 @@ id 0 is missing and a value v gets 1 + v mod (N - 1).
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import logging
 import os
 import time
 import zipfile
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -38,6 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrec.data.criteo.inputs import (
+    check_contents,
+    check_out,
+    check_unchanged,
+    expand_inputs,
+    is_gzip,
+    read_blocks,
+    resolve,
+    sha256_of,
+)
 from jaxrec.data.criteo.parse import NUM_CAT, NUM_INT, dense_features, describe_bad_line, parse_lines
 from jaxrec.data.criteo.split import SPLITS, assign_splits, split_plan
 from jaxrec.errors import JaxrecError
@@ -45,7 +52,6 @@ from jaxrec.errors import JaxrecError
 log = logging.getLogger("jaxrec.data")
 
 STAGES = ("all", "plan", "count", "merge", "encode")
-BLOCK_BYTES = 8 << 20  # bytes parsed at once: bounds a worker's memory
 MAX_SKIPPED_EXAMPLES = 10  # malformed lines quoted in metadata.json under --on-bad-line skip
 COLUMNS = {"label": ("uint8", []), "dense": ("float32", [NUM_INT]), "sparse": ("int32", [NUM_CAT])}
 
@@ -64,9 +70,9 @@ def prepare(
 
     Everything that can be checked before the work starts is: --out, each input (present,
     readable, not empty, not given twice, its compression), and, on a rerun, that no input
-    changed since plan.json was written."""
-    out = _resolve(out, "--out ")
-    _check_out(out)
+    changed since plan.json was written (jaxrec/data/criteo/inputs.py)."""
+    out = resolve(out, "--out ")
+    check_out(out)
     files = expand_inputs(inputs)
     try:
         return _run_passes(out, files, options, _Runner(workers, task_index, num_tasks), stage)
@@ -98,7 +104,7 @@ def _run_passes(out: Path, files: list[Path], options: dict, run: _Runner, stage
     if stage != "all":
         return None
     _require(stage, "encode", [_manifest_path(out, p) for p in range(len(plan["pieces"]))])
-    _check_inputs_unchanged(out, plan, files)  # a file edited while it was being encoded
+    check_unchanged(out, plan, files)  # a file edited while it was being encoded
     return _finish(out, plan)
 
 
@@ -132,79 +138,6 @@ class _Runner:
 # ---- plan ----------------------------------------------------------------------------------
 
 
-def _check_out(out: Path) -> None:
-    """--out must be a folder that exists or can be made, and that this user can write."""
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir():
-        kind = "a file" if existing.is_file() else "not a folder"
-        where = f"is {kind}" if existing == out else f"is under {existing}, which is {kind}"
-        raise JaxrecError(f"--out {out} {where}; give a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise JaxrecError(f"--out {out}: {existing} is not writable")
-
-
-GZIP_MAGIC = b"\x1f\x8b"
-OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
-
-
-def is_gzip(path: Path) -> bool:
-    """Whether the file is gzip-compressed, by its first bytes (its name may say otherwise)."""
-    with open(path, "rb") as f:
-        return f.read(2) == GZIP_MAGIC
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; a folder contributes its day_N[.gz] files in day order, else train.txt[.gz].
-
-    Each file must be readable, not empty, given once, and plain text or gzip (a .gz name that
-    is not gzip, or another compression, is refused: it would be read as garbage lines)."""
-    files = []
-    for name in inputs:
-        path = _resolve(Path(name))
-        if path.is_dir():
-            days = sorted(
-                (p for p in path.iterdir() if p.name.removesuffix(".gz").removeprefix("day_").isdigit()),
-                key=lambda p: int(p.name.removesuffix(".gz").removeprefix("day_")),
-            )
-            found = days or [p for p in (path / "train.txt", path / "train.txt.gz") if p.exists()][:1]
-            if not found:
-                raise JaxrecError(f"{path}: no day_N, day_N.gz or train.txt files in this folder")
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise JaxrecError(f"{name}: no such file or folder")
-    for k, path in enumerate(files):
-        if path in files[:k]:
-            raise JaxrecError(f"{path} is given twice: each input must be a different file (a day of the logs)")
-        _check_input_file(path)
-    return files
-
-
-def _resolve(path: Path, what: str = "") -> Path:
-    """The absolute path without symbolic links; a link loop is one line."""
-    try:
-        return Path(path).resolve()
-    except (OSError, RuntimeError) as err:
-        raise JaxrecError(f"{what}{path}: cannot be resolved ({err})") from None
-
-
-def _check_input_file(path: Path) -> None:
-    if not path.is_file():
-        raise JaxrecError(f"{path}: not a regular file (a device, pipe or socket cannot be cut into pieces)")
-    if not os.access(path, os.R_OK):
-        raise JaxrecError(f"{path}: no permission to read it")
-    if path.stat().st_size == 0:
-        raise JaxrecError(f"{path}: the file is empty (0 bytes; an interrupted download?)")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    other = next((kind for magic, kind in OTHER_COMPRESSION.items() if head.startswith(magic)), None)
-    if other:
-        raise JaxrecError(f"{path} is {other}-compressed; decompress it (or recompress it with gzip) first")
-    if path.suffix == ".gz" and not head.startswith(GZIP_MAGIC):
-        raise JaxrecError(f"{path} is named .gz but is not gzip-compressed; rename or recompress it")
-
-
 def _load_or_make_plan(out: Path, files: list[Path], options: dict, run: _Runner) -> dict:
     identity = {"inputs": [[str(f), f.stat().st_size] for f in files], "options": options}
     plan_path = out / "plan.json"
@@ -219,7 +152,7 @@ def _load_or_make_plan(out: Path, files: list[Path], options: dict, run: _Runner
                 f"{out} holds a prepare of other inputs or options (see {plan_path}); "
                 "use another --out, or delete the folder"
             )
-        _check_inputs_unchanged(out, plan, files)
+        check_unchanged(out, plan, files)
         return plan
     pieces = [piece for i, f in enumerate(files) for piece in _cut_pieces(i, f, int(options["piece_mb"] * 2**20))]
     stats = [f.stat() for f in files]
@@ -230,7 +163,7 @@ def _load_or_make_plan(out: Path, files: list[Path], options: dict, run: _Runner
     for piece, n in zip(pieces, lines):
         piece.update(first_line=line_of_file[piece["file"]], lines=n)
         line_of_file[piece["file"]] += n
-    _check_contents(files, hashes, line_of_file)
+    check_contents(files, hashes, line_of_file)
     offsets = np.r_[0, np.cumsum([line_of_file[i] for i in range(len(files))])].tolist()
     plan = {
         "identity": identity,
@@ -249,42 +182,6 @@ def _load_or_make_plan(out: Path, files: list[Path], options: dict, run: _Runner
     write_atomic(plan_path, json.dumps(plan, indent=1).encode())
     log.info("plan: %d files, %d pieces, %d lines", len(files), len(pieces), offsets[-1])
     return plan
-
-
-def _check_contents(files: list[Path], hashes: list[str], line_of_file: dict) -> None:
-    """No input without lines, and no two inputs with the same lines (a day given twice would be
-    both train and test): the same sha256, or, for a .gz and a plain copy, the same line count
-    and first 64 KiB of text."""
-    first_with = {}
-    for i, (path, digest) in enumerate(zip(files, hashes)):
-        if line_of_file[i] == 0:
-            raise JaxrecError(f"{path}: no lines (an empty log)")
-        with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as f:
-            text_key = (line_of_file[i], hashlib.sha256(f.read(1 << 16)).hexdigest())
-        for key in (digest, text_key):
-            if key in first_with:
-                raise JaxrecError(
-                    f"{path} and {first_with[key]} hold the same lines "
-                    f"({'the same sha256' if key == digest else 'one compressed, one not'}): "
-                    "each input must be a different day of the logs"
-                )
-            first_with[key] = path
-
-
-def _check_inputs_unchanged(out: Path, plan: dict, files: list[Path]) -> None:
-    """Refuse to go on from a plan whose inputs changed: its shards would hold the old lines.
-    Size and mtime are compared first (a stat); a file whose mtime alone moved is hashed."""
-    for path, recorded in zip(files, plan["inputs"]):
-        now = path.stat()
-        if now.st_size == recorded["size"] and now.st_mtime_ns == recorded.get("mtime_ns"):
-            continue
-        if now.st_size == recorded["size"] and _sha256(path) == recorded["sha256"]:
-            log.info("%s: modified time changed, content (sha256) did not", path)
-            continue
-        raise JaxrecError(
-            f"{path} changed since {out} was prepared from it (size or sha256 differ from "
-            f"{out / 'plan.json'}), so its shards are stale; delete {out} (or use another --out) and prepare again"
-        )
 
 
 def _cut_pieces(file_index: int, path: Path, piece_bytes: int) -> list[dict]:
@@ -309,48 +206,8 @@ def _cut_pieces(file_index: int, path: Path, piece_bytes: int) -> list[dict]:
 def _measure(files: list[Path], what: int | dict) -> str | int:
     """The sha256 of file `what` (an index), or the line count of piece `what` (a dict)."""
     if isinstance(what, dict):
-        return sum(block.count(b"\n") for block in _read_blocks(files[what["file"]], what))
-    return _sha256(files[what])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_blocks(path: Path, piece: dict):
-    """The piece's bytes as blocks of whole lines, each ending with b"\\n" (one is added to a
-    final line without it). A damaged gzip stream stops with one line naming the file."""
-    gz = is_gzip(path)
-    lines_read = 0
-    try:
-        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
-            if not gz:
-                f.seek(piece["start"])
-            left = None if gz else piece["end"] - piece["start"]
-            carry = b""
-            while left is None or left > 0:
-                chunk = f.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left))
-                if not chunk:
-                    break
-                left = None if left is None else left - len(chunk)
-                data = carry + chunk
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    lines_read += data.count(b"\n", 0, cut) if gz else 0
-                    yield data[:cut]
-                carry = data[cut:]
-            if carry:
-                yield carry + b"\n"
-    except EOFError:
-        where = f" (somewhere after line {lines_read})" if lines_read else ""
-        raise JaxrecError(f"{path}: the compressed stream ends early{where}; a truncated download?") from None
-    except (zlib.error, gzip.BadGzipFile) as err:
-        where = f" somewhere after line {lines_read}" if lines_read else ""
-        raise JaxrecError(f"{path}: damaged gzip data{where} ({err})") from None
+        return sum(block.count(b"\n") for block in read_blocks(files[what["file"]], what))
+    return sha256_of(files[what])
 
 
 # ---- count and merge -----------------------------------------------------------------------
@@ -518,7 +375,7 @@ def _parsed_blocks(plan: dict, piece_index: int):
     path = plan["inputs"][piece["file"]]["path"]
     options = plan["identity"]["options"]
     line = piece["first_line"]  # lines of the file before this block
-    for block in _read_blocks(Path(path), piece):
+    for block in read_blocks(Path(path), piece):
         parsed = parse_lines(block)
         bad = []
         if len(parsed.bad_lines):
