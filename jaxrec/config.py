@@ -657,14 +657,20 @@ def check_writable_dir(path: Path, key: str) -> None:
         sys.exit(2)
 
 
+# Simulated devices are threads of one process: on a starved machine one can reach a collective
+# more than XLA:CPU's default 40 s after another, which then aborts the whole process (seen with
+# 8 devices on 2 loaded cores). No device of a process can die alone, so waiting longer is safe.
+SIMULATED_COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=1800"
+
+
 def simulate_cpu_devices(cfg: Config) -> None:
     """Honour sharding.num_devices by simulating CPU devices; must run before jax starts."""
     if cfg.sharding.num_devices is None:
         return
     if "jax" in sys.modules and sys.modules["jax"].config.jax_platforms not in (None, "", "cpu"):
         raise JaxrecError("sharding.num_devices simulates CPU devices; unset it on an accelerator")
-    flag = f"--xla_force_host_platform_device_count={cfg.sharding.num_devices}"
-    os.environ["XLA_FLAGS"] = " ".join(
-        [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f] + [flag]
-    )
+    flags = [f"--xla_force_host_platform_device_count={cfg.sharding.num_devices}", SIMULATED_COLLECTIVE_TIMEOUT]
+    names = {flag.split("=")[0] for flag in flags}
+    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if flag.split("=")[0] not in names]
+    os.environ["XLA_FLAGS"] = " ".join(kept + flags)
     os.environ["JAX_PLATFORMS"] = "cpu"
