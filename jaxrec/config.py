@@ -531,8 +531,9 @@ def as_override(key: str, value) -> str:
 
 def check_command_line(argv: list[str]) -> None:
     """Composes a command line's overrides before Hydra does, so a bad key or value fails in one
-    line that names the option's keys (Hydra's own message names none). Sweeps and Hydra's own
-    flags (--cfg, --help, hydra.*) are left to Hydra."""
+    line that names the option's keys (Hydra's own message names none). A multirun of the basic
+    sweeper composes every job of its grid (command line and hydra.sweeper.params) before the
+    first starts. Other sweepers, Hydra's own flags (--cfg, --help, ...) and syntax are left to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
@@ -542,8 +543,45 @@ def check_command_line(argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:  # Hydra reports its own syntax errors
         return
-    if not any(override.is_sweep_override() for override in parsed):
-        compose_config(overrides)
+    if not any(arg in ("-m", "--multirun") for arg in argv):
+        if not any(override.is_sweep_override() for override in parsed):
+            compose_config(overrides)
+        return
+    jobs = sweep_jobs(argv, overrides, parsed)
+    swept = [i for i in range(len(jobs[0]) if jobs else 0) if len({job[i] for job in jobs}) > 1]
+    for number, job in enumerate(jobs):
+        try:
+            compose_config(job)
+        except JaxrecError as err:
+            values = " ".join(job[i] for i in swept)
+            raise JaxrecError(f"sweep job {number} ({values}): {err}; no job was started") from None
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(argv: list[str], overrides: list[str], parsed: list) -> list[list[str]]:
+    """The basic sweeper's jobs (each a list of overrides), as it builds them: the config's
+    hydra.sweeper.params first, then the command line; [] under another sweeper."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    fixed = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
+    sweeper_args = [arg for arg in argv if arg.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper"))]
+    try:
+        sweeper = compose_conf(fixed + sweeper_args, with_hydra=True).hydra.sweeper
+    except ConfigCompositionException as err:
+        raise JaxrecError(composition_error(err)) from None
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return []
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    try:
+        grid = OverridesParser.create().parse_overrides(params + overrides)
+        jobs = BasicSweeper.split_arguments(grid, None)[0]
+    except Exception:  # a sweep kind the basic sweeper refuses: Hydra says so
+        return []
+    return jobs
 
 
 def composition_error(err: Exception) -> str:
@@ -555,6 +593,8 @@ def composition_error(err: Exception) -> str:
         group = key.rpartition(".")[0]
         keys = ", ".join(f.name for f in dataclasses.fields(schema))
         return f"config key {key} does not exist in {schema.__name__} ({group}); its keys: {keys}"
+    if key and getattr(cause, "msg", None):  # a value of the wrong type: say which and why
+        return f"config key {key}: {cause.msg.splitlines()[0]}"
     return " ".join(str(err).split()).split(" Config search path:")[0]
 
 
@@ -633,11 +673,19 @@ def accept_table_overrides(argv: list[str] = sys.argv) -> list[str]:
 
 
 class RunDirCheck(Callback):
-    """Hydra callback (conf/config.yaml): a run or sweep directory that cannot be written fails in
-    one line before anything runs, instead of in a traceback from Hydra's own mkdir."""
+    """Hydra callback (conf/config.yaml): a run or sweep directory that cannot be written, or that
+    holds something of the wrong kind where Hydra writes its own files (.hydra/, the job's log),
+    fails in one line before anything runs, instead of in a traceback from Hydra's own mkdir."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        check_writable_dir(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        run_dir = Path(str(config.hydra.run.dir))
+        check_writable_dir(run_dir, "hydra.run.dir")
+        hydra_files = (f"{config.hydra.job.name}.log",) if config.hydra.job.get("name") else ()
+        hydra_folders = (str(config.hydra.output_subdir),) if config.hydra.output_subdir else ()
+        try:
+            check_run_dir_entries(run_dir, hydra_files, hydra_folders)
+        except JaxrecError as err:
+            _exit_in_one_line(err, str(err))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         check_writable_dir(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
@@ -651,10 +699,43 @@ def check_writable_dir(path: Path, key: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        if os.environ.get("JAXREC_DEBUG") == "1":
-            raise
-        print(f"jaxrec: error: cannot write the run directory {path} ({key}): {err.strerror or err}", file=sys.stderr)
-        sys.exit(2)
+        _exit_in_one_line(err, f"cannot write the run directory {path} ({key}): {err.strerror or err}")
+
+
+def _exit_in_one_line(err: Exception, message: str) -> None:
+    """cli_errors' output for a Hydra callback, whose raised errors Hydra prints as tracebacks."""
+    if os.environ.get("JAXREC_DEBUG") == "1":
+        raise err
+    print(f"jaxrec: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# What a training run writes into its run dir: files (replaced through a hidden .<name>.tmp, or
+# appended) and folders. Each is checked before the data loads (check_run_dir_entries), so that
+# a stray entry of the wrong kind does not lose the run when its output is written at the end.
+RUN_FILES = ("results.json", "metrics.jsonl", "run_info.json")
+RUN_FOLDERS = ("checkpoints", "checkpoints-damaged")
+
+
+def check_run_dir_entries(run_dir: Path, files=RUN_FILES, folders=RUN_FOLDERS) -> None:
+    """Every output path in `run_dir` is absent, or a writable file (folder) where a file (folder)
+    is written; otherwise one line naming the entry."""
+    for name in files:
+        for path in (run_dir / name, run_dir / f".{name}.tmp"):
+            if path.is_dir() or (path.is_symlink() and not path.exists()):
+                raise JaxrecError(
+                    f"{path} is in the way: the run writes a file there; move it or choose another run dir"
+                )
+            if path.exists() and not os.access(path, os.W_OK):
+                raise JaxrecError(f"{path} is not writable, and the run writes it; fix its permissions")
+    for name in folders:
+        path = run_dir / name
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise JaxrecError(
+                f"{path} is in the way: the run writes a directory there; move it or choose another run dir"
+            )
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise JaxrecError(f"{path} is not writable, and the run writes into it; fix its permissions")
 
 
 # Simulated devices are threads of one process: on a starved machine one can reach a collective

@@ -35,13 +35,31 @@ def coordinator_bind_address(address: str) -> str | None:
     return f"{host}:{port}" if host in LOOPBACK_HOSTS or host.startswith("127.") else None
 
 
+def check_config(cfg: DistributedConfig) -> None:
+    """The group's settings, each mistake in one line before anything starts (JAX reports them as
+    tracebacks, some only after waiting for the other processes)."""
+    if not 0 <= cfg.process_id < cfg.num_processes:
+        raise JaxrecError(f"train.distributed.process_id={cfg.process_id} must lie in 0..{cfg.num_processes - 1}")
+    if cfg.num_processes > 1 and cfg.coordinator_address is None and not detected_cluster():
+        raise JaxrecError(
+            f"train.distributed.num_processes={cfg.num_processes} needs train.distributed.coordinator_address="
+            "HOST:PORT (where process 0 listens, e.g. 127.0.0.1:23456), or a cluster launcher (SLURM, MPI)"
+        )
+    if cfg.coordinator_address is not None:
+        host, _, port = cfg.coordinator_address.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise JaxrecError(
+                f"train.distributed.coordinator_address={cfg.coordinator_address!r} must be HOST:PORT with a "
+                "port in 1..65535, e.g. 127.0.0.1:23456"
+            )
+
+
 def initialize(cfg: DistributedConfig) -> None:
     """jax.distributed.initialize once, before any other JAX call, when the config asks for
     several processes or a cluster launcher started several tasks; otherwise nothing."""
+    check_config(cfg)
     if cfg.coordinator_address is None and cfg.num_processes == 1 and not detected_cluster():
         return
-    if cfg.coordinator_address is not None and not 0 <= cfg.process_id < cfg.num_processes:
-        raise JaxrecError(f"train.distributed.process_id={cfg.process_id} must lie in 0..{cfg.num_processes - 1}")
     import jax
 
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     index_params = parse_index_params(args.index_param)
 
     from jaxrec.serving.exporter import (
+        check_bundle_out,
         cold_start_description,
         cold_start_metrics,
         export_run,
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         precision_report,
     )
 
+    check_bundle_out(args.out, args.run_dir, args.overwrite)  # before the run loads
     run = load_run(args.run_dir, args.step)
     path = export_run(
         run, args.out, args.precision, overwrite=args.overwrite, index=args.index, index_params=index_params

@@ -10,13 +10,23 @@ creates; a model with side-feature tables (two_tower) has them sized from the si
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from jaxrec.config import CONF_DIR, Config, accept_table_overrides, register_configs, simulate_cpu_devices, to_config
+from jaxrec.config import (
+    CONF_DIR,
+    Config,
+    accept_table_overrides,
+    check_command_line,
+    check_run_dir_entries,
+    register_configs,
+    simulate_cpu_devices,
+    to_config,
+)
 from jaxrec.errors import cli_errors
 from jaxrec.progress import quiet_backend_probe, write_json_atomic
 
@@ -135,6 +145,7 @@ def main(dict_cfg: DictConfig) -> None:
     simulate_cpu_devices(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir_entries(run_dir, ("plan.json", "train_step.hlo.txt"), ())
     plan_json = make_plan_json(cfg, hlo_path=run_dir / "train_step.hlo.txt")
     write_json_atomic(run_dir / "plan.json", plan_json)
     print(format_plan(plan_json))
@@ -143,4 +154,5 @@ def main(dict_cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     accept_table_overrides()
+    cli_errors(check_command_line)(sys.argv[1:])
     main()

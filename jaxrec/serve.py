@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import socket
 import sys
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--approx-recall", type=float, default=None, help="approximate top-K at this recall")
     parser.add_argument("--exact", action="store_true", help="ignore the bundle's ANN index: score every item")
     args = parser.parse_args(argv)
-    if args.max_batch < 1 or args.max_wait_ms < 0:
-        parser.error(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {args.max_batch}, {args.max_wait_ms})")
+    if args.max_batch < 1 or not args.max_wait_ms >= 0:
+        raise JaxrecError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {args.max_batch}, {args.max_wait_ms})")
+    if not 0 <= args.port <= 65535:
+        raise JaxrecError(f"--port {args.port} is not a TCP port: expected 1..65535 (or 0: any free port, printed)")
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise JaxrecError(f"serving needs the serve extra ({', '.join(missing)} missing): pip install -e '.[serve]'")
@@ -39,14 +42,31 @@ def main(argv: list[str] | None = None) -> None:
 
     from jaxrec.serving.bundle import load_bundle
 
+    sock = bind_socket(args.host, args.port)  # before the bundle loads: a busy port fails fast
     bundle = load_bundle(args.bundle)  # before jax is imported: a wrong path fails fast
     from jaxrec.serving.app import make_app
     from jaxrec.serving.recommender import Recommender
 
     recommender = Recommender(bundle, shards=args.shards, approx_recall=args.approx_recall, use_index=not args.exact)
     app = make_app(recommender, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
-    print(f"jaxrec: serving {args.bundle} on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"jaxrec: serving {args.bundle} on http://{url_host}:{port}", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening address bound here rather than by uvicorn, so that a host that does not
+    resolve or a port in use is one line, and port 0's actual port can be announced."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        raise JaxrecError(f"cannot listen on --host {host} --port {port}: {err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -39,6 +40,7 @@ from jaxrec.eval import evaluate_ranking
 from jaxrec.models import feature_ids
 from jaxrec.serving import ann
 from jaxrec.serving.bundle import (
+    FORMAT,
     PRECISIONS,
     bundle_bytes,
     dataset_sha256,
@@ -280,6 +282,52 @@ def build_item_index(
     return index
 
 
+def check_bundle_out(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """--out checked before the run loads: it can be created, and an existing one is replaced only
+    under --overwrite and only when it is an export bundle (a manifest of this format and nothing
+    but the files it names): never the run being exported, a folder above it, or other files."""
+    out = Path(out).absolute()
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise JaxrecError(f"{out} already exists; choose another --out or pass --overwrite")
+        refusal = f"--overwrite replaces only an export bundle; refusing to replace --out {out}"
+        if out.is_symlink() or not out.is_dir():
+            raise JaxrecError(f"{refusal}: it is {'a symbolic link' if out.is_symlink() else 'not a directory'}")
+        run = Path(run_dir).resolve()
+        if out.resolve() == run or out.resolve() in run.parents:
+            raise JaxrecError(f"{refusal}: it holds the run dir {run_dir} being exported")
+        strays = _non_bundle_entries(out)
+        if strays is None:
+            raise JaxrecError(f"{refusal}: it has no bundle manifest.json")
+        if strays:
+            raise JaxrecError(f"{refusal}: it holds what is not the bundle's ({', '.join(strays[:3])})")
+    blocking = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise JaxrecError(f"cannot create the bundle directory {out} (--out): {blocking} is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent):
+            pass  # the bundle is written to such a temporary directory, then renamed to --out
+    except OSError as err:
+        raise JaxrecError(f"cannot create the bundle directory {out} (--out): {err.strerror or err}") from None
+
+
+def _non_bundle_entries(path: Path) -> list[str] | None:
+    """Entries of `path` that its bundle manifest does not name as files (None: no bundle manifest)."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    named = {"manifest.json", "precision_report.json", manifest.get("seen"), manifest.get("item_meta")}
+    entries = [*(manifest.get("arrays") or {}).values(), manifest.get("encoder"), manifest.get("index")]
+    named |= {entry.get(key) for entry in entries if isinstance(entry, dict) for key in ("file", "scales", "weights")}
+    return sorted(
+        p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name not in named or not p.is_file()
+    )
+
+
 def export_run(
     run: ExportedRun,
     out: Path,
@@ -290,6 +338,7 @@ def export_run(
 ) -> Path:
     """Write `run` as a bundle; the manifest's metrics are measured on the stored precision, and
     `index` (see index_kind) adds an ANN index over the stored item vectors."""
+    check_bundle_out(out, run.run_dir, overwrite)
     inter = run.dataset.interactions
     items_ne, queries_ue = stored(run.items_ne, precision), stored(run.queries_ue, precision)
     metrics = ranking_metrics(run, queries_ue, items_ne)
