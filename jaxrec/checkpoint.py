@@ -8,18 +8,26 @@ A checkpoint lives in <run_dir>/checkpoints/<step>/ (Orbax's layout) with three 
          device memory beyond the state itself;
   data   the Grain iterator state (the position in the data; all other randomness is a pure
          function of the seeds and the step);
-  meta   the resolved config, the data fingerprint and batch size, the best evaluation so far,
-         each table's shape and optimiser, the plan's layout (mesh, groups, placements), and a
-         checksum of every array of `state`.
+  meta   the resolved config, the data fingerprints (content and counts) and batch size, the
+         best evaluation so far, each table's shape and optimiser, the plan's layout (mesh,
+         groups, placements), a checksum of every array of `state`, and the sha256 of the meta
+         itself (its canonical JSON without that field).
 Restoring under the same layout reads straight into place. Under any other plan, strategy, mesh
 or device count, the saved group arrays are read split by rows over the new mesh and relaid
 through each table's logical [rows, dim] form (sharding.layout) into the new plan: resharding
 is a transient of about two copies of the state, paid only when the layout changes. Checkpoints
 written before this (tables in logical form, `layout` absent from meta) restore the same way.
 Orbax writes each step to a temporary directory and renames it on commit, so a process killed
-mid-save leaves the previous checkpoint as the latest one. On restore every array is checked
-against its checksum; a checkpoint that fails to read or to verify is skipped, with one line
-saying so, for the newest one that verifies.
+mid-save leaves the previous checkpoint as the latest one.
+
+On restore everything restored is verified: the meta against its sha256, every array against its
+checksum, the state's step against the step directory's number, and the data position against
+that step (the train pipelines yield one element per step and the loop takes one per step, in
+every process, so the iterator's next_index is the step). A checkpoint that fails to read or to
+verify is skipped, with one line saying so, for the newest one that verifies (in a multi-process
+run every process takes the same decision). Metas written before the meta checksum (they have
+array checksums but no `data_content`) restore with their arrays verified; a meta that has
+`layout` but no array checksums, or `data_content` but no meta checksum, is damaged.
 """
 
 from __future__ import annotations
@@ -40,10 +48,13 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from orbax.checkpoint.checkpoint_manager import StepAlreadyExistsError
 
+from jaxrec import distributed
 from jaxrec.embedding import EmbeddingState
 from jaxrec.errors import JaxrecError
 from jaxrec.sharding.checksum import checksum_fn
@@ -81,8 +92,34 @@ RESUMABLE_KEYS = (
 TRANSFER_GB = 1
 
 
+META_CHECKSUM = "meta_sha256"  # the meta's own checksum field
+
+
 class DamagedCheckpoint(Exception):
     """A checkpoint that cannot be read or does not match its checksums."""
+
+
+def canonical_json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def meta_checksum(meta: dict) -> str:
+    """sha256 of the meta's canonical JSON without its own checksum field."""
+    return hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k != META_CHECKSUM})).hexdigest()
+
+
+def verify_meta(meta: dict) -> None:
+    """Raises DamagedCheckpoint unless the meta is what was written (see the module docstring for
+    the metas written before each checksum)."""
+    if not isinstance(meta, dict) or "tables" not in meta:
+        raise DamagedCheckpoint("metadata has no tables")
+    if "layout" in meta and "checksums" not in meta:
+        raise DamagedCheckpoint("metadata lacks its array checksums")
+    if META_CHECKSUM in meta:
+        if meta[META_CHECKSUM] != meta_checksum(meta):
+            raise DamagedCheckpoint("metadata does not match its checksum")
+    elif "data_content" in meta:
+        raise DamagedCheckpoint("metadata lacks its checksum")
 
 
 def _saved_tree(state) -> dict:
@@ -221,15 +258,23 @@ class Checkpointer:
         saved = _saved_tree(state)
         step = int(state.step)
         meta = meta | {"tables": _table_meta(engine), "layout": layout_meta(engine.plan), "checksums": checksums(saved)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(saved),
-                data=grain.checkpoint.CheckpointSave(iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        meta = json.loads(canonical_json(meta))  # as it will read back (tuples as lists)
+        meta[META_CHECKSUM] = meta_checksum(meta)
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(saved),
+                    data=grain.checkpoint.CheckpointSave(iterator),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+        except StepAlreadyExistsError:
+            raise JaxrecError(
+                f"{self.directory / str(step)} already exists, but this run did not write it; move it "
+                "away (it is not a checkpoint of this run's history) and resume"
+            ) from None
         self._pending = step
 
     def wait(self) -> int | None:
@@ -240,19 +285,48 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        """The meta of a checkpoint, verified against its checksum (DamagedCheckpoint otherwise)."""
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as err:  # any way metadata can be unreadable: empty, truncated, not JSON
+            raise DamagedCheckpoint(f"metadata unreadable: {_reason(err)}") from None
+        verify_meta(meta)
+        return meta
 
-    def restore(self, engine, iterator, step: int | None = None, expected: dict | None = None):
+    def set_aside_strays(self, move: bool = True) -> None:
+        """Plain files named like a step are not checkpoints (Orbax ignores them, then replaces
+        one when it saves that step): said in one line each, and moved to checkpoints-damaged/
+        when `move` (a read-only command leaves them)."""
+        if not self.directory.is_dir():
+            return
+        for path in sorted(p for p in self.directory.iterdir() if p.name.isdigit() and not p.is_dir()):
+            if move:
+                log.warning("%s is a file, not a checkpoint; moved to %s", path, self._set_aside(int(path.name)))
+            else:
+                log.warning("%s is a file, not a checkpoint; ignored", path)
+
+    def restore(
+        self,
+        engine,
+        iterator,
+        step: int | None = None,
+        expected: dict | None = None,
+        *,
+        step_flag: str = "train.resume_step",
+        read_only: bool = False,
+    ):
         """(state laid out by `engine`'s plan, meta, step) from the newest checkpoint that
         verifies, or from `step` alone when given; `iterator` is moved to the saved position.
 
-        expected: {"config": ..., "batch_size": ..., "data_fingerprint": ...} of the current run;
-        a checkpoint that differs in anything but RESUMABLE_KEYS is refused in one line."""
+        expected: {"config", "batch_size", "data_content", "data_fingerprint"} of the current run;
+        a checkpoint that differs in anything but RESUMABLE_KEYS is refused in one line.
+        step_flag: how the caller's user picks a step (named in messages). read_only: damaged
+        or superseded checkpoints stay where they are (evaluate, export)."""
+        self.set_aside_strays(move=not read_only)
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         if step is not None and step not in self.manager.all_steps():
             raise JaxrecError(
-                f"train.resume_step={step}: no such checkpoint in {self.directory} "
-                f"(steps: {self.all_steps() or 'none'})"
+                f"{step_flag}={step}: no such checkpoint in {self.directory} (steps: {self.all_steps() or 'none'})"
             )
         for candidate in steps:
             where = self.directory / str(candidate)
@@ -261,19 +335,21 @@ class Checkpointer:
             except DamagedCheckpoint as err:
                 if step is not None:
                     raise JaxrecError(
-                        f"checkpoint {where} is damaged ({err}); choose another train.resume_step "
-                        f"(steps: {self.all_steps()})"
+                        f"checkpoint {where} is damaged ({err}); choose another {step_flag} (steps: {self.all_steps()})"
                     ) from None
-                log.warning(
-                    "checkpoint %s is damaged (%s); trying the previous one (it is kept in %s)",
-                    where,
-                    err,
-                    self._set_aside(candidate),
-                )
+                if read_only:
+                    log.warning("checkpoint %s is damaged (%s); trying the previous one", where, err)
+                else:
+                    log.warning(
+                        "checkpoint %s is damaged (%s); trying the previous one (it is kept in %s)",
+                        where,
+                        err,
+                        self._set_aside(candidate),
+                    )
                 continue
             self.good_step = candidate
             newer = [s for s in self.all_steps() if s > candidate]
-            if step is not None and newer:  # an explicit older step: its later history is replaced
+            if step is not None and newer and not read_only:  # an explicit older step: its later history is replaced
                 log.warning(
                     "train.resume_step=%d: later checkpoints %s moved to %s",
                     step,
@@ -281,7 +357,8 @@ class Checkpointer:
                     [str(self._set_aside(s, "checkpoints-superseded")) for s in newer][0].rsplit("/", 1)[0],
                 )
             if candidate != steps[0]:
-                log.warning("resumed from step %d, the newest checkpoint that verifies", candidate)
+                verb = "using" if read_only else "resumed from"
+                log.warning("%s step %d, the newest checkpoint that verifies", verb, candidate)
             log.info("restored checkpoint step %d from %s", candidate, self.directory)
             return state, meta, candidate
         raise JaxrecError(
@@ -301,19 +378,16 @@ class Checkpointer:
         return target
 
     def _restore_verified(self, engine, iterator, step: int, expected: dict | None):
-        try:
-            meta = self.read_meta(step)
-            saved_tables = meta["tables"]
-        except Exception as err:  # any way metadata can be unreadable: empty, truncated, not JSON
-            raise DamagedCheckpoint(f"metadata unreadable: {_reason(err)}") from None
+        meta = self.read_meta(step)
         where = self.directory / str(step)
         if expected is not None:
             check_same_run(meta, expected, where)
-        check_compatible(saved_tables, _table_meta(engine), where)
+        check_compatible(meta["tables"], _table_meta(engine), where)
         _check_manifests(self.directory / str(step) / "state")
+        layout = meta.get("layout")
+        same = layout == layout_meta(engine.plan)
+        problem = None
         try:
-            layout = meta.get("layout")
-            same = layout == layout_meta(engine.plan)
             target = self._abstract_saved(engine, step, layout, same)
             items = {"state": ocp.args.StandardRestore(target)}
             if iterator is not None:
@@ -324,8 +398,14 @@ class Checkpointer:
                 except Exception:
                     held.drop()
                     raise
+            problem = _position_problem(iterator, step)
         except Exception as err:
-            raise DamagedCheckpoint(_reason(err)) from None
+            problem = _reason(err)
+        if distributed.any_process(problem is not None):  # the data item is per process: decide together
+            raise DamagedCheckpoint(problem or "another process could not restore its part")
+        saved_step = int(jax.device_get(saved["step"]))
+        if saved_step != step:
+            raise DamagedCheckpoint(f"its state is step {saved_step}, not {step}")
         if "checksums" in meta:  # checkpoints written before checksums restore unverified
             actual = checksums(saved)
             bad = sorted(k for k, v in meta["checksums"].items() if actual.get(k) != v)
@@ -452,6 +532,16 @@ def _stderr_held():
                 sys.stderr.write(text)
 
 
+def _position_problem(iterator, step: int) -> str | None:
+    """What is wrong with the restored data position, or None: every train pipeline yields one
+    element per step and the loop takes one per step, so a checkpoint of step N resumes at
+    element N (in every process)."""
+    if iterator is None:
+        return None
+    position = iterator.get_state().get("next_index")
+    return None if position == step else f"its data position is element {position}, not {step}"
+
+
 def _check_manifests(state_dir: Path) -> None:
     """The OCDBT manifests a saved state needs (its root and one per process's database): with
     one missing, Orbax's concurrent reads fail one after another and TensorStore prints a raw
@@ -473,8 +563,13 @@ def check_same_run(meta: dict, expected: dict, where: Path) -> None:
     changed = config_differences(meta.get("config", {}), expected["config"])
     if meta.get("batch_size") not in (None, expected["batch_size"]):
         changed.append(f"resolved batch size ({meta['batch_size']} -> {expected['batch_size']})")
-    if meta.get("data_fingerprint") not in (None, expected["data_fingerprint"]):
-        changed.append("the data set (its fingerprint differs)")
+    if "data_content" in meta:
+        if meta["data_content"] != expected["data_content"]:
+            changed.append(
+                f"the data's content (sha256 {meta['data_content'][:12]}... -> {expected['data_content'][:12]}...)"
+            )
+    elif meta.get("data_fingerprint") not in (None, expected["data_fingerprint"]):  # written before data_content
+        changed.append("the data set (its counts differ)")
     if changed:
         raise JaxrecError(
             f"checkpoint {where} was written by a different run: {'; '.join(changed)}. "
@@ -503,6 +598,38 @@ def check_compatible(saved: dict, current: dict, where: Path) -> None:
             )
 
 
-def data_fingerprint(dataset) -> str:
-    """A short hash of the data set's summary (counts, sizes): what a saved position refers to."""
+def summary_fingerprint(dataset) -> str:
+    """A short hash of the data set's summary (counts, sizes): the data identity of checkpoints
+    written before data_fingerprint, still compared for them."""
     return hashlib.sha256(json.dumps(dataset.summary(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 of what a saved data position refers to: every encoded array of an in-memory data
+    set (interactions, split, features, id tokens); for a prepared Criteo folder its
+    metadata.json, which records each input's sha256 and every shard's rows (the shards
+    themselves, gigabytes, are not read)."""
+    digest = hashlib.sha256()
+    _feed(digest, dataset)
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:  # id tokens read as Python strings
+            digest.update(b"O" + canonical_json([str(x) for x in value.ravel()]))
+        else:
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+    elif dataclasses.is_dataclass(value):
+        for field in dataclasses.fields(value):
+            digest.update(field.name.encode())
+            _feed(digest, getattr(value, field.name))
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            digest.update(str(key).encode())
+            _feed(digest, value[key])
+    elif hasattr(value, "metadata") and isinstance(value.metadata, dict):  # a prepared Criteo part
+        digest.update(canonical_json(value.metadata))
+    else:
+        digest.update(repr(value).encode())

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxrec.checkpoint import Checkpointer
+from jaxrec.checkpoint import Checkpointer, DamagedCheckpoint
 from jaxrec.config import config_from_dict
 from jaxrec.data.dataset import load_dataset
 from jaxrec.errors import JaxrecError
@@ -35,27 +35,32 @@ def restore_run(run_dir: Path, step: int | None = None, one_device: bool = False
             raise JaxrecError(f"{ckpt_dir} holds no finished checkpoint")
         if step is not None and step not in saved:
             raise JaxrecError(f"{ckpt_dir} has no checkpoint of step {step}; it has steps {', '.join(map(str, saved))}")
-        cfg = config_from_dict(_readable_meta(ckpt, [step] if step is not None else saved[::-1])["config"])
+        cfg = config_from_dict(_verified_meta(ckpt, step, saved)["config"])
         cfg.sharding.num_devices = None
         if one_device:
             cfg.sharding.strategy, cfg.sharding.tables = "none", {}
             cfg.sharding.mesh.data = cfg.sharding.mesh.model = 1
         dataset = load_dataset(cfg.data)
         engine = build_engine(cfg, dataset.schema, devices=jax.devices()[:1] if one_device else None)
-        state, _, step = ckpt.restore(engine, None, step)
+        state, _, step = ckpt.restore(engine, None, step, step_flag="--step", read_only=True)
     finally:
         ckpt.close()
     return cfg, dataset, engine, state, step
 
 
-def _readable_meta(ckpt, steps: list[int]) -> dict:
-    """The metadata of the first of `steps` whose metadata reads (restore then verifies the arrays)."""
-    for step in steps:
+def _verified_meta(ckpt, step: int | None, saved: list[int]) -> dict:
+    """The metadata of `step`, or else of the newest checkpoint whose metadata verifies (restore
+    then verifies the rest, and says which checkpoint it falls back from)."""
+    for candidate in [step] if step is not None else saved[::-1]:
         try:
-            return ckpt.read_meta(step)
-        except Exception:  # a damaged checkpoint: Checkpointer.restore says which and falls back
-            continue
-    raise JaxrecError(f"no checkpoint in {ckpt.directory} has readable metadata (steps {steps})")
+            return ckpt.read_meta(candidate)
+        except DamagedCheckpoint as err:
+            if step is not None:
+                raise JaxrecError(
+                    f"checkpoint {ckpt.directory / str(step)} is damaged ({err}); choose another --step "
+                    f"(steps: {', '.join(map(str, saved))})"
+                ) from None
+    raise JaxrecError(f"no checkpoint in {ckpt.directory} has metadata that verifies (steps {saved})")
 
 
 def warm_start(engine: Engine, state: TrainState, run_dir: str) -> TrainState:

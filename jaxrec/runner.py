@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxrec import distributed
-from jaxrec.checkpoint import Checkpointer, data_fingerprint
+from jaxrec.checkpoint import Checkpointer, data_fingerprint, summary_fingerprint
 from jaxrec.config import Config, scaled_lr, to_dict
 from jaxrec.data.dataset import Dataset, load_dataset
 from jaxrec.data.pipeline import make_train_dataset, train_examples
@@ -133,12 +133,29 @@ def _drain(pending: list, names: list[str], on_nonfinite: str, ckpt: Checkpointe
     return (float(np.mean(losses)) if losses else float("nan")), len(steps), len(bad)
 
 
+def _record_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line, or None for a line that is not a record (torn by a kill
+    mid-write, empty, edited by hand)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records after `step` (the restored checkpoint's, or 0 for a fresh start), so an
-    interrupted run's later records never appear twice."""
+    interrupted run's later records never appear twice; lines that are not records are dropped
+    with one warning."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+    lines = path.read_text(errors="replace").splitlines()
+    steps = [_record_step(line) for line in lines]
+    kept = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    unreadable = steps.count(None)
+    if unreadable:
+        log.warning("%s: dropped %d line(s) that are not JSON records (a torn or edited line)", path, unreadable)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
@@ -146,7 +163,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _run_identity(cfg: Config, dataset, batch_size: int) -> dict:
     """What a checkpoint must share with the run that resumes it (checkpoint.check_same_run)."""
-    return {"config": to_dict(cfg), "batch_size": batch_size, "data_fingerprint": data_fingerprint(dataset)}
+    return {
+        "config": to_dict(cfg),
+        "batch_size": batch_size,
+        "data_content": data_fingerprint(dataset),
+        "data_fingerprint": summary_fingerprint(dataset),  # what checkpoints written before data_content compare
+    }
 
 
 def _checkpoint(ckpt, engine, state, iterator, best: Best, timing: _Timing, identity: dict) -> None:
@@ -219,7 +241,7 @@ def _run(cfg: Config, run_dir: Path, signals: StopSignals) -> dict:
         async_save=cfg.train.async_checkpoint,
     )
     try:
-        state, best = _start_state(engine, ckpt, iterator, identity, run_dir)
+        state, best = _start_state(engine, ckpt, iterator, identity, run_dir, total=total, per_epoch=per_epoch)
         state, timing = _train(
             engine,
             dataset,
@@ -242,10 +264,14 @@ def _run(cfg: Config, run_dir: Path, signals: StopSignals) -> dict:
     return results
 
 
-def _start_state(engine: Engine, ckpt: Checkpointer, iterator, identity: dict, run_dir: Path):
+def _start_state(
+    engine: Engine, ckpt: Checkpointer, iterator, identity: dict, run_dir: Path, *, total: int, per_epoch: int
+):
     """(state, best): restored from the newest verified checkpoint (or train.resume_step), or
-    initialised; metrics.jsonl is cut back to the starting step either way."""
+    initialised; metrics.jsonl is cut back to the starting step either way, and an earlier
+    finished run's results.json is removed once a restore succeeds (this run writes its own)."""
     cfg = engine.cfg
+    ckpt.set_aside_strays()
     steps = ckpt.all_steps()
     if steps and not cfg.train.resume:
         raise JaxrecError(
@@ -253,8 +279,11 @@ def _start_state(engine: Engine, ckpt: Checkpointer, iterator, identity: dict, r
             "earlier run; choose a new hydra.run.dir, or resume it with train.resume=true"
         )
     if steps:
+        _check_within_run(cfg, steps, total, per_epoch, ckpt)
         state, meta, step = ckpt.restore(engine, iterator, cfg.train.resume_step, identity)
         best = Best(**meta["best"])
+        if distributed.is_main():
+            (run_dir / "results.json").unlink(missing_ok=True)
     else:
         if cfg.train.resume_step is not None:
             raise JaxrecError(f"train.resume_step={cfg.train.resume_step}: {ckpt.directory} holds no checkpoints")
@@ -264,6 +293,19 @@ def _start_state(engine: Engine, ckpt: Checkpointer, iterator, identity: dict, r
     if distributed.is_main():
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     return state, best
+
+
+def _check_within_run(cfg: Config, steps: list[int], total: int, per_epoch: int, ckpt: Checkpointer) -> None:
+    """A checkpoint past this run's last step is intact, just not of a run this long: refused in
+    one line (never set aside as damaged, never reported as a run of fewer steps)."""
+    step = cfg.train.resume_step if cfg.train.resume_step is not None else steps[-1]
+    if step > total:
+        raise JaxrecError(
+            f"checkpoint step {step} in {ckpt.directory} is past this run's end: {total} steps "
+            f"(train.epochs={cfg.train.epochs} x {per_epoch} steps an epoch, train.max_steps={cfg.train.max_steps}); "
+            f"resume with train.epochs or train.max_steps reaching step {step}, or pick an earlier "
+            f"checkpoint with train.resume_step (steps: {steps})"
+        )
 
 
 def _stop_requested(signals: StopSignals) -> bool:

@@ -206,7 +206,16 @@ CORRUPTIONS = {
     "garbage data iterator state": lambda step_dir: [
         p.write_text("garbage{") for p in (step_dir / "data").glob("*.json")
     ],
+    "edited best metrics in meta": lambda step_dir: _edit_best(step_dir / "meta" / "metadata"),
 }
+
+
+def _edit_best(path: Path) -> None:
+    """A meta that still parses, with a best evaluation results.json would otherwise report."""
+    meta = json.loads(path.read_text())
+    meta["best"]["valid"] = {key: 0.99 for key in meta["best"]["valid"]}
+    meta["best"]["test"] = {key: 0.91 for key in meta["best"]["test"]}
+    path.write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
