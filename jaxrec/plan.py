@@ -140,7 +140,7 @@ quiet_backend_probe()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 @cli_errors
-def main(dict_cfg: DictConfig) -> None:
+def plan_job(dict_cfg: DictConfig) -> None:
     cfg = to_config(dict_cfg)
     simulate_cpu_devices(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -152,7 +152,13 @@ def main(dict_cfg: DictConfig) -> None:
     print(f"wrote {run_dir / 'plan.json'}")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line (python -m jaxrec.plan and the jaxrec-plan script): the README's override
+    spellings and the config checked in one line before Hydra starts, as jaxrec.train does."""
     accept_table_overrides()
     cli_errors(check_command_line)(sys.argv[1:])
+    plan_job()
+
+
+if __name__ == "__main__":
     main()

@@ -121,8 +121,9 @@ quiet_backend_probe()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 @cli_errors
 @keep_sweeping
-def main(dict_cfg: DictConfig) -> float | None:
-    """Returns the validation value of train.select_metric, the objective of Hydra sweepers."""
+def train_job(dict_cfg: DictConfig) -> float | None:
+    """One run (a multirun's job); returns the validation value of train.select_metric, the
+    objective of Hydra sweepers."""
     cfg = to_config(dict_cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_dir_entries(run_dir)
@@ -137,9 +138,15 @@ def main(dict_cfg: DictConfig) -> float | None:
     return results["valid_metrics"].get(cfg.train.select_metric)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line (python -m jaxrec.train and the jaxrec-train script): the README's
+    override spellings, every job's config checked before Hydra starts, then the run or sweep."""
     accept_table_overrides()
     cli_errors(check_command_line)(sys.argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    main()
+    train_job()
     report_failed_jobs()
+
+
+if __name__ == "__main__":
+    main()

@@ -160,7 +160,8 @@ def test_an_experiment_sweep_goes_on_past_a_failing_job_and_each_row_reruns_its_
     out = subprocess.run(
         [sys.executable, "-m", "jaxrec.train", *args], capture_output=True, text=True, timeout=300, env=env
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 1, out.stderr[-3000:]  # the sweep went on, then says a job failed
+    assert out.stderr.strip().splitlines()[-1].startswith("jaxrec: error: 1 of 2 sweep jobs failed (jobs 0; ")
     failure = json.loads((sweep / arm / "0" / "failure.json").read_text())
     assert failure["error"] == "JaxrecError" and "non-finite value at step" in failure["reason"]
     assert "optimizer.lr=1e+30" in failure["overrides"]

@@ -320,7 +320,8 @@ def _non_bundle_entries(path: Path) -> list[str] | None:
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None
-    named = {"manifest.json", "precision_report.json", manifest.get("seen"), manifest.get("item_meta")}
+    named = {"manifest.json", "user_tokens.json", "item_tokens.json", "precision_report.json"}
+    named |= {manifest.get("seen"), manifest.get("item_meta")}
     entries = [*(manifest.get("arrays") or {}).values(), manifest.get("encoder"), manifest.get("index")]
     named |= {entry.get(key) for entry in entries if isinstance(entry, dict) for key in ("file", "scales", "weights")}
     return sorted(
