@@ -398,14 +398,13 @@ class Checkpointer:
                 except Exception:
                     held.drop()
                     raise
-            problem = _position_problem(iterator, step)
+            saved_step = int(jax.device_get(saved["step"]))
+            problem = f"its state is step {saved_step}, not {step}" if saved_step != step else None
+            problem = problem or _position_problem(iterator, step)
         except Exception as err:
             problem = _reason(err)
         if distributed.any_process(problem is not None):  # the data item is per process: decide together
             raise DamagedCheckpoint(problem or "another process could not restore its part")
-        saved_step = int(jax.device_get(saved["step"]))
-        if saved_step != step:
-            raise DamagedCheckpoint(f"its state is step {saved_step}, not {step}")
         if "checksums" in meta:  # checkpoints written before checksums restore unverified
             actual = checksums(saved)
             bad = sorted(k for k, v in meta["checksums"].items() if actual.get(k) != v)

@@ -103,28 +103,45 @@ def _set_next_index(run_dir, step, value):
     path.write_text(json.dumps(json.loads(path.read_text()) | {"next_index": value}))
 
 
-DAMAGE = {
+DAMAGE = {  # what is damaged -> (how, what the warning says)
     # D3: the best metrics in meta, which end up in results.json
-    "meta edited": lambda d: _edit_meta(d, 16, lambda m: m["best"]["test"].update({"ndcg@10": 0.91})),
-    # D3 variant: a current-format meta without its array checksums is not an old checkpoint
-    "array checksums dropped": lambda d: _edit_meta(d, 16, lambda m: m.pop("checksums")),
-    "meta checksum dropped": lambda d: _edit_meta(d, 16, lambda m: m.pop("meta_sha256")),
+    "meta edited": (
+        lambda d: _edit_meta(d, 16, lambda m: m["best"]["test"].update({"ndcg@10": 0.91})),
+        "metadata does not match its checksum",
+    ),
+    # D3 variants: a current-format meta without its checksums is not an old checkpoint
+    "array checksums dropped": (
+        lambda d: _edit_meta(d, 16, lambda m: m.pop("checksums")),
+        "metadata lacks its array checksums",
+    ),
+    "meta checksum dropped": (
+        lambda d: _edit_meta(d, 16, lambda m: m.pop("meta_sha256")),
+        "metadata lacks its checksum",
+    ),
     # D2: a data position that is in range but not the step's
-    "data position moved": lambda d: _set_next_index(d, 16, 3),
+    "data position moved": (lambda d: _set_next_index(d, 16, 3), "its data position is element 3, not 16"),
     # D9: a step directory renamed, or another step's copied under a new number
-    "renamed step": lambda d: (d / "checkpoints" / "16").rename(d / "checkpoints" / "20"),
-    "copied step": lambda d: shutil.copytree(d / "checkpoints" / "5", d / "checkpoints" / "20"),
+    "renamed step": (
+        lambda d: (d / "checkpoints" / "16").rename(d / "checkpoints" / "20"),
+        "its state is step 16, not 20",
+    ),
+    "copied step": (
+        lambda d: shutil.copytree(d / "checkpoints" / "5", d / "checkpoints" / "20"),
+        "its state is step 5, not 20",
+    ),
 }
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damage_to_any_restored_item_falls_back_to_the_previous_checkpoint(run_copy, damage, caplog):
-    DAMAGE[damage](run_copy)
+    how, reason = DAMAGE[damage]
+    how(run_copy)
     with caplog.at_level(logging.WARNING, "jaxrec.checkpoint"):
         restored = _resume(run_copy)
     previous = 16 if damage == "copied step" else 15  # the copy is a new newest step; 16 stays intact
     assert restored == (previous, previous)
-    assert len([r for r in caplog.records if "is damaged" in r.getMessage()]) == 1, caplog.text
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == 1 and f"is damaged ({reason}); trying the previous one" in damaged[0], caplog.text
     assert f"resumed from step {previous}, the newest checkpoint that verifies" in caplog.text
     moved = run_copy / "checkpoints-damaged"
     assert sorted(p.name for p in moved.iterdir()) == ["20" if damage.endswith("step") else "16"]
@@ -143,7 +160,7 @@ def test_an_explicit_damaged_step_is_refused_naming_the_flag(run_copy):
 
 
 def test_read_only_restores_move_nothing_and_name_their_own_flag(run_copy):
-    DAMAGE["meta edited"](run_copy)
+    DAMAGE["meta edited"][0](run_copy)
     with pytest.raises(
         JaxrecError, match=r"/16 is damaged \(metadata does not match its checksum\); choose another --step"
     ):
