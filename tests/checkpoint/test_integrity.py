@@ -73,8 +73,9 @@ def _edit_meta(run_dir, step, edit):
     _meta_path(run_dir, step).write_text(json.dumps(meta))
 
 
-def _resume(run_dir, step=None):
-    """What runner._start_state restores: (restored step, the iterator's next_index)."""
+def _resume(run_dir, step=None, then=None):
+    """What runner._start_state restores: (restored step, the iterator's next_index); `then`
+    is called with (checkpointer, engine, state, iterator) before the checkpointer closes."""
     cfg = _config()
     dataset = load_dataset(cfg.data)
     engine = build_engine(cfg, dataset.schema)
@@ -92,6 +93,8 @@ def _resume(run_dir, step=None):
     ckpt = Checkpointer(run_dir / "checkpoints", every=0, keep=10, async_save=False)
     try:
         state, _, restored = ckpt.restore(engine, iterator, step, runner._run_identity(cfg, dataset, batch_size))
+        if then is not None:
+            then(ckpt, engine, state, iterator)
     finally:
         ckpt.close()
     assert int(state.step) == restored
@@ -168,6 +171,19 @@ def test_read_only_restores_move_nothing_and_name_their_own_flag(run_copy):
     assert restore_run(run_copy)[-1] == 15
     assert 16 in [int(p.name) for p in (run_copy / "checkpoints").iterdir()]
     assert not (run_copy / "checkpoints-damaged").exists()
+
+
+def test_a_save_over_a_step_this_run_did_not_write_is_one_line(run_copy):
+    """D9: Orbax's StepAlreadyExistsError never surfaces raw."""
+    shutil.copytree(run_copy / "checkpoints" / "16", run_copy / "checkpoints" / "15-copy")
+
+    def save_over_a_foreign_step(ckpt, engine, state, iterator):
+        (run_copy / "checkpoints" / "15-copy").rename(run_copy / "checkpoints" / "17")
+        ckpt.manager.reload()
+        with pytest.raises(JaxrecError, match=r"/17 already exists, but this run did not write it"):
+            ckpt.save(engine, state.replace(step=state.step + 1), iterator, {"best": {}})
+
+    _resume(run_copy, then=save_over_a_foreign_step)
 
 
 def test_a_plain_file_named_like_a_step_is_set_aside_with_a_warning(run_copy, caplog):
