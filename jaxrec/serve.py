@@ -18,6 +18,8 @@ from pathlib import Path
 
 from jaxrec.errors import JaxrecError, cli_errors
 
+MAX_BATCH = 65536  # requests per retrieval; startup compiles one batch of this size (max_batch x items scores)
+
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--approx-recall", type=float, default=None, help="approximate top-K at this recall")
     parser.add_argument("--exact", action="store_true", help="ignore the bundle's ANN index: score every item")
     args = parser.parse_args(argv)
-    if args.max_batch < 1 or not args.max_wait_ms >= 0:
-        raise JaxrecError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {args.max_batch}, {args.max_wait_ms})")
+    if not 1 <= args.max_batch <= MAX_BATCH or not 0 <= args.max_wait_ms < float("inf"):
+        raise JaxrecError(
+            f"--max-batch must lie in 1..{MAX_BATCH} and --max-wait-ms be a finite number >= 0 "
+            f"(got {args.max_batch}, {args.max_wait_ms})"
+        )
+    if args.shards < 1:
+        raise JaxrecError(f"--shards {args.shards}: expected an integer >= 1 (the devices the items are split over)")
     if not 0 <= args.port <= 65535:
         raise JaxrecError(f"--port {args.port} is not a TCP port: expected 1..65535 (or 0: any free port, printed)")
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]

@@ -116,6 +116,12 @@ def test_serve_refuses_impossible_ports_and_announces_the_bound_one(tmp_path, ca
         assert (
             err == f"jaxrec: error: --port {port} is not a TCP port: expected 1..65535 (or 0: any free port, printed)"
         )
+    for flags, message in [
+        (["--shards", "0"], "--shards 0: expected an integer >= 1"),
+        (["--max-wait-ms", "inf"], "--max-batch must lie in 1..65536 and --max-wait-ms be a finite number >= 0"),
+        (["--max-batch", "100000000000"], "--max-batch must lie in 1..65536"),
+    ]:
+        assert _one_line_exit(main, [bundle, *flags], capsys).startswith(f"jaxrec: error: {message}")
     served = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname()[1]))
     main([bundle, "--port", "0"])
@@ -220,6 +226,19 @@ def test_hydras_own_run_dir_entries_are_checked_before_hydra_writes_them(tmp_pat
     (tmp_path / ".hydra").unlink()
     RunDirCheck().on_run_start(config)  # a fresh dir passes
     check_run_dir_entries(tmp_path)
+
+
+def test_read_only_commands_check_where_they_set_damaged_checkpoints_aside(tmp_path, capsys):
+    """evaluate and export move a damaged checkpoint into checkpoints-damaged/ (a mkdir traceback
+    when a file was there): checked before the data loads."""
+    from jaxrec.evaluate import main as evaluate
+    from jaxrec.export import main as export
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints-damaged").write_text("x")
+    expected = f"{tmp_path / 'checkpoints-damaged'} is in the way: the run writes a directory there"
+    assert expected in _one_line_exit(evaluate, [str(tmp_path)], capsys)
+    assert expected in _one_line_exit(export, [str(tmp_path), "--out", str(tmp_path / "b")], capsys)
 
 
 def test_a_train_job_checks_its_run_dir_before_anything_else():
