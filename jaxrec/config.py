@@ -714,19 +714,19 @@ def _exit_in_one_line(err: Exception, message: str) -> None:
 # appended) and folders. Each is checked before the data loads (check_run_dir_entries), so that
 # a stray entry of the wrong kind does not lose the run when its output is written at the end.
 RUN_FILES = ("results.json", "metrics.jsonl", "run_info.json")
-RUN_FOLDERS = ("checkpoints", "checkpoints-damaged")
+RUN_FOLDERS = ("checkpoints", "checkpoints-damaged", "checkpoints-superseded")
 
 
-def check_run_dir_entries(run_dir: Path, files=RUN_FILES, folders=RUN_FOLDERS, writable: bool = True) -> None:
-    """Every output path in `run_dir` is absent, or a file (folder) where a file (folder) is
-    written, and writable unless `writable` is false; otherwise one line naming the entry."""
+def check_run_dir_entries(run_dir: Path, files=RUN_FILES, folders=RUN_FOLDERS) -> None:
+    """Every output path in `run_dir` is absent, or a writable file (folder) where a file (folder)
+    is written; otherwise one line naming the entry."""
     for name in files:
         for path in (run_dir / name, run_dir / f".{name}.tmp"):
             if path.is_dir() or (path.is_symlink() and not path.exists()):
                 raise JaxrecError(
                     f"{path} is in the way: the run writes a file there; move it or choose another run dir"
                 )
-            if writable and path.exists() and not os.access(path, os.W_OK):
+            if path.exists() and not os.access(path, os.W_OK):
                 raise JaxrecError(f"{path} is not writable, and the run writes it; fix its permissions")
     for name in folders:
         path = run_dir / name
@@ -734,7 +734,7 @@ def check_run_dir_entries(run_dir: Path, files=RUN_FILES, folders=RUN_FOLDERS, w
             raise JaxrecError(
                 f"{path} is in the way: the run writes a directory there; move it or choose another run dir"
             )
-        if writable and path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
             raise JaxrecError(f"{path} is not writable, and the run writes into it; fix its permissions")
 
 

@@ -25,12 +25,9 @@ def evaluate_checkpoint(
     """num_devices: the devices to evaluate on (default: all present)."""
     import jax
 
-    from jaxrec.config import check_run_dir_entries
     from jaxrec.restore import restore_run
     from jaxrec.train_lib import make_evaluator
 
-    # a damaged checkpoint is moved aside there before an older one is tried
-    check_run_dir_entries(Path(run_dir), (), ("checkpoints-damaged",), writable=False)
     num_devices = jax.device_count() if num_devices is None else num_devices
     too_large = trained_mesh_too_large(Path(run_dir), step, num_devices)
     if too_large:

@@ -31,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 import jaxrec
-from jaxrec.config import Config, check_run_dir_entries, to_dict
+from jaxrec.config import Config, to_dict
 from jaxrec.data.dataset import Dataset, read_raw
 from jaxrec.data.features import user_feature_coders
 from jaxrec.data.sequences import eval_histories
@@ -204,8 +204,6 @@ def item_metadata(cfg: Config, item_tokens) -> list[dict] | None:
 def load_run(run_dir: Path, step: int | None = None) -> ExportedRun:
     from jaxrec.restore import restore_run
 
-    # a damaged checkpoint is moved aside there before an older one is tried
-    check_run_dir_entries(Path(run_dir), (), ("checkpoints-damaged",), writable=False)
     cfg, dataset, engine, state, step = restore_run(run_dir, step, one_device=True)
     queries_ue, items_ne = model_vectors(engine, state, dataset)
     return ExportedRun(

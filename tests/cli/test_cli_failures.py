@@ -204,6 +204,7 @@ def test_distributed_mistakes_are_one_line_before_jax_starts(settings, message, 
         (".results.json.tmp", Path.mkdir, "a file"),
         ("checkpoints", Path.touch, "a directory"),
         ("checkpoints-damaged", Path.touch, "a directory"),
+        ("checkpoints-superseded", Path.touch, "a directory"),
     ],
 )
 def test_run_dir_entries_of_the_wrong_kind_are_refused_before_data_loads(tmp_path, name, make, kind):
@@ -226,19 +227,6 @@ def test_hydras_own_run_dir_entries_are_checked_before_hydra_writes_them(tmp_pat
     (tmp_path / ".hydra").unlink()
     RunDirCheck().on_run_start(config)  # a fresh dir passes
     check_run_dir_entries(tmp_path)
-
-
-def test_read_only_commands_check_where_they_set_damaged_checkpoints_aside(tmp_path, capsys):
-    """evaluate and export move a damaged checkpoint into checkpoints-damaged/ (a mkdir traceback
-    when a file was there): checked before the data loads."""
-    from jaxrec.evaluate import main as evaluate
-    from jaxrec.export import main as export
-
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints-damaged").write_text("x")
-    expected = f"{tmp_path / 'checkpoints-damaged'} is in the way: the run writes a directory there"
-    assert expected in _one_line_exit(evaluate, [str(tmp_path)], capsys)
-    assert expected in _one_line_exit(export, [str(tmp_path), "--out", str(tmp_path / "b")], capsys)
 
 
 def test_a_train_job_checks_its_run_dir_before_anything_else():
