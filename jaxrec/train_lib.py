@@ -536,11 +536,6 @@ def check_data_fits(engine: Engine, dataset, batch_size: int) -> None:
     check_catalogue(cfg, dataset.num_items)
     inter = dataset.interactions
     most_seen = int(np.bincount(inter.user, minlength=inter.num_users).max(initial=0))
-    if candidates_per_example(cfg) > 1 and cfg.data.num_negatives >= dataset.num_items:
-        raise JaxrecError(
-            f"config key data.num_negatives={cfg.data.num_negatives}: the catalogue has {dataset.num_items} "
-            "items; draw fewer negatives per positive than that"
-        )
     if cfg.train.select_metric.startswith("cold/"):
         train = dataset.split.train
         cold_u = np.bincount(train.user, minlength=train.num_users) <= cfg.data.cold_max_train

@@ -187,10 +187,6 @@ def test_every_shape_is_checked_before_data_loads(changes, message):
             "a user has interacted with 4 of the 6 items",
         ),
         (
-            ["train.batch_size=8", "train.ks=[2]", "train.select_metric=ndcg@2", "data.num_negatives=6"],
-            "data.num_negatives=6: the catalogue has 6",
-        ),
-        (
             ["train.batch_size=8", "train.ks=[2]", "train.select_metric=cold/hr@2", "data.cold_max_train=0"],
             "no validation user has at most data.cold_max_train=0",
         ),
