@@ -123,7 +123,17 @@ def test_serve_refuses_impossible_ports_and_announces_the_bound_one(tmp_path, ca
     ]:
         assert _one_line_exit(main, [bundle, *flags], capsys).startswith(f"jaxrec: error: {message}")
     served = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname()[1]))
+
+    class Server:  # uvicorn's own Config runs logging.config.dictConfig, which closes pytest's log handlers
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets):
+            served.append(sockets[0].getsockname()[1])
+            sockets[0].close()
+
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **kwargs: None)
+    monkeypatch.setattr(uvicorn, "Server", Server)
     main([bundle, "--port", "0"])
     announced = capsys.readouterr().err.strip()
     assert served[0] > 0 and announced == f"jaxrec: serving {bundle} on http://127.0.0.1:{served[0]}"
