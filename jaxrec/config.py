@@ -464,8 +464,9 @@ def validate(cfg: Config) -> Config:
         _check_choice(f"sharding.tables.{table}", strategy, STRATEGIES[1:-1] + ("none",))
     if isinstance(cfg.data, CsvConfig):
         _check_csv_columns(cfg.data)
-    if cfg.train.select_metric not in selectable_metrics(cfg):
-        computed = [name for name in selectable_metrics(cfg) if not name.startswith("cold/")]
+    metrics = selectable_metrics(cfg)
+    if cfg.train.select_metric not in metrics:
+        computed = [name for name in metrics if not name.startswith("cold/")]
         raise JaxrecError(
             f"config key train.select_metric={cfg.train.select_metric!r}: this run's validation computes "
             f"{', '.join(computed)}" + (" (and cold/<metric> on the cold-start slice)" if len(computed) > 3 else "")

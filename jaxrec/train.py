@@ -95,6 +95,7 @@ def check_table_names(cfg: Config) -> None:
     from jaxrec.data.dataset import data_schema
     from jaxrec.data.types import Schema
     from jaxrec.models import make_model, reads_side_features
+    from jaxrec.sharding.planner import check_table_overrides
     from jaxrec.train_lib import candidates_per_example
 
     if not cfg.sharding.tables or reads_side_features(cfg.model):
@@ -109,9 +110,7 @@ def check_table_names(cfg: Config) -> None:
         names = [spec.name for spec in make_model(cfg.model, schema).tables("sgd", 1.0, candidates_per_example(cfg))]
     except Exception:  # a stand-in schema this model cannot take: the plan checks after loading
         return
-    unknown = sorted(set(cfg.sharding.tables) - set(names))
-    if unknown:
-        raise JaxrecError(f"sharding.tables names unknown table(s) {unknown}; this model's tables: {', '.join(names)}")
+    check_table_overrides(cfg.sharding.tables, names)
 
 
 register_configs()

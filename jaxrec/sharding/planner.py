@@ -213,6 +213,15 @@ def _mind_communication(specs, mesh_shape, chosen, fixed, capacity_factor, batch
     return chosen, costs
 
 
+def check_table_overrides(overrides: dict[str, str], table_names: list[str]) -> None:
+    """sharding.tables may only name tables the model has."""
+    unknown = set(overrides) - set(table_names)
+    if unknown:
+        raise JaxrecError(
+            f"sharding.tables names unknown table(s) {sorted(unknown)}; this model's tables: {', '.join(table_names)}"
+        )
+
+
 def make_plan(
     specs: list[TableSpec],
     mesh_shape: tuple[int, int],
@@ -223,10 +232,7 @@ def make_plan(
     batch_per_device: int = 1024,
 ) -> EmbeddingPlan:
     """batch_per_device: examples per device that `auto` and the replicated exchange are costed at."""
-    unknown = set(overrides or {}) - {s.name for s in specs}
-    if unknown:
-        names = ", ".join(s.name for s in specs)
-        raise JaxrecError(f"sharding.tables names unknown table(s) {sorted(unknown)}; this model's tables: {names}")
+    check_table_overrides(overrides or {}, [s.name for s in specs])
     model = mesh_shape[1]
     strategies = choose_strategies(specs, strategy, overrides or {}, model, budget_bytes)
     if mesh_shape != (1, 1) and "none" in strategies.values():
