@@ -30,7 +30,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,31 +44,36 @@ INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
 KINDS = ("hnsw", "hnsw_l2", "ivf")
 INDEX_FILE = "index.faiss"
 OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
-# hnsw, measured side by side by benchmarks.serving --compare on random dim-64 vectors (no structure:
-# the hardest case) at 10^6 items, m 32, seen items excluded: ef_construction 64 reached recall@10
-# 0.877 / 0.933 / 0.955 at ef_search 512 / 768 / 1024 (287 / 200 / 151 queries/s at batch 16),
-# ef_construction 128 reached 0.938 / 0.976 / 0.985 (285 / 196 / 142 q/s) for a 1.34x longer build
-# (1,220 against 912 s on 2 shared cores). 128 / 768 beats 64 / 1024 in recall and speed; ml-100k MF
-# vectors reach 1.0. Raise ef_search (--index-param) for more recall; /health shows what export
-# measured. hnsw_l2 keeps hnsw's settings so the two compare at equal cost. ivf: the common rule
-# of thumb (recall 0.91 at 1/4 probed).
+# Build settings, measured side by side by benchmarks.serving --compare on random dim-64 vectors (no
+# structure: the hardest case) at 10^6 items, m 32: ef_construction 128 reached recall@10 0.976 at
+# ef_search 768 against 64's 0.933, for a 1.34x longer build; 128 / 768 beat 64 / 1024 in recall and
+# speed. ivf: 4 sqrt(N) lists (None), the common rule of thumb.
 DEFAULT_PARAMS = {
     "hnsw": {"m": 32, "ef_construction": 128, "ef_search": 768},
     "hnsw_l2": {"m": 32, "ef_construction": 128, "ef_search": 768},
     "ivf": {"nlist": None, "nprobe": None},
-}  # None: 4 sqrt(N) lists, 1/16 of them probed
+}  # nprobe None: 1/16 of the lists. The search setting is the one export tunes (see tune_search);
+# these values serve an index built without tuning.
+SEARCH_PARAM = {"hnsw": "ef_search", "hnsw_l2": "ef_search", "ivf": "nprobe"}  # recall against speed
+# ef_search values export tries, smallest first: the cost a query grows about linearly in it.
+EF_LADDER = (16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 768, 1024, 1536, 2048)
+# Recall@10 export tunes the search setting to reach on its tuning queries. Above the issue's 0.95
+# so that the recall measured on the other (held-out) queries stays above it too.
+TARGET_RECALL = 0.96
 AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
 # Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items
 # (2.0 vs 10.1 ms a query, 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs
 # 145/s): exact cost grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving,
 # shared CPU). The default ef_search 768 costs more a query; at 10^6 it still won (196 vs 66 q/s).
 AUTO_MIN_ITEMS = 500_000
-# OpenMP threads per search call. A served batch is small (<= --max-batch queries), and on 2 shared
-# cores 2 threads made a batch of 16 take 40-50 ms instead of 1.2 ms (each barrier waits for a
-# descheduled peer). The setting is per calling thread, so builds keep every core.
-SEARCH_THREADS = 1
+# A batch is split across this many Python threads, each running a one-thread FAISS search (FAISS
+# releases the GIL). Not OpenMP's threads: on 2 shared cores 2 OpenMP threads made a batch of 16
+# take 40-50 ms instead of 1.2 ms (each barrier spin-waits for a descheduled peer), while 2 Python
+# threads took a batch of 16 from 381 to 658 queries/s (10^6 random items, ef_search 512, idle).
+SEARCH_WORKERS = len(os.sched_getaffinity(0))
 BUILD_THREADS = None  # None: OpenMP's default when faiss was first imported (every core, or OMP_NUM_THREADS)
 _default_threads: list[int] = []
+_search_pool: list[ThreadPoolExecutor] = []
 
 
 def import_faiss(purpose: str):
@@ -106,7 +113,7 @@ class AnnIndex:
     details: dict = dataclasses.field(default_factory=dict)  # build time, recall measured at export
     refills: int = 0  # queries fetched a second time, reported by /health
     exact_fallbacks: int = 0  # queries answered by exact search
-    threads: int = SEARCH_THREADS
+    workers: int = SEARCH_WORKERS
 
     @property
     def name(self) -> str:
@@ -120,8 +127,17 @@ class AnnIndex:
 
     def raw_search(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores_bf, ids_bf) best first, scores the inner products; missing results have id -1."""
-        import_faiss("searching an ANN index").omp_set_num_threads(self.threads)
         query_be, fetch = np.ascontiguousarray(query_be, np.float32), int(min(fetch, len(self.items_ne)))
+        parts = min(self.workers, len(query_be))
+        if parts <= 1:
+            return self._search_part(query_be, fetch)
+        if not _search_pool:
+            _search_pool.append(ThreadPoolExecutor(SEARCH_WORKERS, thread_name_prefix="ann-search"))
+        found = list(_search_pool[0].map(lambda part: self._search_part(part, fetch), np.array_split(query_be, parts)))
+        return np.vstack([scores for scores, _ in found]), np.vstack([ids for _, ids in found])
+
+    def _search_part(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        import_faiss("searching an ANN index").omp_set_num_threads(1)  # per calling thread
         if self.kind != "hnsw_l2":
             return self.index.search(query_be, fetch)
         _, ids_bf = self.index.search(np.pad(query_be, ((0, 0), (0, 1))), fetch)  # L2 distances: re-score
@@ -282,3 +298,30 @@ def recall_at_k(
         good = np.isin(ids, exact_ids) | (index.items_ne[ids] @ query_e >= floor)
         hits.append(min(int(good.sum()), len(exact_ids)) / len(exact_ids))
     return float(np.mean(hits))
+
+
+def search_ladder(index: AnnIndex) -> list[int]:
+    """The values of the index's search setting that tune_search tries, smallest first."""
+    if index.kind == "ivf":
+        nlist = int(index.params["nlist"])
+        return sorted({min(2**i, nlist) for i in range(nlist.bit_length() + 1)})
+    return list(EF_LADDER)
+
+
+def tune_search(
+    index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int, target: float
+) -> list[dict]:
+    """Set the smallest search setting on the ladder whose recall@k on these queries reaches
+    `target` (the largest when none does): the cost of a query follows the data, so the setting
+    is measured on the model's own vectors rather than fixed. Returns the ladder climbed."""
+    name = SEARCH_PARAM[index.kind]
+    exact = [exact_search(index.items_ne, q, e, k) for q, e in zip(queries_ue, excludes)]
+    climbed = []
+    for value in search_ladder(index):
+        index.params[name] = value
+        index.apply_search_params()
+        climbed.append({name: value, f"recall@{k}": recall_at_k(index, queries_ue, excludes, k, exact)})
+        if climbed[-1][f"recall@{k}"] >= target:
+            break
+    index.refills = index.exact_fallbacks = 0  # served counts, not tuning's
+    return climbed

@@ -52,6 +52,42 @@ def test_hnsw_recall_meets_the_target_on_a_synthetic_catalogue():
     assert ann.recall_at_k(index, query_be, [np.zeros(0, np.int32)] * len(query_be), 10) < recall
 
 
+def test_export_tunes_the_search_setting_to_the_smallest_that_reaches_the_target():
+    items_ne, queries_ue = _catalogue(5_000, 32, 400, seed=4)
+    users = np.repeat(np.arange(400), 5)
+    seen = seen_csr(users, np.random.default_rng(5).integers(0, 5_000, len(users)), 400)
+    build = {"m": 8, "ef_construction": 40}
+    index = build_item_index(items_ne, queries_ue, seen, "hnsw", build, target_recall=0.95)
+    ladder = index.details["tuning"]["ladder"]
+    chosen = index.params["ef_search"]
+    assert [step["ef_search"] for step in ladder] == list(ann.EF_LADDER[: len(ladder)]) and len(ladder) >= 3
+    assert chosen == ladder[-1]["ef_search"] and index.details["tuning"]["queries"] == 200
+    tuning = np.sort(np.random.default_rng(0).permutation(400)[::2])  # as build_item_index samples
+    excludes = [seen[1][seen[0][u] : seen[0][u + 1]] for u in tuning]
+
+    def recall(ef_search):
+        index.params["ef_search"] = ef_search
+        index.apply_search_params()
+        return ann.recall_at_k(index, queries_ue[tuning], excludes, 10)
+
+    assert recall(chosen) >= 0.95 > recall(ladder[-2]["ef_search"])  # the smallest setting that reaches it
+    assert index.details["recall@10"] >= 0.93 and index.details["recall_queries"] == 200  # the other 200
+    pinned = build_item_index(items_ne, queries_ue, seen, "hnsw", build | {"ef_search": 20})
+    assert pinned.params["ef_search"] == 20 and "tuning" not in pinned.details
+
+
+def test_a_batch_split_across_search_threads_finds_what_one_thread_finds():
+    items_ne, query_be = _catalogue(3_000, E, 37, seed=6)
+    index = ann.build_index(items_ne, "hnsw", {"ef_search": 30})
+    excludes = [np.random.default_rng(r).choice(3_000, r, replace=False) for r in range(37)]
+    index.workers = 1
+    alone = index.search(query_be, excludes, 10)
+    index.workers = 3
+    for (ids, scores), (split_ids, split_scores) in zip(alone, index.search(query_be, excludes, 10), strict=True):
+        np.testing.assert_array_equal(split_ids, ids)
+        np.testing.assert_array_equal(split_scores, scores)
+
+
 def test_the_l2_reduction_ranks_exactly_but_its_graph_finds_less_than_the_inner_product_graph(monkeypatch):
     """Items with norms from 0.09 to 87: [x, sqrt(M^2 - |x|^2)] against [q, 0] by L2 is the inner
     product's order exactly, yet HNSW over those vectors finds far fewer of the top 10 at a small

@@ -173,6 +173,11 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"jaxrec: error: {tmp_path} has no checkpoints/ directory (is it a jaxrec run dir?)"
     )
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(tmp_path), "--out", str(tmp_path / "b"), "--index-recall", bad])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == f"jaxrec: error: --index-recall must be in (0, 1], got {float(bad)}"
 
 
 def test_export_with_an_index_measures_recall_and_serves_the_same_metrics(trained_run, tmp_path, capsys):
@@ -197,7 +202,8 @@ def test_export_with_an_index_measures_recall_and_serves_the_same_metrics(traine
     bundle = load_bundle(tmp_path / "bundle")
     entry = bundle.manifest["index"]
     assert entry["kind"] == "ivf" and entry["params"] == {"nlist": 1, "nprobe": 1} and entry["recall@10"] == 1.0
-    assert entry["recall_queries"] == 150 and printed["index_recall@10"] == 1.0
+    assert entry["recall_queries"] == 75 and printed["index_recall@10"] == 1.0  # the 75 of 150 not tuned on
+    assert entry["tuning"] == {"target_recall@10": 0.96, "queries": 75, "ladder": [{"nprobe": 1, "recall@10": 1.0}]}
     assert bundle.index.index.ntotal == 70
     report = json.loads((tmp_path / "bundle" / "precision_report.json").read_text())["index"]
     assert report["precision"] == "int8" and report["index_hr@10"] == pytest.approx(report["exact_hr@10"])
