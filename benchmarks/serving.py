@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_info, plot_lines, time_calls, write_results
-from benchmarks.serving_common import K, log, percentiles, random_items
+from benchmarks.serving_common import Catalogue, K, log, percentiles
 from benchmarks.serving_http import over_http
 from benchmarks.serving_index import (
     ann_markdown,
@@ -67,7 +67,8 @@ from benchmarks.serving_index import (
 )
 from jaxrec.export import parse_index_params
 from jaxrec.serving import ann, retrieval
-from jaxrec.serving.bundle import load_bundle, write_bundle
+from jaxrec.serving.bundle import load_bundle, seen_csr, write_bundle
+from jaxrec.serving.exporter import build_item_index
 from jaxrec.serving.recommender import Recommender
 
 COLUMNS = (
@@ -88,6 +89,7 @@ COLUMNS = (
     "http_concurrent_p99_ms",
     "http_concurrent_rps",
     "http_mean_batch",
+    "index_search",
     "index_build_s",
     "index_b1_p50_ms",
     "index_b1_p99_ms",
@@ -103,15 +105,15 @@ COLUMNS = (
 
 
 def make_bundle(path: Path, num_items: int, args, index: ann.AnnIndex | None = None) -> None:
-    """Random unit-variance scores: items ~ N(0, 1/dim) and users ~ N(0, 1) per coordinate."""
+    """--users users and `num_items` items drawn from --catalogue, --seen random seen items a user."""
     rng = np.random.default_rng(args.seed)
-    items_ne = random_items(rng, num_items, args.dim)
-    users_ue = rng.standard_normal((args.users, args.dim), np.float32)
+    items_ne = args.catalogue.items(rng, num_items)
+    users_ue = args.catalogue.users(rng, args.users)
     seen = rng.integers(0, num_items, (args.users, args.seen))
     indptr = np.arange(0, args.users * args.seen + 1, args.seen, dtype=np.int64)
     write_bundle(
         path,
-        manifest={"model": "synthetic", "dataset": {"name": f"random-{num_items}"}},
+        manifest={"model": "synthetic", "dataset": {"name": f"{args.catalogue.spec}-{num_items}"}},
         items_ne=items_ne,
         users_ue=users_ue,
         user_tokens=[f"u{i}" for i in range(args.users)],
@@ -173,6 +175,19 @@ def in_process(bundle, args) -> dict:
     return out
 
 
+def tuned_index(items_ne: np.ndarray, args) -> ann.AnnIndex:
+    """The index as export builds it (search setting tuned to --index-recall, recall measured on
+    other queries), tuned on 1000 fresh users of the catalogue: never the bundle's users, on which
+    the index phases measure recall."""
+    rng = np.random.default_rng(args.seed + 5)
+    queries_ue = args.catalogue.users(rng, 1000)
+    seen_ux = rng.integers(0, len(items_ne), (1000, args.seen))
+    seen = seen_csr(np.repeat(np.arange(1000), args.seen), seen_ux.ravel(), 1000)
+    return build_item_index(
+        items_ne, queries_ue, seen, args.index, args.index_params, args.seed, target_recall=args.index_recall
+    )
+
+
 def measure(num_items: int, args) -> tuple[dict, list[dict], list[dict]]:
     """The size's record, its sweep points and its --compare rows."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,7 +199,7 @@ def measure(num_items: int, args) -> tuple[dict, list[dict], list[dict]]:
         record |= in_process(bundle, args)
         sweep = []
         if args.index != "none":
-            make_bundle(indexed, num_items, args, ann.build_index(bundle.items_ne, args.index, args.index_params))
+            make_bundle(indexed, num_items, args, tuned_index(bundle.items_ne, args))
             del bundle
             gc.collect()
             bundle = load_bundle(indexed)
@@ -222,7 +237,19 @@ def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, PNG")
     parser.add_argument("--sizes", default="1e3,1e5,1e6", help="comma-separated catalogue sizes")
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=None, help="vector width (default 64, or the trained bundle's)")
+    parser.add_argument(
+        "--catalogue",
+        default="iid",
+        metavar="iid|trained:BUNDLE_DIR",
+        help="where the vectors come from (see benchmarks.serving_common.Catalogue)",
+    )
+    parser.add_argument(
+        "--index-recall",
+        type=float,
+        default=ann.TARGET_RECALL,
+        help="recall@10 the index's search setting is tuned to, as jaxrec.export --index-recall",
+    )
     parser.add_argument("--users", type=int, default=1000, help="known users in each bundle")
     parser.add_argument("--seen", type=int, default=20, help="excluded (seen) items per user")
     parser.add_argument("--batch", type=int, default=16, help="batch of the in-process throughput phase")
@@ -271,6 +298,11 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--big-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        args.catalogue = Catalogue(args.catalogue, args.dim)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    args.dim = args.catalogue.dim
     args.sizes = [int(float(x)) for x in args.sizes.split(",")]
     args.big = [int(float(x)) for x in args.big.split(",") if x]
     args.index_params, args.big_params = parse_index_params(args.index_param), parse_index_params(args.big_params)

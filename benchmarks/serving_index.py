@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import plot_lines, time_calls
-from benchmarks.serving_common import K, percentiles, random_items, seen_lists
+from benchmarks.serving_common import K, percentiles, seen_lists
 from jaxrec.serving import ann
 from jaxrec.serving.recommender import Recommender
 
@@ -26,7 +26,6 @@ BIG_COLUMNS = (
     "search_p50_ms",
     "search_p99_ms",
 )
-SWEEP_PARAM = {"hnsw": "ef_search", "hnsw_l2": "ef_search", "ivf": "nprobe"}
 
 
 def index_recall(index: ann.AnnIndex, bundle, users) -> float:
@@ -47,15 +46,18 @@ def index_in_process(bundle, args, jax_batch_qps: float) -> dict:
     b1 = percentiles(time_calls(lambda: call(1)(), **timing))
     batch = percentiles(time_calls(lambda: call(args.batch)(), **timing))
     qps = args.batch / batch["p50"] * 1e3
+    search_param = ann.SEARCH_PARAM[bundle.index.kind]
     return {
         "index": bundle.index.name,
         "index_params": dict(bundle.index.params),
+        "index_search": f"{search_param}={bundle.index.params[search_param]}",
         "index_build_s": bundle.index.details["build_seconds"],
         "index_b1_p50_ms": b1["p50"],
         "index_b1_p99_ms": b1["p99"],
         "index_batch_qps": qps,
         "index_x_jax_qps": qps / jax_batch_qps,
         "index_recall@10": index_recall(bundle.index, bundle, users[: args.recall_queries]),
+        "index_export_recall@10": bundle.index.details["recall@10"],  # on the tuning run's held-out users
         "index_refills": bundle.index.refills,
         "index_exact_fallbacks": bundle.index.exact_fallbacks,
     }
@@ -65,7 +67,7 @@ def sweep_index(index: ann.AnnIndex, bundle, args) -> list[dict]:
     """Recall@10 and single-query latency (raw search plus exclusion) at each sweep setting."""
     users = np.random.default_rng(args.seed + 3).integers(0, bundle.num_users, args.recall_queries)
     queries_ue, excludes = bundle.users_ue[users], seen_lists(bundle, users)
-    name, points = SWEEP_PARAM[index.kind], []
+    name, points = ann.SEARCH_PARAM[index.kind], []
     exact = [ann.exact_search(bundle.items_ne, q, e, K) for q, e in zip(queries_ue, excludes)]
     for value in args.sweep[index.kind]:
         index.params[name] = value
@@ -102,10 +104,10 @@ def rss_gb() -> tuple[float, float]:
 def big_rows(num_items: int, args) -> list[dict]:
     """An index over `num_items` random vectors built chunk by chunk, never holding them twice."""
     rng, chunk = np.random.default_rng(args.seed), 1_000_000
-    queries_qe = np.random.default_rng(args.seed + 4).standard_normal((args.big_queries, args.dim)).astype(np.float32)
+    queries_qe = args.catalogue.users(np.random.default_rng(args.seed + 4), args.big_queries)
     params = ann.resolve_params(args.big_index, num_items, args.big_params)
     gc.collect()
-    first = random_items(rng, min(chunk, num_items), args.dim)
+    first = args.catalogue.items(rng, min(chunk, num_items))
     tick = time.perf_counter()
     train_ne = first[: params["nlist"] * 64] if "nlist" in params else None
     index = ann.empty_index(args.big_index, params, args.dim, train_ne)
@@ -124,9 +126,9 @@ def big_rows(num_items: int, args) -> list[dict]:
         order = np.argsort(-merged_s, axis=1)[:, :K]
         best_scores, best_ids = np.take_along_axis(merged_s, order, 1), np.take_along_axis(merged_i, order, 1)
         start += len(block)
-        block = random_items(rng, min(chunk, num_items - start), args.dim) if start < num_items else None
+        block = args.catalogue.items(rng, min(chunk, num_items - start)) if start < num_items else None
     peak, current = rss_gb()
-    rows, name = [], SWEEP_PARAM[args.big_index]
+    rows, name = [], ann.SEARCH_PARAM[args.big_index]
     for value in args.big_sweep:
         params[name] = value
         wrapped = ann.AnnIndex(args.big_index, params, index, np.zeros((num_items, 0), np.float32))
@@ -162,7 +164,7 @@ def ann_markdown(sweep: list[dict], big: list[dict]) -> str:
     """The sweep and the index-only rows as markdown tables."""
     lines = ["| items | index | setting | recall@10 | p50 ms | p99 ms |", "|---:|---|---|---:|---:|---:|"]
     for p in sweep:
-        name = SWEEP_PARAM[p["index"].split("-", 1)[1]]
+        name = ann.SEARCH_PARAM[p["index"].split("-", 1)[1]]
         lines.append(
             f"| {p['items']:,} | {p['index']} | {name}={p[name]} | {p['recall@10']:.3f} | "
             f"{p['p50_ms']:.3f} | {p['p99_ms']:.3f} |"
@@ -202,7 +204,7 @@ def compare_variants(bundle, args, jax_batch_qps: float) -> list[dict]:
     rows = []
     for kind, params in args.compare:
         index = ann.build_index(bundle.items_ne, kind, params)
-        name = SWEEP_PARAM[kind]
+        name = ann.SEARCH_PARAM[kind]
         for value in args.compare_sweep:
             index.params[name] = value
             index.apply_search_params()
@@ -239,7 +241,7 @@ def compare_markdown(rows: list[dict]) -> str:
     )
     lines = [header, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = SWEEP_PARAM[r["index"].split("-", 1)[1]]
+        name = ann.SEARCH_PARAM[r["index"].split("-", 1)[1]]
         build = ", ".join(f"{k} {v}" for k, v in r["params"].items() if k != name)
         lines.append(
             f"| {r['items']:,} | {r['index']} | {build} | {name} {r[name]} | {r['build_s']:.1f} | "
@@ -255,7 +257,7 @@ def plot_recall_vs_latency(path: Path, points: list[dict], latency_key: str, dim
         return
     largest, lines = max(p["items"] for p in points), {}
     for p in (p for p in points if p["items"] == largest):
-        name = SWEEP_PARAM[p["index"].split("-", 1)[1]]
+        name = ann.SEARCH_PARAM[p["index"].split("-", 1)[1]]
         build = ", ".join(f"{k} {v}" for k, v in p.get("params", {}).items() if k != name)
         line = lines.setdefault(f"{p['index']} {build}".strip(), ([], []))
         line[0].append(p[latency_key])

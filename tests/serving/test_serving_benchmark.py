@@ -76,6 +76,7 @@ def test_serving_benchmark_cli_writes_results(tmp_path):
         assert r["http_single_rps"] > 0 and r["http_concurrent_rps"] > 0 and r["http_mean_batch"] >= 1
         assert 0.5 <= r["approx_recall@10"] <= 1.0
         assert r["index"] == "faiss-hnsw" and r["index_recall@10"] == 1.0 and r["index_batch_qps"] > 0
+        assert r["index_search"] == "ef_search=16" and r["index_export_recall@10"] >= 0.9  # tuned: the ladder's first
         assert r["http_index_single_n"] == 20 and r["http_index_failures"] == 0
     sweep = results["sweep"]
     assert [(p["index"], p.get("ef_search", p.get("nprobe"))) for p in sweep] == [
@@ -97,3 +98,39 @@ def test_serving_benchmark_cli_writes_results(tmp_path):
     assert {"cpu_count", "jax", "backend"} <= set(results["machine"])
     assert "| items |" in (out / "results.md").read_text()
     assert (out / "latency_vs_items.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_trained_catalogue_draws_vectors_with_the_bundles_mean_and_covariance(tmp_path):
+    import numpy as np
+
+    from benchmarks.serving_common import Catalogue
+    from jaxrec.serving.bundle import write_bundle
+
+    rng = np.random.default_rng(0)
+    mixing_ee = np.diag([3.0, 1.0, 0.3, 0.1]) @ rng.standard_normal((4, 4))
+    items_ne = (rng.standard_normal((4_000, 4)) @ mixing_ee + [1.0, -2.0, 0.0, 0.5]).astype(np.float32)
+    users_ue = rng.standard_normal((300, 4)).astype(np.float32) * 2
+    write_bundle(
+        tmp_path / "b",
+        manifest={"model": "synthetic", "dataset": {"name": "t"}},
+        items_ne=items_ne,
+        users_ue=users_ue,
+        user_tokens=[str(u) for u in range(300)],
+        item_tokens=[str(i) for i in range(4_000)],
+        seen=(np.zeros(301, np.int64), np.zeros(0, np.int32)),
+    )
+    catalogue = Catalogue(f"trained:{tmp_path / 'b'}", None)
+    drawn_ne = catalogue.items(np.random.default_rng(1), 200_000)
+    assert catalogue.dim == 4 and drawn_ne.dtype == np.float32
+    np.testing.assert_allclose(drawn_ne.mean(0), items_ne.mean(0), atol=0.05)
+    np.testing.assert_allclose(np.cov(drawn_ne, rowvar=False), np.cov(items_ne, rowvar=False), rtol=0.03, atol=0.02)
+    np.testing.assert_allclose(
+        np.cov(catalogue.users(np.random.default_rng(2), 100_000), rowvar=False),
+        np.cov(users_ue, rowvar=False),
+        rtol=0.05,
+        atol=0.05,
+    )
+    iid = Catalogue("iid", None)
+    assert iid.dim == 64 and iid.items(np.random.default_rng(3), 100_000).std() == pytest.approx(64**-0.5, rel=0.01)
+    with pytest.raises(ValueError, match="are 4 wide"):
+        Catalogue(f"trained:{tmp_path / 'b'}", 64)
