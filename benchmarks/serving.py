@@ -9,12 +9,14 @@ For each catalogue size it writes a synthetic float32 bundle (random item and us
   approx     the binned approximate top-K (recall target --approx-recall): batch 1 latency,
              queries/s at --batch, and its recall@10 against the exact top 10 over
              --recall-queries users;
-  index      the bundle rewritten with a FAISS index (--index, default settings) and served from
-             it (`Recommender` as the server uses it: over-fetch, exact exclusion): batch 1 p50/p99,
-             queries/s at --batch, recall@10 against exact (seen items excluded), build time; and
-             index_x_jax_qps = its batch throughput over jax exact's, both from this run;
-  sweep      recall@10 and batch-1 p50 of the index at each --sweep setting (hnsw ef_search, and
-             ivf nprobe with --sweep-ivf), plotted as recall_vs_latency.png, one line per index;
+  index      the bundle rewritten with a FAISS index built as jaxrec.export builds it (--index,
+             default auto; the search setting tuned to --index-recall on 1000 fresh users of the
+             catalogue, never the bundle's) and served from it (`Recommender` as the server uses it:
+             over-fetch, exact exclusion): batch 1 p50/p99, queries/s at --batch, recall@10 against
+             exact (seen items excluded) on the bundle's users, build time; and index_x_jax_qps = its
+             batch throughput over jax exact's, both from this run;
+  sweep      recall@10 and batch-1 p50 of the index at each --sweep setting (hnsw ef_search, ivf
+             nprobe, pq rerank), and of each --sweep-also kind, plotted as recall_vs_latency.png;
   compare    each --compare variant (an index kind and build settings, e.g. hnsw vs hnsw_l2 at equal
              m / ef_construction) built on the same vectors and searched for the same users at each
              --compare-sweep value: recall@10 against exact (seen items excluded), batch-1 p50/p99,
@@ -32,7 +34,7 @@ For each catalogue size it writes a synthetic float32 bundle (random item and us
              latency at each --big-sweep setting.
 
 Run:  python -m benchmarks.serving --out runs/bench/serving     # 10^3, 10^5, 10^6 items
-      python -m benchmarks.serving --out runs/bench/serving_ann --sizes 1e6 --sweep-ivf --big 1e7 \
+      python -m benchmarks.serving --out runs/bench/serving_ann --sizes 1e6 --sweep-also ivf --big 1e7 \
           --big-index ivf --big-params nlist=4096 --big-sweep 16,64,256,1024   # README's ANN run, ~30 min
       nice -n 10 python -m benchmarks.serving --out runs/bench/serving_mips --sizes 1e5 --no-http --index none \
           --compare 'hnsw;hnsw_l2' --compare-sweep 64,128,256,512,1024   # IP graph vs the L2 reduction
@@ -205,8 +207,9 @@ def measure(num_items: int, args) -> tuple[dict, list[dict], list[dict]]:
             bundle = load_bundle(indexed)
             record |= index_in_process(bundle, args, record["jax_batch_qps"])
             sweep = sweep_index(bundle.index, bundle, args)
-            if args.sweep_ivf and args.index != "ivf":
-                sweep += sweep_index(ann.build_index(bundle.items_ne, "ivf"), bundle, args)
+            for kind in args.sweep_also:
+                if kind != bundle.index.kind:
+                    sweep += sweep_index(ann.build_index(bundle.items_ne, kind), bundle, args)
         compared = compare_variants(bundle, args, record["jax_batch_qps"]) if args.compare else []
         del bundle
         gc.collect()
@@ -265,7 +268,10 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--startup-seconds", type=float, default=180.0)
     parser.add_argument("--no-http", action="store_true", help="in-process phases only")
     parser.add_argument(
-        "--index", default="hnsw", choices=("none", *ann.KINDS), help="index served in the index phases"
+        "--index",
+        default="auto",
+        choices=("none", "auto", *ann.KINDS),
+        help="index of the index phases, built and tuned as jaxrec.export builds it (auto: the faster of hnsw, pq)",
     )
     parser.add_argument(
         "--index-param",
@@ -276,10 +282,15 @@ def parse_args(argv) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sweep",
-        default="hnsw:64,128,256,512,1024;hnsw_l2:64,128,256,512,1024;ivf:16,64,256,1024",
-        help="search settings per index kind for the recall/latency plot (ef_search, nprobe)",
+        default="hnsw:64,128,256,512,1024;hnsw_l2:64,128,256,512,1024;ivf:16,64,256,1024;pq:64,128,256,512,1024",
+        help="search settings per index kind for the recall/latency plot (ef_search, nprobe, rerank)",
     )
-    parser.add_argument("--sweep-ivf", action="store_true", help="also build an ivf index and sweep its nprobe")
+    parser.add_argument(
+        "--sweep-also",
+        default="",
+        metavar="KIND,...",
+        help="also build these index kinds (default settings) and sweep them, e.g. ivf,pq",
+    )
     parser.add_argument(
         "--compare",
         default="",
@@ -311,6 +322,9 @@ def parse_args(argv) -> argparse.Namespace:
         for kind, values in (part.split(":") for part in args.sweep.split(";"))
     }
     args.big_sweep = [int(v) for v in args.big_sweep.split(",")]
+    args.sweep_also = [kind for kind in args.sweep_also.split(",") if kind]
+    if set(args.sweep_also) - set(ann.KINDS):
+        parser.error(f"--sweep-also {args.sweep_also}: expected kinds among {', '.join(ann.KINDS)}")
     args.compare, args.compare_sweep = parse_variants(args.compare), [int(v) for v in args.compare_sweep.split(",")]
     if min(args.sizes) <= K + args.seen:
         parser.error(f"--sizes must exceed k + --seen = {K + args.seen}")

@@ -69,7 +69,7 @@ def sweep_index(index: ann.AnnIndex, bundle, args) -> list[dict]:
     queries_ue, excludes = bundle.users_ue[users], seen_lists(bundle, users)
     name, points = ann.SEARCH_PARAM[index.kind], []
     exact = [ann.exact_search(bundle.items_ne, q, e, K) for q, e in zip(queries_ue, excludes)]
-    for value in args.sweep[index.kind]:
+    for value in args.sweep.get(index.kind, []):
         index.params[name] = value
         index.apply_search_params()
         cursor = itertools.count()

@@ -1,17 +1,18 @@
 """Export a trained run as a serving bundle (see jaxrec.serving.bundle for the layout).
 
     python -m jaxrec.export <run_dir> --out <dir> [--precision float32|bfloat16|int8] [--step N]
-        [--overwrite] [--report] [--index auto|none|hnsw|ivf] [--index-param NAME=VALUE ...]
+        [--overwrite] [--report] [--index auto|none|hnsw|hnsw_l2|ivf|pq] [--index-param NAME=VALUE ...]
         [--index-recall R]
 
---index builds an ANN index (FAISS, the `ann` extra) over the stored item vectors; auto (the
-default) builds the measured best kind (hnsw) from 500,000 items up and keeps exact retrieval
-below (or when faiss is missing): the measured crossover lies between 10^5 and 10^6 items.
-The index's search setting (hnsw ef_search, ivf nprobe) is tuned to the smallest that reaches
+--index builds an ANN index (FAISS, the `ann` extra) over the stored item vectors. The index's
+search setting (hnsw ef_search, ivf nprobe, pq rerank) is tuned to the smallest that reaches
 recall@10 >= --index-recall (default 0.96) on 500 known users, and recall@10 against exact search
-is then measured on 500 others.
---index-param overrides a setting, e.g. ef_search=256 (hnsw: m, ef_construction, ef_search;
-ivf: nlist, nprobe); a search setting given this way is used as it is, not tuned.
+is then measured on 500 others. auto (the default) keeps exact retrieval below 500,000 items (or
+when faiss is missing) and from there builds hnsw and pq, tunes both, and keeps the one that
+answered the tuning queries faster.
+--index-param overrides a setting of the named kind, e.g. ef_search=256 (hnsw: m,
+ef_construction, ef_search; ivf: nlist, nprobe; pq: subspaces, rerank); a search setting given
+this way is used as it is, not tuned.
 
 --report also writes every precision to a temporary directory, reloads it, and prints each
 one's size and test HR@10 / NDCG@10 next to float32 (and the metrics of every user served
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         "--index",
         default="auto",
         choices=("auto", "none", *KINDS),
-        help="ANN index to build (default auto: hnsw from 500,000 items, exact below)",
+        help="ANN index to build (default auto: the faster of hnsw and pq from 500,000 items, exact below)",
     )
     parser.add_argument(
         "--index-param",
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     index_params = parse_index_params(args.index_param)
     if not 0 < args.index_recall <= 1:  # also refuses nan
         raise JaxrecError(f"--index-recall must be in (0, 1], got {args.index_recall}")
+    if index_params and args.index == "auto":
+        raise JaxrecError(f"--index-param sets a setting of one index kind: name it with --index ({', '.join(KINDS)})")
 
     from jaxrec.serving.exporter import (
         check_bundle_out,

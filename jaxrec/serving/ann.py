@@ -13,7 +13,12 @@ Kinds; every one returns the model's inner products q . i as scores (no cosine t
            this one differs between them). Measured worse than hnsw at every setting on random
            and on varying-norm vectors (benchmarks.serving --compare): not the default;
   ivf      IndexIVFFlat: k-means into `nlist` lists, `nprobe` nearest lists scanned per query
-           (nprobe = nlist scans everything: exact).
+           (nprobe = nlist scans everything: exact);
+  pq       IndexPQFastScan then an exact re-rank: every item is coded in `subspaces` 4-bit codes
+           (16 bytes an item at width 64), the whole catalogue is scanned with SIMD lookup tables,
+           and the best `rerank` candidates are re-scored exactly by q . i (rerank = N: exact).
+           A scan instead of a graph walk: it wins where the vectors have no structure a graph can
+           use (random vectors) and loses to hnsw on learned embeddings, so auto measures both.
 The index stores float32 vectors: those the bundle serves, so an int8 or bfloat16 bundle's index
 is built on its dequantised vectors and ranks exactly what exact retrieval would score.
 
@@ -41,7 +46,7 @@ from jaxrec.errors import JaxrecError
 
 LIBRARY = "faiss"
 INSTALL = "pip install 'faiss-cpu>=1.15,<1.16' (or pip install -e '.[ann]')"
-KINDS = ("hnsw", "hnsw_l2", "ivf")
+KINDS = ("hnsw", "hnsw_l2", "ivf", "pq")
 INDEX_FILE = "index.faiss"
 OVERFETCH = 64  # excluded ids the first fetch makes room for; longer lists refill when needed
 # Build settings, measured side by side by benchmarks.serving --compare on random dim-64 vectors (no
@@ -52,15 +57,23 @@ DEFAULT_PARAMS = {
     "hnsw": {"m": 32, "ef_construction": 128, "ef_search": 768},
     "hnsw_l2": {"m": 32, "ef_construction": 128, "ef_search": 768},
     "ivf": {"nlist": None, "nprobe": None},
-}  # nprobe None: 1/16 of the lists. The search setting is the one export tunes (see tune_search);
-# these values serve an index built without tuning.
-SEARCH_PARAM = {"hnsw": "ef_search", "hnsw_l2": "ef_search", "ivf": "nprobe"}  # recall against speed
-# ef_search values export tries, smallest first: the cost a query grows about linearly in it.
-EF_LADDER = (16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 768, 1024, 1536, 2048)
+    "pq": {"subspaces": None, "rerank": 512},
+}  # nprobe None: 1/16 of the lists; subspaces None: one per 2 dimensions. The search setting is the
+# one export tunes (see tune_search); these values serve an index built without tuning.
+SEARCH_PARAM = {"hnsw": "ef_search", "hnsw_l2": "ef_search", "ivf": "nprobe", "pq": "rerank"}
+# Values export tries, smallest first: the cost of a query grows with them.
+LADDERS = {
+    "ef_search": (16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 768, 1024, 1536, 2048),
+    "rerank": (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096),
+}
+PQ_TRAIN_ITEMS = 65_536  # items the pq codebooks are trained on (16 centroids a subspace)
 # Recall@10 export tunes the search setting to reach on its tuning queries. Above the issue's 0.95
 # so that the recall measured on the other (held-out) queries stays above it too.
 TARGET_RECALL = 0.96
-AUTO_KIND = "hnsw"  # what --index auto builds at or above AUTO_MIN_ITEMS
+# What --index auto builds at or above AUTO_MIN_ITEMS, each tuned, keeping the faster at batch 16:
+# on 10^6 random vectors pq answered ~5x the queries of hnsw at equal recall, on vectors shaped
+# like trained MF embeddings hnsw ~2x those of pq (benchmarks.serving --catalogue, README).
+AUTO_KINDS = ("hnsw", "pq")
 # Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items
 # (2.0 vs 10.1 ms a query, 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs
 # 145/s): exact cost grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving,
@@ -87,8 +100,9 @@ def import_faiss(purpose: str):
     return faiss
 
 
-def resolve_params(kind: str, num_items: int, params: dict | None = None) -> dict:
-    """The kind's defaults overridden by `params`, with IVF's list counts made concrete."""
+def resolve_params(kind: str, num_items: int, params: dict | None = None, dim: int | None = None) -> dict:
+    """The kind's defaults overridden by `params`, with IVF's list counts (and, given the vector
+    width, pq's subspaces) made concrete."""
     if kind not in KINDS:
         raise JaxrecError(f"index kind {kind!r} is not valid; expected one of {', '.join(KINDS)}")
     unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS[kind]))
@@ -99,6 +113,11 @@ def resolve_params(kind: str, num_items: int, params: dict | None = None) -> dic
         nlist = resolved["nlist"] or int(4 * math.sqrt(num_items))
         resolved["nlist"] = int(min(max(nlist, 1), max(num_items // 39, 1)))  # faiss wants >= 39 points a list
         resolved["nprobe"] = int(min(resolved["nprobe"] or max(resolved["nlist"] // 16, 1), resolved["nlist"]))
+    if kind == "pq" and dim is not None:
+        subspaces = resolved["subspaces"] or (dim // 2 if dim % 2 == 0 else dim)
+        if subspaces < 1 or dim % subspaces:
+            raise JaxrecError(f"index pq: subspaces={subspaces} must divide the vector width {dim}")
+        resolved["subspaces"] = int(subspaces)
     return resolved
 
 
@@ -122,8 +141,8 @@ class AnnIndex:
     def apply_search_params(self) -> None:
         if self.kind.startswith("hnsw"):
             self.index.hnsw.efSearch = int(self.params["ef_search"])
-        else:
-            self.index.nprobe = int(self.params["nprobe"])
+        elif self.kind == "ivf":
+            self.index.nprobe = int(self.params["nprobe"])  # pq reads rerank at each search
 
     def raw_search(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores_bf, ids_bf) best first, scores the inner products; missing results have id -1."""
@@ -138,10 +157,13 @@ class AnnIndex:
 
     def _search_part(self, query_be: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         import_faiss("searching an ANN index").omp_set_num_threads(1)  # per calling thread
-        if self.kind != "hnsw_l2":
-            return self.index.search(query_be, fetch)
-        _, ids_bf = self.index.search(np.pad(query_be, ((0, 0), (0, 1))), fetch)  # L2 distances: re-score
-        return rescore(self.items_ne, query_be, ids_bf)
+        if self.kind == "pq":  # coded scores: the best `rerank` re-scored exactly
+            _, ids_bf = self.index.search(query_be, min(max(fetch, int(self.params["rerank"])), len(self.items_ne)))
+            return rescore(self.items_ne, query_be, ids_bf)
+        if self.kind == "hnsw_l2":  # L2 distances: re-score
+            _, ids_bf = self.index.search(np.pad(query_be, ((0, 0), (0, 1))), fetch)
+            return rescore(self.items_ne, query_be, ids_bf)
+        return self.index.search(query_be, fetch)
 
     def search(self, query_be: np.ndarray, excludes: list[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query (ids [<= K], scores) best first, none of them in that query's exclude list."""
@@ -229,6 +251,9 @@ def empty_index(kind: str, params: dict, dim: int, train_ne: np.ndarray | None =
         metric = faiss.METRIC_L2 if kind == "hnsw_l2" else faiss.METRIC_INNER_PRODUCT
         index = faiss.IndexHNSWFlat(index_width(kind, dim), int(params["m"]), metric)
         index.hnsw.efConstruction = int(params["ef_construction"])
+    elif kind == "pq":
+        index = faiss.IndexPQFastScan(dim, int(params["subspaces"]), 4, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(train_ne, np.float32))
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
         index.train(np.ascontiguousarray(train_ne, np.float32))
@@ -239,11 +264,12 @@ def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, see
     """An index over `items_ne` (float32 [N, e]) by inner product."""
     items_ne = np.ascontiguousarray(items_ne, np.float32)
     num_items, dim = items_ne.shape
-    params = resolve_params(kind, num_items, params)
+    params = resolve_params(kind, num_items, params, dim)
     tick = time.perf_counter()
     train_ne = None
-    if kind == "ivf":
-        sample = np.random.default_rng(seed).choice(num_items, min(num_items, params["nlist"] * 64), replace=False)
+    if kind in ("ivf", "pq"):
+        wanted = params["nlist"] * 64 if kind == "ivf" else PQ_TRAIN_ITEMS
+        sample = np.random.default_rng(seed).choice(num_items, min(num_items, wanted), replace=False)
         train_ne = items_ne[np.sort(sample)]
     index = empty_index(kind, params, dim, train_ne)
     index.add(augment_to_equal_norm(items_ne) if kind == "hnsw_l2" else items_ne)
@@ -305,17 +331,24 @@ def search_ladder(index: AnnIndex) -> list[int]:
     if index.kind == "ivf":
         nlist = int(index.params["nlist"])
         return sorted({min(2**i, nlist) for i in range(nlist.bit_length() + 1)})
-    return list(EF_LADDER)
+    return sorted({min(value, len(index.items_ne)) for value in LADDERS[SEARCH_PARAM[index.kind]]})
 
 
 def tune_search(
-    index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int, target: float
+    index: AnnIndex,
+    queries_ue: np.ndarray,
+    excludes: list[np.ndarray],
+    k: int,
+    target: float,
+    exact: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict]:
     """Set the smallest search setting on the ladder whose recall@k on these queries reaches
     `target` (the largest when none does): the cost of a query follows the data, so the setting
-    is measured on the model's own vectors rather than fixed. Returns the ladder climbed."""
+    is measured on the model's own vectors rather than fixed. Returns the ladder climbed. `exact`:
+    the exact_search results of these queries, when already known."""
     name = SEARCH_PARAM[index.kind]
-    exact = [exact_search(index.items_ne, q, e, k) for q, e in zip(queries_ue, excludes)]
+    if exact is None:
+        exact = [exact_search(index.items_ne, q, e, k) for q, e in zip(queries_ue, excludes)]
     climbed = []
     for value in search_ladder(index):
         index.params[name] = value
@@ -325,3 +358,16 @@ def tune_search(
             break
     index.refills = index.exact_fallbacks = 0  # served counts, not tuning's
     return climbed
+
+
+def queries_per_second(index: AnnIndex, queries_ue: np.ndarray, excludes: list[np.ndarray], k: int, batch: int = 16):
+    """Queries a second searched in batches of `batch` as the server searches them, the best of
+    three passes (another process on the machine only ever slows a pass down)."""
+    seconds = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        for start in range(0, len(queries_ue), batch):
+            index.search(queries_ue[start : start + batch], excludes[start : start + batch], k)
+        seconds.append(time.perf_counter() - tick)
+    index.refills = index.exact_fallbacks = 0
+    return len(queries_ue) / min(seconds)

@@ -190,7 +190,11 @@ class Recommender:
                 "params": index.params,
                 "refills": index.refills,
                 "exact_fallbacks": index.exact_fallbacks,
-            } | {k: v for k, v in index.details.items() if k.startswith("recall") or k in ("build_seconds", "tuning")}
+            } | {
+                k: v
+                for k, v in index.details.items()
+                if k.startswith("recall") or k in ("build_seconds", "tuning", "auto")
+            }
         if self.approx_recall is not None:
             return {"kind": "approx_top_k", "recall_target": self.approx_recall}
         return {

@@ -28,7 +28,13 @@ def _catalogue(num_items, dim, num_queries, seed=0):
 
 
 @pytest.mark.parametrize(
-    "kind,params", [("ivf", {"nlist": 4, "nprobe": 4}), ("hnsw", {"ef_search": N}), ("hnsw_l2", {"ef_search": N})]
+    "kind,params",
+    [
+        ("ivf", {"nlist": 4, "nprobe": 4}),
+        ("hnsw", {"ef_search": N}),
+        ("hnsw_l2", {"ef_search": N}),
+        ("pq", {"rerank": N}),
+    ],
 )
 def test_index_equals_exact_search_at_an_exact_setting(kind, params):
     items_ne, query_be = _catalogue(N, E, 12)
@@ -60,7 +66,7 @@ def test_export_tunes_the_search_setting_to_the_smallest_that_reaches_the_target
     index = build_item_index(items_ne, queries_ue, seen, "hnsw", build, target_recall=0.95)
     ladder = index.details["tuning"]["ladder"]
     chosen = index.params["ef_search"]
-    assert [step["ef_search"] for step in ladder] == list(ann.EF_LADDER[: len(ladder)]) and len(ladder) >= 3
+    assert [step["ef_search"] for step in ladder] == list(ann.LADDERS["ef_search"][: len(ladder)]) and len(ladder) >= 3
     assert chosen == ladder[-1]["ef_search"] and index.details["tuning"]["queries"] == 200
     tuning = np.sort(np.random.default_rng(0).permutation(400)[::2])  # as build_item_index samples
     excludes = [seen[1][seen[0][u] : seen[0][u + 1]] for u in tuning]
@@ -74,6 +80,69 @@ def test_export_tunes_the_search_setting_to_the_smallest_that_reaches_the_target
     assert index.details["recall@10"] >= 0.93 and index.details["recall_queries"] == 200  # the other 200
     pinned = build_item_index(items_ne, queries_ue, seen, "hnsw", build | {"ef_search": 20})
     assert pinned.params["ef_search"] == 20 and "tuning" not in pinned.details
+
+
+def test_pq_rescores_its_coded_candidates_exactly_and_more_candidates_find_more():
+    items_ne, query_be = _catalogue(5_000, 64, 200, seed=8)
+    index = ann.build_index(items_ne, "pq")  # 32 subspaces of 2 dimensions, 4-bit codes
+    assert index.params == {"subspaces": 32, "rerank": 512} and index.index.code_size == 16
+    no_excludes = [np.zeros(0, np.int32)] * len(query_be)
+    recalls = {}
+    for rerank in (16, 512):
+        index.params["rerank"] = rerank
+        recalls[rerank] = ann.recall_at_k(index, query_be, no_excludes, 10)
+    assert recalls[512] >= 0.95 and recalls[16] < recalls[512] - 0.1
+    ids, scores = index.search(query_be[:1], no_excludes[:1], 10)[0]
+    np.testing.assert_allclose(scores, items_ne[ids] @ query_be[0], rtol=1e-6)  # exact scores, not coded ones
+    with pytest.raises(JaxrecError, match="subspaces=5 must divide the vector width 64"):
+        ann.build_index(items_ne, "pq", {"subspaces": 5})
+
+
+@pytest.mark.parametrize(
+    "speeds,rerank_ladder,chosen",
+    [
+        ({"hnsw": 100.0, "pq": 200.0}, None, "faiss-pq"),
+        ({"hnsw": 300.0, "pq": 200.0}, None, "faiss-hnsw"),
+        ({"hnsw": 100.0, "pq": 900.0}, (16,), "faiss-hnsw"),  # pq cannot reach the target: never chosen
+    ],
+)
+def test_auto_keeps_the_faster_index_among_those_that_reach_the_target(monkeypatch, speeds, rerank_ladder, chosen):
+    items_ne, queries_ue = _catalogue(3_000, 16, 200, seed=9)
+    seen = seen_csr(np.repeat(np.arange(200), 3), np.random.default_rng(9).integers(0, 3_000, 600), 200)
+    monkeypatch.setattr(ann, "queries_per_second", lambda index, *args: speeds[index.kind])
+    if rerank_ladder:
+        monkeypatch.setitem(ann.LADDERS, "rerank", rerank_ladder)
+    index = build_item_index(items_ne, queries_ue, seen, "auto", target_recall=0.95)
+    assert index.name == chosen
+    built = {entry["index"]: entry for entry in index.details["auto"]}
+    assert set(built) == {"faiss-hnsw", "faiss-pq"}
+    assert built["faiss-pq"]["queries_per_second_at_batch_16"] == speeds["pq"]
+    assert (built["faiss-pq"]["tuning_recall@10"] >= 0.95) == (rerank_ladder is None)
+    assert index.details["tuning"]["ladder"][-1]["recall@10"] == built[chosen]["tuning_recall@10"] >= 0.95
+
+
+def test_a_pq_index_round_trips_through_a_bundle(tmp_path):
+    items_ne, users_ue = _catalogue(N, E, U, seed=10)
+    seen = seen_csr(np.arange(U), np.arange(U), U)
+    index = build_item_index(items_ne, users_ue, seen, "pq", {"rerank": 40})
+    path = write_bundle(
+        tmp_path / "bundle",
+        manifest={"model": "mf"},
+        items_ne=items_ne,
+        users_ue=users_ue,
+        user_tokens=[f"u{u}" for u in range(U)],
+        item_tokens=[f"i{i}" for i in range(N)],
+        seen=seen,
+        index=index,
+    )
+    loaded = load_bundle(path).index
+    assert loaded.name == "faiss-pq" and loaded.params == {"subspaces": 4, "rerank": 40}
+    excludes = [np.array([u], np.int32) for u in range(U)]
+    for (ids, scores), (loaded_ids, loaded_scores) in zip(
+        index.search(users_ue, excludes, 10), loaded.search(users_ue, excludes, 10), strict=True
+    ):
+        np.testing.assert_array_equal(loaded_ids, ids)
+        np.testing.assert_array_equal(loaded_scores, scores)
 
 
 def test_a_batch_split_across_search_threads_finds_what_one_thread_finds():
