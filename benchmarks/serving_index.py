@@ -58,6 +58,7 @@ def index_in_process(bundle, args, jax_batch_qps: float) -> dict:
         "index_x_jax_qps": qps / jax_batch_qps,
         "index_recall@10": index_recall(bundle.index, bundle, users[: args.recall_queries]),
         "index_export_recall@10": bundle.index.details["recall@10"],  # on the tuning run's held-out users
+        "index_auto": bundle.index.details.get("auto"),  # each kind auto built: tuned setting, recall, q/s
         "index_refills": bundle.index.refills,
         "index_exact_fallbacks": bundle.index.exact_fallbacks,
     }

@@ -7,7 +7,7 @@
 --index builds an ANN index (FAISS, the `ann` extra) over the stored item vectors. The index's
 search setting (hnsw ef_search, ivf nprobe, pq rerank) is tuned to the smallest that reaches
 recall@10 >= --index-recall (default 0.96) on 500 known users, and recall@10 against exact search
-is then measured on 500 others. auto (the default) keeps exact retrieval below 500,000 items (or
+is then measured on 500 others. auto (the default) keeps exact retrieval below 100,000 items (or
 when faiss is missing) and from there builds hnsw and pq, tunes both, and keeps the one that
 answered the tuning queries faster.
 --index-param overrides a setting of the named kind, e.g. ef_search=256 (hnsw: m,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         "--index",
         default="auto",
         choices=("auto", "none", *KINDS),
-        help="ANN index to build (default auto: the faster of hnsw and pq from 500,000 items, exact below)",
+        help="ANN index to build (default auto: the faster of hnsw and pq from 100,000 items, exact below)",
     )
     parser.add_argument(
         "--index-param",

@@ -22,7 +22,8 @@ Kinds; every one returns the model's inner products q . i as scores (no cosine t
 The index stores float32 vectors: those the bundle serves, so an int8 or bfloat16 bundle's index
 is built on its dequantised vectors and ranks exactly what exact retrieval would score.
 
-Seen-item exclusion stays exact: a query fetches K + min(|exclude|, OVERFETCH) candidates, drops
+Seen-item exclusion stays exact: a query fetches K + min(|exclude|, OVERFETCH) candidates (pq at
+least `rerank`), drops
 excluded ids, and when fewer than K remain fetches K + |exclude| (enough whatever was excluded);
 a query the index still cannot fill (an IVF probe that reached too few items) is answered by
 exact search over every item.
@@ -61,24 +62,28 @@ DEFAULT_PARAMS = {
 }  # nprobe None: 1/16 of the lists; subspaces None: one per 2 dimensions. The search setting is the
 # one export tunes (see tune_search); these values serve an index built without tuning.
 SEARCH_PARAM = {"hnsw": "ef_search", "hnsw_l2": "ef_search", "ivf": "nprobe", "pq": "rerank"}
-# Values export tries, smallest first: the cost of a query grows with them.
+# Values export tries, smallest first: the cost of a query grows with them. They start at 64: below
+# it a query saves under 0.15 ms (hnsw at 10^6 items: 0.25 ms at ef_search 32, 0.37 at 64), nothing
+# next to a served request's ~4 ms, while on ml-100k ef_search 32 reached the tuning target (0.960)
+# but 0.948 on the held-out users, moving HR@10 by 0.0053 (64: 0.987 and 0.0000).
 LADDERS = {
-    "ef_search": (16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 768, 1024, 1536, 2048),
-    "rerank": (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096),
+    "ef_search": (64, 96, 128, 192, 256, 384, 512, 640, 768, 1024, 1536, 2048),
+    "rerank": (64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096),
 }
 PQ_TRAIN_ITEMS = 65_536  # items the pq codebooks are trained on (16 centroids a subspace)
 # Recall@10 export tunes the search setting to reach on its tuning queries. Above the 0.95
 # so that the recall measured on the other (held-out) queries stays above it too.
 TARGET_RECALL = 0.96
 # What --index auto builds at or above AUTO_MIN_ITEMS, each tuned, keeping the faster at batch 16:
-# on 10^6 random vectors pq answered ~5x the queries of hnsw at equal recall, on vectors shaped
-# like trained MF embeddings hnsw ~2x those of pq (benchmarks.serving --catalogue, README).
+# at 10^6 random vectors pq answered 2.7x the queries of hnsw (1,687 against 620 a second), on
+# vectors shaped like trained MF embeddings hnsw 3.0x those of pq (2,524 against 855), each tuned
+# to recall 0.96 (benchmarks.serving --catalogue, README).
 AUTO_KINDS = ("hnsw", "pq")
-# Exact jitted retrieval beat hnsw (ef_construction 64, ef_search 512) at 10^5 random dim-64 items
-# (2.0 vs 10.1 ms a query, 459 vs 142 queries/s at batch 16) and lost at 10^6 (75 vs 8.3 ms, 47 vs
-# 145/s): exact cost grows with N, the index's barely, so they tie near 3-5 x 10^5 (benchmarks.serving,
-# shared CPU). The default ef_search 768 costs more a query; at 10^6 it still won (196 vs 66 q/s).
-AUTO_MIN_ITEMS = 500_000
+# Where auto starts: jitted exact retrieval against auto's tuned index (benchmarks.serving --sizes
+# 1e4,1e5, idle machine, queries/s at batch 16): at 10^4 items exact won on random and on trained-
+# shaped vectors (14,140 against pq's 9,204; 11,190 against pq's 7,793), at 10^5 the index won (pq
+# 4,094 against 1,879; hnsw 9,177 against 1,804). From 10^5 up the index is >= 2x exact.
+AUTO_MIN_ITEMS = 100_000
 # A batch is split across this many Python threads, each running a one-thread FAISS search (FAISS
 # releases the GIL). Not OpenMP's threads: on 2 shared cores 2 OpenMP threads made a batch of 16
 # take 40-50 ms instead of 1.2 ms (each barrier spin-waits for a descheduled peer), while 2 Python

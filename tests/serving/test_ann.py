@@ -19,6 +19,19 @@ from jaxrec.serving.recommender import Recommender  # noqa: E402
 N, U, E = 300, 20, 8
 
 
+def _write_bundle(path, items_ne, users_ue, seen, **options):
+    return write_bundle(
+        path,
+        manifest={"model": "mf"},
+        items_ne=items_ne,
+        users_ue=users_ue,
+        user_tokens=[f"u{u}" for u in range(len(users_ue))],
+        item_tokens=[f"i{i}" for i in range(len(items_ne))],
+        seen=seen,
+        **options,
+    )
+
+
 def _catalogue(num_items, dim, num_queries, seed=0):
     rng = np.random.default_rng(seed)
     return (
@@ -62,7 +75,7 @@ def test_export_tunes_the_search_setting_to_the_smallest_that_reaches_the_target
     items_ne, queries_ue = _catalogue(5_000, 32, 400, seed=4)
     users = np.repeat(np.arange(400), 5)
     seen = seen_csr(users, np.random.default_rng(5).integers(0, 5_000, len(users)), 400)
-    build = {"m": 8, "ef_construction": 40}
+    build = {"m": 6, "ef_construction": 20}  # a sparse graph: the ladder climbs to ~ef_search 256
     index = build_item_index(items_ne, queries_ue, seen, "hnsw", build, target_recall=0.95)
     ladder = index.details["tuning"]["ladder"]
     chosen = index.params["ef_search"]
@@ -125,17 +138,7 @@ def test_a_pq_index_round_trips_through_a_bundle(tmp_path):
     items_ne, users_ue = _catalogue(N, E, U, seed=10)
     seen = seen_csr(np.arange(U), np.arange(U), U)
     index = build_item_index(items_ne, users_ue, seen, "pq", {"rerank": 40})
-    path = write_bundle(
-        tmp_path / "bundle",
-        manifest={"model": "mf"},
-        items_ne=items_ne,
-        users_ue=users_ue,
-        user_tokens=[f"u{u}" for u in range(U)],
-        item_tokens=[f"i{i}" for i in range(N)],
-        seen=seen,
-        index=index,
-    )
-    loaded = load_bundle(path).index
+    loaded = load_bundle(_write_bundle(tmp_path / "bundle", items_ne, users_ue, seen, index=index)).index
     assert loaded.name == "faiss-pq" and loaded.params == {"subspaces": 4, "rerank": 40}
     excludes = [np.array([u], np.int32) for u in range(U)]
     for (ids, scores), (loaded_ids, loaded_scores) in zip(
@@ -199,6 +202,9 @@ def test_exclusion_is_exact_when_most_top_candidates_are_seen():
     for query_e, exclude, (ids, _) in zip(query_be, excludes, found):
         assert len(ids) == 10 and not np.isin(ids, exclude).any()
         np.testing.assert_array_equal(ids, ann.exact_search(items_ne, query_e, exclude, 10)[0])
+    coded = ann.build_index(items_ne, "pq", {"rerank": 16})  # approximate: checked for exclusion only
+    for exclude, (ids, _) in zip(excludes, coded.search(query_be, excludes, 10), strict=True):
+        assert len(ids) == 10 and not np.isin(ids, exclude).any()
 
 
 def test_queries_the_index_cannot_fill_fall_back_to_exact_search():
@@ -220,27 +226,13 @@ def indexed_bundle(tmp_path_factory):
     users = np.repeat(np.arange(U), 30)
     seen = seen_csr(users, rng.integers(0, N, users.size), U)
     path = tmp_path_factory.mktemp("ann") / "bundle"
-    stored = load_bundle(
-        write_bundle(
-            path,
-            manifest={"model": "mf"},
-            items_ne=items_ne,
-            users_ue=users_ue,
-            user_tokens=[f"u{u}" for u in range(U)],
-            item_tokens=[f"i{i}" for i in range(N)],
-            seen=seen,
-            precision="int8",
-        )
-    )
+    stored = load_bundle(_write_bundle(path, items_ne, users_ue, seen, precision="int8"))
     index = build_item_index(stored.items_ne, stored.users_ue, seen, "hnsw", {"ef_search": N})
-    write_bundle(
+    _write_bundle(
         path,
-        manifest={"model": "mf"},
-        items_ne=items_ne,
-        users_ue=users_ue,
-        user_tokens=[f"u{u}" for u in range(U)],
-        item_tokens=[f"i{i}" for i in range(N)],
-        seen=seen,
+        items_ne,
+        users_ue,
+        seen,
         precision="int8",
         encoder=FoldInEncoder(np.eye(E, dtype=np.float32), np.zeros(E, np.float32)),
         index=index,

@@ -178,6 +178,12 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
             main([str(tmp_path), "--out", str(tmp_path / "b"), "--index-recall", bad])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip() == f"jaxrec: error: --index-recall must be in (0, 1], got {float(bad)}"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--out", str(tmp_path / "b"), "--index-param", "ef_search=64"])  # --index auto
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "jaxrec: error: --index-param sets a setting of one index kind: name it with --index (hnsw, hnsw_l2, ivf, pq)"
+    )
 
 
 def test_export_with_an_index_measures_recall_and_serves_the_same_metrics(trained_run, tmp_path, capsys):

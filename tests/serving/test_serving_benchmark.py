@@ -79,7 +79,7 @@ def test_serving_benchmark_cli_writes_results(tmp_path):
         assert r["http_single_rps"] > 0 and r["http_concurrent_rps"] > 0 and r["http_mean_batch"] >= 1
         assert 0.5 <= r["approx_recall@10"] <= 1.0
         assert r["index"] == "faiss-hnsw" and r["index_recall@10"] == 1.0 and r["index_batch_qps"] > 0
-        assert r["index_search"] == "ef_search=16" and r["index_export_recall@10"] >= 0.9  # tuned: the ladder's first
+        assert r["index_search"] == "ef_search=64" and r["index_export_recall@10"] >= 0.9  # tuned: the ladder's first
         assert r["http_index_single_n"] == 20 and r["http_index_failures"] == 0
     sweep = results["sweep"]
     assert [(p["index"], p.get("ef_search", p.get("nprobe"))) for p in sweep] == [
