@@ -269,5 +269,5 @@ def plot_recall_vs_latency(path: Path, points: list[dict], latency_key: str, dim
         xlabel="batch-1 p50 latency, ms",
         ylabel="recall@10",
         logx=True,
-        title=f"{largest:,} items, dim {dim}: each point one ef_search / nprobe",
+        title=f"{largest:,} items, dim {dim}: each point one search setting",
     )
