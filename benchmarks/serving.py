@@ -30,8 +30,9 @@ For each catalogue size it writes a synthetic float32 bundle (random item and us
              average before and after is recorded).
   --big      catalogue sizes built as an index only (no bundle, no exact server): vectors drawn in
              chunks of 10^6 and added chunk by chunk, exact top 10 of --big-queries queries kept
-             chunk by chunk; build time, peak and resident memory, recall@10 and raw FAISS search
-             latency at each --big-sweep setting.
+             chunk by chunk; build time, peak and resident memory, recall@10 and one-query latency
+             of the index searched as served (no seen items) at each --big-sweep setting. pq keeps
+             the float32 vectors for its re-rank (a served bundle holds them anyway).
 
 Run:  python -m benchmarks.serving --out runs/bench/serving     # 10^3, 10^5, 10^6 items
       python -m benchmarks.serving --out runs/bench/serving_ann --sizes 1e6 --sweep-also ivf --big 1e7 \
@@ -303,7 +304,7 @@ def parse_args(argv) -> argparse.Namespace:
         help="ef_search (or nprobe) values each --compare variant is searched with",
     )
     parser.add_argument("--big", default="", help="comma-separated sizes built as an index only, e.g. 1e7")
-    parser.add_argument("--big-index", default="ivf", choices=("hnsw", "ivf"))  # added chunk by chunk
+    parser.add_argument("--big-index", default="ivf", choices=("hnsw", "ivf", "pq"))  # added chunk by chunk
     parser.add_argument("--big-params", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--big-sweep", default="16,64,256", help="ef_search or nprobe values at the --big sizes")
     parser.add_argument("--big-queries", type=int, default=100)

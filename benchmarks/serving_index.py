@@ -103,14 +103,16 @@ def rss_gb() -> tuple[float, float]:
 
 
 def big_rows(num_items: int, args) -> list[dict]:
-    """An index over `num_items` random vectors built chunk by chunk, never holding them twice."""
+    """An index over `num_items` vectors built chunk by chunk, never holding them twice. pq keeps the
+    float32 vectors too (its re-rank reads them, as a served bundle holds them); the others do not."""
     rng, chunk = np.random.default_rng(args.seed), 1_000_000
     queries_qe = args.catalogue.users(np.random.default_rng(args.seed + 4), args.big_queries)
-    params = ann.resolve_params(args.big_index, num_items, args.big_params)
+    params = ann.resolve_params(args.big_index, num_items, args.big_params, args.dim)
     gc.collect()
+    items_ne = np.empty((num_items, args.dim if args.big_index == "pq" else 0), np.float32)
     first = args.catalogue.items(rng, min(chunk, num_items))
     tick = time.perf_counter()
-    train_ne = first[: params["nlist"] * 64] if "nlist" in params else None
+    train_ne = {"ivf": first[: params.get("nlist", 0) * 64], "pq": first[: ann.PQ_TRAIN_ITEMS]}.get(args.big_index)
     index = ann.empty_index(args.big_index, params, args.dim, train_ne)
     build_s = time.perf_counter() - tick
     best_scores = np.full((args.big_queries, K), -np.inf, np.float32)
@@ -120,6 +122,7 @@ def big_rows(num_items: int, args) -> list[dict]:
         tick = time.perf_counter()
         index.add(block)
         build_s += time.perf_counter() - tick
+        items_ne[start : start + len(block), : items_ne.shape[1]] = block[:, : items_ne.shape[1]]
         scores_qc = queries_qe @ block.T  # the exact top K, merged chunk by chunk
         top_qk = np.argpartition(-scores_qc, K, axis=1)[:, :K]
         merged_s = np.concatenate([best_scores, np.take_along_axis(scores_qc, top_qk, 1)], 1)
@@ -130,21 +133,19 @@ def big_rows(num_items: int, args) -> list[dict]:
         block = args.catalogue.items(rng, min(chunk, num_items - start)) if start < num_items else None
     peak, current = rss_gb()
     rows, name = [], ann.SEARCH_PARAM[args.big_index]
+    wrapped, no_excludes = ann.AnnIndex(args.big_index, params, index, items_ne), [np.zeros(0, np.int32)]
     for value in args.big_sweep:
         params[name] = value
-        wrapped = ann.AnnIndex(args.big_index, params, index, np.zeros((num_items, 0), np.float32))
         wrapped.apply_search_params()
-        _, ids_qk = index.search(queries_qe, K)
+        ids_qk = [ids for ids, _ in wrapped.search(queries_qe, no_excludes * args.big_queries, K)]
         recall = np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(ids_qk, best_ids)])
         cursor = itertools.count()
-        times = percentiles(
-            time_calls(
-                lambda: index.search(queries_qe[next(cursor) % args.big_queries][None], K + 20),
-                warmup=2,
-                repeats=args.repeats,
-                max_seconds=args.phase_seconds,
-            )
-        )
+
+        def one():
+            row = next(cursor) % args.big_queries
+            wrapped.search(queries_qe[row : row + 1], no_excludes, K)
+
+        times = percentiles(time_calls(one, warmup=2, repeats=args.repeats, max_seconds=args.phase_seconds))
         rows.append(
             {
                 "items": num_items,
