@@ -88,7 +88,7 @@ AUTO_MIN_ITEMS = 100_000
 # releases the GIL). Not OpenMP's threads: on 2 shared cores 2 OpenMP threads made a batch of 16
 # take 40-50 ms instead of 1.2 ms (each barrier spin-waits for a descheduled peer), while 2 Python
 # threads took a batch of 16 from 381 to 658 queries/s (10^6 random items, ef_search 512, idle).
-SEARCH_WORKERS = len(os.sched_getaffinity(0))
+SEARCH_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
 BUILD_THREADS = None  # None: OpenMP's default when faiss was first imported (every core, or OMP_NUM_THREADS)
 _default_threads: list[int] = []
 _search_pool: list[ThreadPoolExecutor] = []
