@@ -112,7 +112,8 @@ def big_rows(num_items: int, args) -> list[dict]:
     items_ne = np.empty((num_items, args.dim if args.big_index == "pq" else 0), np.float32)
     first = args.catalogue.items(rng, min(chunk, num_items))
     tick = time.perf_counter()
-    train_ne = {"ivf": first[: params.get("nlist", 0) * 64], "pq": first[: ann.PQ_TRAIN_ITEMS]}.get(args.big_index)
+    wanted = ann.training_items(args.big_index, params)
+    train_ne = first[:wanted] if wanted else None
     index = ann.empty_index(args.big_index, params, args.dim, train_ne)
     build_s = time.perf_counter() - tick
     best_scores = np.full((args.big_queries, K), -np.inf, np.float32)
@@ -122,7 +123,8 @@ def big_rows(num_items: int, args) -> list[dict]:
         tick = time.perf_counter()
         index.add(block)
         build_s += time.perf_counter() - tick
-        items_ne[start : start + len(block), : items_ne.shape[1]] = block[:, : items_ne.shape[1]]
+        if items_ne.shape[1]:  # pq: its re-rank reads the vectors
+            items_ne[start : start + len(block)] = block
         scores_qc = queries_qe @ block.T  # the exact top K, merged chunk by chunk
         top_qk = np.argpartition(-scores_qc, K, axis=1)[:, :K]
         merged_s = np.concatenate([best_scores, np.take_along_axis(scores_qc, top_qk, 1)], 1)

@@ -265,15 +265,19 @@ def empty_index(kind: str, params: dict, dim: int, train_ne: np.ndarray | None =
     return index
 
 
+def training_items(kind: str, params: dict) -> int:
+    """Items the kind trains on before `add` (0: none): ivf's k-means, 64 a list; pq's codebooks."""
+    return {"ivf": int(params.get("nlist") or 0) * 64, "pq": PQ_TRAIN_ITEMS}.get(kind, 0)
+
+
 def build_index(items_ne: np.ndarray, kind: str, params: dict | None = None, seed: int = 0) -> AnnIndex:
     """An index over `items_ne` (float32 [N, e]) by inner product."""
     items_ne = np.ascontiguousarray(items_ne, np.float32)
     num_items, dim = items_ne.shape
     params = resolve_params(kind, num_items, params, dim)
     tick = time.perf_counter()
-    train_ne = None
-    if kind in ("ivf", "pq"):
-        wanted = params["nlist"] * 64 if kind == "ivf" else PQ_TRAIN_ITEMS
+    train_ne, wanted = None, training_items(kind, params)
+    if wanted:
         sample = np.random.default_rng(seed).choice(num_items, min(num_items, wanted), replace=False)
         train_ne = items_ne[np.sort(sample)]
     index = empty_index(kind, params, dim, train_ne)
@@ -345,15 +349,13 @@ def tune_search(
     excludes: list[np.ndarray],
     k: int,
     target: float,
-    exact: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    exact: list[tuple[np.ndarray, np.ndarray]],
 ) -> list[dict]:
     """Set the smallest search setting on the ladder whose recall@k on these queries reaches
     `target` (the largest when none does): the cost of a query follows the data, so the setting
     is measured on the model's own vectors rather than fixed. Returns the ladder climbed. `exact`:
-    the exact_search results of these queries, when already known."""
+    the exact_search results of these queries."""
     name = SEARCH_PARAM[index.kind]
-    if exact is None:
-        exact = [exact_search(index.items_ne, q, e, k) for q, e in zip(queries_ue, excludes)]
     climbed = []
     for value in search_ladder(index):
         index.params[name] = value
@@ -361,7 +363,6 @@ def tune_search(
         climbed.append({name: value, f"recall@{k}": recall_at_k(index, queries_ue, excludes, k, exact)})
         if climbed[-1][f"recall@{k}"] >= target:
             break
-    index.refills = index.exact_fallbacks = 0  # served counts, not tuning's
     return climbed
 
 
@@ -374,5 +375,4 @@ def queries_per_second(index: AnnIndex, queries_ue: np.ndarray, excludes: list[n
         for start in range(0, len(queries_ue), batch):
             index.search(queries_ue[start : start + batch], excludes[start : start + batch], k)
         seconds.append(time.perf_counter() - tick)
-    index.refills = index.exact_fallbacks = 0
     return len(queries_ue) / min(seconds)

@@ -281,12 +281,12 @@ def build_item_index(
         return [seen[1][seen[0][u] : seen[0][u + 1]] for u in rows]
 
     tuning_ue, tuning_excludes = queries_ue[tuning], excludes(tuning)
-    exact = []  # the tuning queries' exact results, computed once when the first kind is tuned
+    pinned = ann.SEARCH_PARAM.get(kind) in (params or {})  # auto's kinds are always tuned
+    exact = None if pinned else [ann.exact_search(items_ne, q, e, RECALL_K) for q, e in zip(tuning_ue, tuning_excludes)]
 
     def tuned(kind):
         index = ann.build_index(items_ne, kind, params, seed)
-        if ann.SEARCH_PARAM[kind] not in (params or {}):
-            exact[:] = exact or [ann.exact_search(items_ne, q, e, RECALL_K) for q, e in zip(tuning_ue, tuning_excludes)]
+        if exact is not None:
             climbed = ann.tune_search(index, tuning_ue, tuning_excludes, RECALL_K, target_recall, exact)
             index.details["tuning"] = {"target_recall@10": target_recall, "queries": len(tuning), "ladder": climbed}
         return index
@@ -311,7 +311,7 @@ def build_item_index(
     else:
         index = tuned(kind)
     recall = ann.recall_at_k(index, queries_ue[held_out], excludes(held_out), RECALL_K)
-    index.refills = index.exact_fallbacks = 0
+    index.refills = index.exact_fallbacks = 0  # served counts, not those of tuning and measuring
     index.details |= {
         f"recall@{RECALL_K}": recall,
         "recall_queries": len(held_out),
